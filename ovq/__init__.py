@@ -1,0 +1,6 @@
+"""ovq: Online Vector-Quantized attention (Alonso, Figliolia, Millidge 2026) with real kernels."""
+
+from .ops import OVQState, VQState, ovq_attention, ovq_step
+
+__version__ = "0.1.0"
+__all__ = ["ovq_attention", "ovq_step", "OVQState", "VQState", "__version__"]

@@ -1,0 +1,46 @@
+"""Argument handling shared by every public op: check, move to head-first compute layout, and back."""
+
+from __future__ import annotations
+
+import torch
+
+from .state import DictionaryState
+from .utils import beta_view, check_beta, check_qkv, l2norm, state_dtype
+
+
+def check_state(state, state_type: type, q: torch.Tensor, v: torch.Tensor, chunk_size: int, capacity: int,
+                capacity_name: str, **config) -> None:
+    """``state`` must come from an op with this configuration, batch, heads and head dims."""
+    if not isinstance(state, state_type):
+        raise TypeError(f"initial_state must be an {state_type.__name__} or None, got {type(state).__name__}")
+    b, _, h, d = q.shape
+    expected = {"(B, H, D, Dv)": ((b, h, d, v.shape[-1]), state.shape), "chunk_size": (chunk_size, state.chunk_size),
+                capacity_name: (capacity, state.capacity)}
+    expected.update({name: (value, getattr(state, name)) for name, value in config.items()})
+    for name, (want, got) in expected.items():
+        if want != got:
+            raise ValueError(f"initial_state was made with {name} = {got}, but this call has {name} = {want}")
+    if not 0 <= state.buffer_len < state.chunk_size:
+        raise ValueError(f"initial_state.buffer_len must be in [0, chunk_size), got {state.buffer_len}")
+    if state.num_absorbed % state.chunk_size:
+        raise ValueError(f"initial_state.num_absorbed must be a multiple of chunk_size, got {state.num_absorbed}")
+    if state.device != q.device:
+        raise ValueError(f"initial_state is on {state.device}, but q is on {q.device}")
+
+
+def prepare_inputs(q, k, v, beta):
+    """Check q/k/v/beta; return unit q, k and v head-first in the compute dtype, and beta for [B, H, ·, ·]."""
+    check_qkv(q, k, v)
+    beta = check_beta(beta, q.shape[2], q.device)
+    dtype = state_dtype(q.dtype)
+    qhat, khat, v = (x.transpose(1, 2).to(dtype) for x in (q, k, v))
+    return l2norm(qhat), l2norm(khat), v, beta_view(beta, dtype)
+
+
+def state_for_compute(state: DictionaryState, dtype: torch.dtype) -> DictionaryState:
+    return state if state.dtype == dtype else state.to(dtype)
+
+
+def finish_output(o: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """[B, H, T, Dv] compute dtype -> [B, T, H, Dv] in the input dtype."""
+    return o.transpose(1, 2).to(like.dtype)

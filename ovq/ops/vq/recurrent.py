@@ -1,0 +1,28 @@
+"""``vq_step``: decoding for the static-codebook baseline, token by token from a :class:`VQState`."""
+
+from __future__ import annotations
+
+import torch
+
+from ..common import finish_output, prepare_inputs
+from ..dictionary import StaticDictionary
+from ..scan import step_scan
+from ..state import VQState
+from ..utils import check_bool, check_int
+from .chunk import initial_vq_state, prepare_codebook
+
+
+@torch.no_grad()
+def vq_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: float | torch.Tensor,
+            codebook: torch.Tensor, state: VQState | None = None, *, chunk_size: int = 64,
+            count_prior: bool = True) -> tuple[torch.Tensor, VQState]:
+    """The recurrent form of :func:`vq_attention`; updates ``state`` in place (see :func:`ovq_step`)."""
+    qhat, khat, vv, beta_ = prepare_inputs(q, k, v, beta)
+    check_int("chunk_size", chunk_size)
+    check_bool("count_prior", count_prior)
+    if state is not None and state.dtype != vv.dtype:
+        raise TypeError(f"state has dtype {state.dtype}, but inputs of dtype {q.dtype} need a {vv.dtype} state")
+    codes = prepare_codebook(codebook, q, vv.dtype)
+    state = initial_vq_state(q, v, state, chunk_size, codes.shape[1], vv.dtype)
+    o, state = step_scan(qhat, khat, vv, beta_, StaticDictionary.from_state(state, codes, False), state, count_prior)
+    return finish_output(o, q), state
