@@ -1,0 +1,23 @@
+import os
+
+# Triton kernels run on CPU tensors through its interpreter; it must be set before triton is imported.
+if not os.environ.get("CUDA_VISIBLE_DEVICES") and not os.path.exists("/dev/nvidia0"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+def random_qkv(B, T, H, D, Dv=None, dtype=torch.float64, seed=0, device="cpu", requires_grad=False):
+    g = torch.Generator().manual_seed(seed)
+    Dv = D if Dv is None else Dv
+    q, k, v = (torch.randn(B, T, H, d, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+               for d in (D, D, Dv))
+    if requires_grad:
+        q, k, v = (x.requires_grad_() for x in (q, k, v))
+    return q, k, v
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
