@@ -8,7 +8,15 @@ from ..common import check_state, finish_output, prepare_inputs, state_for_compu
 from ..dictionary import OnlineDictionary
 from ..scan import chunk_scan
 from ..state import OVQState
+from ..triton_chunk import triton_chunk_scan, use_triton
 from ..utils import check_bool, check_growth, check_int
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+def check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
 def check_ovq_config(chunk_size, max_centroids, growth, growth_rate, count_prior) -> None:
@@ -33,7 +41,7 @@ def ovq_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: float
                   chunk_size: int = 64, max_centroids: int = 1024, growth: str = "saturating",
                   growth_rate: float = 1.0, count_prior: bool = True, detach_state: bool = False,
                   initial_state: OVQState | None = None, output_final_state: bool = False,
-                  ) -> tuple[torch.Tensor, OVQState | None]:
+                  backend: str = "auto") -> tuple[torch.Tensor, OVQState | None]:
     r"""Online Vector-Quantized attention (the function fixed in ``shared/docs/ovq-spec.md``).
 
     The sequence is cut into chunks of ``chunk_size`` tokens. Each query attends, in one softmax, to the
@@ -54,6 +62,8 @@ def ovq_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: float
         detach_state: stop gradients through the dictionary (local attention still gets them).
         initial_state: an :class:`OVQState` to continue from (e.g. the last call's final state).
         output_final_state: also return the state after the last token.
+        backend: ``"auto"`` (Triton kernels for CUDA tensors of 16/32-bit floats, PyTorch otherwise),
+            ``"torch"`` or ``"triton"`` (also on CPU under ``TRITON_INTERPRET=1``).
 
     Returns:
         ``(o, final_state)``: ``o`` is ``[B, T, H, Dv]`` in the input dtype; ``final_state`` is an
@@ -67,7 +77,14 @@ def ovq_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: float
     check_ovq_config(chunk_size, max_centroids, growth, growth_rate, count_prior)
     check_bool("detach_state", detach_state)
     check_bool("output_final_state", output_final_state)
+    check_backend(backend)
     state = initial_ovq_state(q, v, initial_state, chunk_size, max_centroids, growth, growth_rate, vv.dtype)
+    if backend == "triton" or (backend == "auto" and use_triton(q)):
+        o, final_state = triton_chunk_scan(qhat, khat, vv, beta_, state, count_prior=count_prior,
+                                           detach_state=detach_state, output_final_state=output_final_state,
+                                           max_centroids=max_centroids, growth=growth, growth_rate=growth_rate,
+                                           input_dtype=q.dtype)
+        return finish_output(o, q), final_state
     dictionary = OnlineDictionary.from_state(state, detach_state)
     p = state.buffer_len
     o, final_state = chunk_scan(qhat, khat, vv, beta_, dictionary, state.buffer_k[:, :, :p], state.buffer_v[:, :, :p],

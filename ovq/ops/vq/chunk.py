@@ -8,7 +8,9 @@ from ..common import check_state, finish_output, prepare_inputs, state_for_compu
 from ..dictionary import StaticDictionary
 from ..scan import chunk_scan
 from ..state import VQState
+from ..triton_chunk import triton_chunk_scan, use_triton
 from ..utils import check_bool, check_int, l2norm
+from ..ovq.chunk import check_backend
 
 
 def prepare_codebook(codebook, q: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -37,7 +39,7 @@ def initial_vq_state(q, v, initial_state, chunk_size, codebook_size, dtype) -> V
 def vq_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: float | torch.Tensor,
                  codebook: torch.Tensor, *, chunk_size: int = 64, count_prior: bool = True,
                  detach_state: bool = False, initial_state: VQState | None = None,
-                 output_final_state: bool = False) -> tuple[torch.Tensor, VQState | None]:
+                 output_final_state: bool = False, backend: str = "auto") -> tuple[torch.Tensor, VQState | None]:
     """VQ attention with a fixed codebook: the read of :func:`ovq_attention`, a write that only counts.
 
     Each full chunk's tokens are assigned to their nearest code (``argmax k̂·ĉ``, lowest index on ties)
@@ -47,7 +49,8 @@ def vq_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: float 
 
     Args:
         codebook: ``[H, S, D]`` code vectors (normalized inside; frozen here, learned by the layer).
-        The rest as :func:`ovq_attention`.
+        The rest as :func:`ovq_attention` (the same kernels serve both, so the online update's cost is
+        the difference between the two).
     Returns: ``(o [B, T, H, Dv], final VQState or None)``.
     """
     qhat, khat, vv, beta_ = prepare_inputs(q, k, v, beta)
@@ -55,8 +58,14 @@ def vq_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: float 
     for name, flag in (("count_prior", count_prior), ("detach_state", detach_state),
                        ("output_final_state", output_final_state)):
         check_bool(name, flag)
+    check_backend(backend)
     codes = prepare_codebook(codebook, q, vv.dtype)
     state = initial_vq_state(q, v, initial_state, chunk_size, codes.shape[1], vv.dtype)
+    if backend == "triton" or (backend == "auto" and use_triton(q)):
+        o, final_state = triton_chunk_scan(qhat, khat, vv, beta_, state, count_prior=count_prior,
+                                           detach_state=detach_state, output_final_state=output_final_state,
+                                           codebook=codes, input_dtype=q.dtype)
+        return finish_output(o, q), final_state
     p = state.buffer_len
     o, final_state = chunk_scan(qhat, khat, vv, beta_, StaticDictionary.from_state(state, codes, detach_state),
                                 state.buffer_k[:, :, :p], state.buffer_v[:, :, :p], state.num_absorbed,

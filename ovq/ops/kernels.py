@@ -1,0 +1,353 @@
+"""Triton kernels for OVQ (and the static-codebook VQ variant): forward scan and backward.
+
+Layout: every tensor is head-first and contiguous, with the batch and head folded into one axis
+``bh``: unit queries/keys ``[BH, T, D]`` (float32), values ``[BH, T, DV]``, the dictionary sums
+``[BH, N, D]``, ``[BH, N, DV]`` and counts ``[BH, N]`` (float32, updated in place).
+
+Forward (``ovq_fwd_kernel``): one scan over chunks per (bh, slice). The N centroid slots are dealt
+round-robin to ``NB`` slices (slot n belongs to slice ``n % NB``, so every slice grows alike); a program
+streams its slice of the dictionary once per chunk and computes, in the same pass,
+  - the read: an online softmax of the chunk's queries against its centroids, and
+  - the write's similarities: each key's best centroid in the slice.
+With NB > 1 the programs of one bh swap these partial results through a small double-buffered
+exchange and a spin barrier (they must be co-resident: the launcher keeps the grid within the SM
+count). Every program then finishes the assignment (farthest-point picks on the chunk's Gram matrix,
+argmax including the new centroids) identically, scatters the tokens that land in its own slice, and
+one program per chunk merges the partial reads with the causal in-chunk attention and writes o.
+
+Backward: ``ovq_bwd_local_kernel`` (in-chunk attention, parallel over chunks) and
+``ovq_bwd_dict_kernel`` (a reverse scan per (bh, slice) that recovers each chunk's dictionary by
+subtracting the chunk's tokens from the final sums, so no per-chunk dictionary is ever stored, and
+carries suffix sums G of the dictionary's gradient: a token merged at chunk c receives G[z] summed
+over the reads of all later chunks).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+EPS = 1e-6
+
+
+@triton.jit
+def _mm(a, b, PREC: tl.constexpr):
+    """a @ b with float32 accumulation; PREC picks the operand precision."""
+    if PREC == "bf16":
+        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+    elif PREC == "fp16":
+        return tl.dot(a.to(tl.float16), b.to(tl.float16))
+    else:
+        return tl.dot(a, b, input_precision=PREC)
+
+
+@triton.jit
+def _load_centroids(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, s_base, cb_base, n, nmask, offs_d, dmask, offs_dv, dvmask,
+                    D: tl.constexpr, DV: tl.constexpr, STATIC: tl.constexpr):
+    """Unit key directions, value means, counts and 1/||sum_k|| for the centroid slots ``n``."""
+    cnt = tl.load(cnt_ptr + s_base + n, mask=nmask, other=0.0, cache_modifier=".cg")
+    if STATIC:
+        mu = tl.load(cb_ptr + cb_base + n[:, None] * D + offs_d[None, :], mask=nmask[:, None] & dmask[None, :],
+                     other=0.0)
+        inv = tl.full(cnt.shape, 1.0, tl.float32)
+    else:
+        sk = tl.load(sk_ptr + s_base * D + n[:, None] * D + offs_d[None, :], mask=nmask[:, None] & dmask[None, :],
+                     other=0.0, cache_modifier=".cg")
+        inv = 1.0 / tl.maximum(tl.sqrt(tl.sum(sk * sk, axis=1)), EPS)
+        mu = sk * inv[:, None]
+    sv = tl.load(sv_ptr + s_base * DV + n[:, None] * DV + offs_dv[None, :], mask=nmask[:, None] & dvmask[None, :],
+                 other=0.0, cache_modifier=".cg")
+    muv = sv / tl.maximum(cnt, 1.0)[:, None]
+    return mu, muv, cnt, inv
+
+
+@triton.jit
+def ovq_fwd_kernel(
+    q_ptr, k_ptr, v_ptr, beta_ptr,
+    sk_ptr, sv_ptr, cnt_ptr, cb_ptr, sched_ptr,
+    o_ptr, lse_ptr, z_ptr,
+    xstat_ptr, xacc_ptr, xval_ptr, xidx_ptr, bar_ptr,
+    T, N, H, C,
+    D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr,
+    BL: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, BN: tl.constexpr, NB: tl.constexpr,
+    COUNT_PRIOR: tl.constexpr, STATIC: tl.constexpr, READ_PREC: tl.constexpr, ASSIGN_PREC: tl.constexpr,
+):
+    s = tl.program_id(0)
+    bh = tl.program_id(1)
+    h = bh % H
+    beta = tl.load(beta_ptr + h)
+    offs_l = tl.arange(0, BL)
+    offs_d = tl.arange(0, BD)
+    offs_dv = tl.arange(0, BDV)
+    offs_n = tl.arange(0, BN)
+    dmask = offs_d < D
+    dvmask = offs_dv < DV
+    in_chunk = offs_l < L
+    s_base = bh * N  # row offset of this bh's dictionary
+    cb_base = h * N * D
+    causal = offs_l[None, :] <= offs_l[:, None]
+    for c in range(0, C):
+        t = c * L + offs_l
+        tmask = in_chunk & (t < T)
+        qk_off = (bh * T + t)[:, None] * D + offs_d[None, :]
+        v_off = (bh * T + t)[:, None] * DV + offs_dv[None, :]
+        q = tl.load(q_ptr + qk_off, mask=tmask[:, None] & dmask[None, :], other=0.0)
+        k = tl.load(k_ptr + qk_off, mask=tmask[:, None] & dmask[None, :], other=0.0)
+        v = tl.load(v_ptr + v_off, mask=tmask[:, None] & dvmask[None, :], other=0.0)
+        m = tl.load(sched_ptr + 2 * c)
+        n_new = tl.load(sched_ptr + 2 * c + 1)
+        full = (T - c * L) >= L
+        m_loc = tl.where(m > s, (m - s + NB - 1) // NB, 0)  # active slots n < m with n % NB == s
+
+        # ---- one pass over this slice: partial read (online softmax) + best centroid per key ----
+        row_max = tl.full([BL], float("-inf"), tl.float32)
+        row_sum = tl.zeros([BL], tl.float32)
+        acc = tl.zeros([BL, BDV], tl.float32)
+        best_val = tl.full([BL], float("-inf"), tl.float32)
+        best_idx = tl.zeros([BL], tl.int32)
+        for r0 in range(0, m_loc, BN):
+            r = r0 + offs_n
+            nmask = r < m_loc
+            n = s + NB * r
+            mu, muv, cnt, inv = _load_centroids(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, s_base, cb_base, n, nmask,
+                                                offs_d, dmask, offs_dv, dvmask, D, DV, STATIC)
+            readable = nmask & (cnt > 0)
+            logits = beta * _mm(q, tl.trans(mu), READ_PREC)
+            if COUNT_PRIOR:
+                logits += tl.log(tl.maximum(cnt, 1.0))[None, :]
+            logits = tl.where(readable[None, :], logits, float("-inf"))
+            new_max = tl.maximum(row_max, tl.max(logits, axis=1))
+            safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)
+            alpha = tl.exp(row_max - safe_max)
+            p = tl.exp(logits - safe_max[:, None])
+            row_sum = row_sum * alpha + tl.sum(p, axis=1)
+            acc = acc * alpha[:, None] + _mm(p, muv, READ_PREC)
+            row_max = new_max
+            sim = _mm(k, tl.trans(mu), ASSIGN_PREC)
+            sim = tl.where(nmask[None, :], sim, float("-inf"))
+            blk_max = tl.max(sim, axis=1)
+            blk_arg = tl.argmax(sim, axis=1, tie_break_left=True)
+            better = blk_max > best_val  # strict: an earlier block holds lower slots, which win ties
+            best_val = tl.where(better, blk_max, best_val)
+            best_idx = tl.where(better, s + NB * (r0 + blk_arg), best_idx)
+
+        writer = s == (c % NB)  # the program that merges the reads and writes o for this chunk
+        if NB > 1:
+            slot = ((bh * 2 + c % 2) * NB + s) * BL + offs_l
+            tl.store(xstat_ptr + slot * 2, row_max)
+            tl.store(xstat_ptr + slot * 2 + 1, row_sum)
+            tl.store(xacc_ptr + slot[:, None] * BDV + offs_dv[None, :], acc)
+            tl.store(xval_ptr + slot, best_val)
+            tl.store(xidx_ptr + slot, best_idx)
+            # Spin barrier over the NB programs of this bh (the counter only grows: no reset race).
+            tl.atomic_add(bar_ptr + bh, 1, sem="acq_rel", scope="gpu")
+            arrived = tl.atomic_add(bar_ptr + bh, 0, sem="acq_rel", scope="gpu")
+            while arrived < NB * (c + 1):
+                arrived = tl.atomic_add(bar_ptr + bh, 0, sem="acq_rel", scope="gpu")
+            best_val = tl.full([BL], float("-inf"), tl.float32)
+            best_idx = tl.zeros([BL], tl.int32)
+            if writer:
+                row_max = tl.full([BL], float("-inf"), tl.float32)
+                row_sum = tl.zeros([BL], tl.float32)
+                acc = tl.zeros([BL, BDV], tl.float32)
+            for j in range(0, NB):
+                other = ((bh * 2 + c % 2) * NB + j) * BL + offs_l
+                val = tl.load(xval_ptr + other, cache_modifier=".cg")
+                idx = tl.load(xidx_ptr + other, cache_modifier=".cg")
+                better = (val > best_val) | ((val == best_val) & (idx < best_idx))
+                best_val = tl.where(better, val, best_val)
+                best_idx = tl.where(better, idx, best_idx)
+                if writer:
+                    j_max = tl.load(xstat_ptr + other * 2, cache_modifier=".cg")
+                    j_sum = tl.load(xstat_ptr + other * 2 + 1, cache_modifier=".cg")
+                    j_acc = tl.load(xacc_ptr + other[:, None] * BDV + offs_dv[None, :], cache_modifier=".cg")
+                    new_max = tl.maximum(row_max, j_max)
+                    safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)
+                    a_self = tl.exp(row_max - safe_max)
+                    a_j = tl.exp(j_max - safe_max)
+                    row_sum = row_sum * a_self + j_sum * a_j
+                    acc = acc * a_self[:, None] + j_acc * a_j[:, None]
+                    row_max = new_max
+
+        # ---- the write's decisions: farthest-point picks, then argmax over old and new centroids ----
+        z = tl.full([BL], -1, tl.int32)
+        if full & (m + n_new > 0):
+            gram = _mm(k, tl.trans(k), ASSIGN_PREC)
+            sim_pick = tl.where(in_chunk, best_val, float("inf"))  # padding rows are never picked
+            order = tl.full([BL], -1, tl.int32)
+            for i in range(0, n_new):
+                j = tl.argmin(tl.where(order >= 0, float("inf"), sim_pick), axis=0, tie_break_left=True)
+                order = tl.where(offs_l == j, i, order)
+                row_j = tl.sum(tl.where(offs_l[:, None] == j, gram, 0.0), axis=0)
+                sim_pick = tl.maximum(sim_pick, row_j)
+            picked = order >= 0
+            g = tl.where(picked[None, :], gram, float("-inf"))
+            new_val = tl.max(g, axis=1)
+            new_ord = tl.min(tl.where(picked[None, :] & (g == new_val[:, None]), order[None, :], 2147483647), axis=1)
+            z = tl.where(picked, m + order, tl.where(new_val > best_val, m + new_ord, best_idx))
+            z = tl.where(in_chunk, z, -1)
+            own = in_chunk & ((z % NB) == s)
+            zs = tl.where(own, z, 0)
+            if not STATIC:
+                tl.atomic_add(sk_ptr + (s_base + zs)[:, None] * D + offs_d[None, :], k,
+                              mask=own[:, None] & dmask[None, :], sem="relaxed")
+            tl.atomic_add(sv_ptr + (s_base + zs)[:, None] * DV + offs_dv[None, :], v,
+                          mask=own[:, None] & dvmask[None, :], sem="relaxed")
+            tl.atomic_add(cnt_ptr + s_base + zs, tl.full([BL], 1.0, tl.float32), mask=own, sem="relaxed")
+        tl.debug_barrier()
+
+        if writer:
+            # Merge with the causal keys of the chunk itself: one softmax over everything.
+            s_loc = beta * _mm(q, tl.trans(k), READ_PREC)
+            s_loc = tl.where(causal & tmask[None, :], s_loc, float("-inf"))
+            new_max = tl.maximum(row_max, tl.max(s_loc, axis=1))
+            safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)
+            alpha = tl.exp(row_max - safe_max)
+            p = tl.exp(s_loc - safe_max[:, None])
+            row_sum = row_sum * alpha + tl.sum(p, axis=1)
+            acc = acc * alpha[:, None] + _mm(p, v, READ_PREC)
+            row_sum = tl.where(row_sum > 0, row_sum, 1.0)
+            tl.store(o_ptr + v_off, acc / row_sum[:, None], mask=tmask[:, None] & dvmask[None, :])
+            tl.store(lse_ptr + bh * T + t, safe_max + tl.log(row_sum), mask=tmask)
+            tl.store(z_ptr + bh * T + t, z, mask=tmask)
+
+
+@triton.jit
+def ovq_bwd_local_kernel(
+    q_ptr, k_ptr, v_ptr, beta_ptr, do_ptr, lse_ptr, delta_ptr,
+    dq_ptr, dk_ptr, dv_ptr, dbeta_ptr,
+    T, H, C,
+    D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr,
+    BL: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, READ_PREC: tl.constexpr,
+):
+    """Gradients of the in-chunk (causal, local) part of the softmax, one program per (chunk, bh)."""
+    c = tl.program_id(0)
+    bh = tl.program_id(1)
+    beta = tl.load(beta_ptr + bh % H)
+    offs_l = tl.arange(0, BL)
+    offs_d = tl.arange(0, BD)
+    offs_dv = tl.arange(0, BDV)
+    t = c * L + offs_l
+    tmask = (offs_l < L) & (t < T)
+    dmask = offs_d < D
+    dvmask = offs_dv < DV
+    qk_off = (bh * T + t)[:, None] * D + offs_d[None, :]
+    v_off = (bh * T + t)[:, None] * DV + offs_dv[None, :]
+    q = tl.load(q_ptr + qk_off, mask=tmask[:, None] & dmask[None, :], other=0.0)
+    k = tl.load(k_ptr + qk_off, mask=tmask[:, None] & dmask[None, :], other=0.0)
+    v = tl.load(v_ptr + v_off, mask=tmask[:, None] & dvmask[None, :], other=0.0)
+    do = tl.load(do_ptr + v_off, mask=tmask[:, None] & dvmask[None, :], other=0.0)
+    lse = tl.load(lse_ptr + bh * T + t, mask=tmask, other=0.0)
+    delta = tl.load(delta_ptr + bh * T + t, mask=tmask, other=0.0)
+    raw = _mm(q, tl.trans(k), READ_PREC)
+    valid = (offs_l[None, :] <= offs_l[:, None]) & tmask[None, :] & tmask[:, None]
+    p = tl.where(valid, tl.exp(beta * raw - lse[:, None]), 0.0)
+    dp = _mm(do, tl.trans(v), READ_PREC)
+    ds = p * (dp - delta[:, None])
+    tl.store(dq_ptr + qk_off, beta * _mm(ds, k, READ_PREC), mask=tmask[:, None] & dmask[None, :])
+    tl.store(dk_ptr + qk_off, beta * _mm(tl.trans(ds), q, READ_PREC), mask=tmask[:, None] & dmask[None, :])
+    tl.store(dv_ptr + v_off, _mm(tl.trans(p), do, READ_PREC), mask=tmask[:, None] & dvmask[None, :])
+    tl.store(dbeta_ptr + bh * C + c, tl.sum(tl.sum(ds * raw, axis=1), axis=0))
+
+
+@triton.jit
+def ovq_bwd_dict_kernel(
+    q_ptr, k_ptr, v_ptr, beta_ptr, do_ptr, lse_ptr, delta_ptr, z_ptr, sched_ptr,
+    sk_ptr, sv_ptr, cnt_ptr, cb_ptr, gk_ptr, gv_ptr,
+    dq_ptr, dk_ptr, dv_ptr, dbeta_ptr,
+    T, N, H, C,
+    D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr,
+    BL: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, BN: tl.constexpr, NB: tl.constexpr,
+    COUNT_PRIOR: tl.constexpr, STATIC: tl.constexpr, DETACH: tl.constexpr, READ_PREC: tl.constexpr,
+):
+    """Gradients through the dictionary: a reverse scan over chunks per (slice, bh).
+
+    sk/sv/cnt hold the *final* sums on entry (a scratch copy: they are rewound chunk by chunk);
+    gk/gv hold the gradient w.r.t. the final sums on entry and w.r.t. the initial sums on exit.
+    dq is accumulated atomically (NB slices contribute); dk/dv rows are written by the slice that owns
+    the token's centroid.
+    """
+    s = tl.program_id(0)
+    bh = tl.program_id(1)
+    h = bh % H
+    beta = tl.load(beta_ptr + h)
+    offs_l = tl.arange(0, BL)
+    offs_d = tl.arange(0, BD)
+    offs_dv = tl.arange(0, BDV)
+    offs_n = tl.arange(0, BN)
+    dmask = offs_d < D
+    dvmask = offs_dv < DV
+    in_chunk = offs_l < L
+    s_base = bh * N
+    cb_base = h * N * D
+    dbeta = tl.zeros([BL], tl.float32)
+    for cc in range(0, C):
+        c = C - 1 - cc
+        t = c * L + offs_l
+        tmask = in_chunk & (t < T)
+        qk_off = (bh * T + t)[:, None] * D + offs_d[None, :]
+        v_off = (bh * T + t)[:, None] * DV + offs_dv[None, :]
+        m = tl.load(sched_ptr + 2 * c)
+        # (1) tokens merged by this chunk: take the gradient of every later read of their centroid,
+        #     then rewind the sums to the dictionary this chunk read.
+        z = tl.load(z_ptr + bh * T + t, mask=tmask, other=-1)
+        own = (z >= 0) & ((z % NB) == s)
+        zs = tl.where(own, z, 0)
+        k = tl.load(k_ptr + qk_off, mask=tmask[:, None] & dmask[None, :], other=0.0)
+        v = tl.load(v_ptr + v_off, mask=tmask[:, None] & dvmask[None, :], other=0.0)
+        if not DETACH:
+            if not STATIC:
+                gk = tl.load(gk_ptr + (s_base + zs)[:, None] * D + offs_d[None, :], mask=own[:, None] & dmask[None, :],
+                             other=0.0, cache_modifier=".cg")
+                tl.store(dk_ptr + qk_off, gk, mask=own[:, None] & dmask[None, :])
+            gv = tl.load(gv_ptr + (s_base + zs)[:, None] * DV + offs_dv[None, :], mask=own[:, None] & dvmask[None, :],
+                         other=0.0, cache_modifier=".cg")
+            tl.store(dv_ptr + v_off, gv, mask=own[:, None] & dvmask[None, :])
+        if not STATIC:
+            tl.atomic_add(sk_ptr + (s_base + zs)[:, None] * D + offs_d[None, :], -k, mask=own[:, None] & dmask[None, :],
+                          sem="relaxed")
+        tl.atomic_add(sv_ptr + (s_base + zs)[:, None] * DV + offs_dv[None, :], -v, mask=own[:, None] & dvmask[None, :],
+                      sem="relaxed")
+        tl.atomic_add(cnt_ptr + s_base + zs, tl.full([BL], -1.0, tl.float32), mask=own, sem="relaxed")
+        tl.debug_barrier()
+
+        # (2) the gradient of this chunk's reads of its dictionary.
+        q = tl.load(q_ptr + qk_off, mask=tmask[:, None] & dmask[None, :], other=0.0)
+        do = tl.load(do_ptr + v_off, mask=tmask[:, None] & dvmask[None, :], other=0.0)
+        lse = tl.load(lse_ptr + bh * T + t, mask=tmask, other=0.0)
+        delta = tl.load(delta_ptr + bh * T + t, mask=tmask, other=0.0)
+        m_loc = tl.where(m > s, (m - s + NB - 1) // NB, 0)
+        dq = tl.zeros([BL, BD], tl.float32)
+        for r0 in range(0, m_loc, BN):
+            r = r0 + offs_n
+            nmask = r < m_loc
+            n = s + NB * r
+            mu, muv, cnt, inv = _load_centroids(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, s_base, cb_base, n, nmask,
+                                                offs_d, dmask, offs_dv, dvmask, D, DV, STATIC)
+            readable = nmask & (cnt > 0.5)
+            raw = _mm(q, tl.trans(mu), READ_PREC)
+            logits = beta * raw
+            if COUNT_PRIOR:
+                logits += tl.log(tl.maximum(cnt, 1.0))[None, :]
+            p = tl.where(readable[None, :] & tmask[:, None], tl.exp(logits - lse[:, None]), 0.0)
+            dp = _mm(do, tl.trans(muv), READ_PREC)
+            ds = p * (dp - delta[:, None])
+            dq += beta * _mm(ds, mu, READ_PREC)
+            dbeta += tl.sum(ds * raw, axis=1)
+            if not DETACH:
+                rows_k = (s_base + n)[:, None] * D + offs_d[None, :]
+                rows_v = (s_base + n)[:, None] * DV + offs_dv[None, :]
+                if not STATIC:
+                    dmu = beta * _mm(tl.trans(ds), q, READ_PREC)
+                    dsk = (dmu - mu * tl.sum(mu * dmu, axis=1)[:, None]) * inv[:, None]
+                    gk_blk = tl.load(gk_ptr + rows_k, mask=readable[:, None] & dmask[None, :], other=0.0,
+                                     cache_modifier=".cg")
+                    tl.store(gk_ptr + rows_k, gk_blk + dsk, mask=readable[:, None] & dmask[None, :])
+                dsv = _mm(tl.trans(p), do, READ_PREC) / tl.maximum(cnt, 1.0)[:, None]
+                gv_blk = tl.load(gv_ptr + rows_v, mask=readable[:, None] & dvmask[None, :], other=0.0,
+                                 cache_modifier=".cg")
+                tl.store(gv_ptr + rows_v, gv_blk + dsv, mask=readable[:, None] & dvmask[None, :])
+        if m_loc > 0:
+            tl.atomic_add(dq_ptr + qk_off, dq, mask=tmask[:, None] & dmask[None, :], sem="relaxed")
+        tl.debug_barrier()
+    tl.store(dbeta_ptr + bh * NB + s, tl.sum(dbeta, axis=0))

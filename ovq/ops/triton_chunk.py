@@ -1,0 +1,232 @@
+"""The Triton path of ``ovq_attention`` / ``vq_attention``: schedule, launches and the autograd Function.
+
+It computes the same function as :func:`ovq.ops.scan.chunk_scan` (the PyTorch path) and returns the
+same state. Kernels live in :mod:`ovq.ops.kernels`. On CPU it runs under ``TRITON_INTERPRET=1`` (tests).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .state import DictionaryState, OVQState, VQState
+from .utils import new_centroid_count
+
+BLOCK_CENTROIDS = 64
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def use_triton(x: torch.Tensor) -> bool:
+    """The kernels serve CUDA tensors of 16/32-bit floats (float64 stays on the PyTorch path)."""
+    return (x.is_cuda and x.dtype in (torch.float16, torch.bfloat16, torch.float32) and triton_available()
+            and os.environ.get("OVQ_DISABLE_TRITON", "0") != "1")
+
+
+@functools.lru_cache(maxsize=256)
+def _schedule(total: int, chunk_size: int, num_active: int, num_absorbed: int, max_centroids: int,
+              growth: str, growth_rate: float, static: bool) -> tuple[tuple[int, int], ...]:
+    """Per chunk of the (buffer + new tokens) stream: (active centroids read, centroids opened)."""
+    rows = []
+    m = num_active
+    for c in range(math.ceil(total / chunk_size)):
+        full = (c + 1) * chunk_size <= total
+        if static:
+            rows.append((max_centroids, 0))
+            continue
+        n_new = new_centroid_count(m, num_absorbed + (c + 1) * chunk_size, chunk_size, max_centroids, growth,
+                                   growth_rate) if full else 0
+        rows.append((m, n_new))
+        m += n_new
+    return tuple(rows)
+
+
+def _pow2(x: int) -> int:
+    return max(16, triton_next_pow2(x))
+
+
+def triton_next_pow2(x: int) -> int:
+    return 1 << max(0, (x - 1).bit_length())
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    chunk_size: int
+    capacity: int
+    num_heads: int
+    count_prior: bool
+    static: bool
+    detach: bool
+    read_precision: str
+    assign_precision: str
+    fwd_slices: int
+    bwd_slices: int
+
+
+def _precisions(dtype: torch.dtype) -> tuple[str, str]:
+    """Read dots in the input's precision; assignment similarities always float32-accurate."""
+    read = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "ieee")
+    return read, ("ieee" if dtype == torch.float32 else "tf32x3")
+
+
+def _slices(bh: int, capacity: int, device: torch.device) -> tuple[int, int]:
+    """How many programs share one (batch, head)'s dictionary, forward and backward.
+
+    The forward's slices meet at a spin barrier every chunk, so all its programs must be resident at
+    once: at most one per SM. The backward has no barrier and may oversubscribe.
+    """
+    if interpreting() or device.type != "cuda":
+        return 1, min(2, math.ceil(capacity / BLOCK_CENTROIDS))
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    blocks = math.ceil(capacity / BLOCK_CENTROIDS)
+    fwd = max(1, min(sms // bh, blocks, 16))
+    bwd = max(1, min((2 * sms) // bh, blocks, 32))
+    return fwd, bwd
+
+
+class ChunkFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, qhat, khat, v, beta, sum_k0, sum_v0, count0, codebook, sched, cfg: KernelConfig, m0: int):
+        from .kernels import ovq_fwd_kernel
+
+        bh, total, d = khat.shape
+        dv = v.shape[-1]
+        n = cfg.capacity
+        sum_k, sum_v, count = sum_k0.clone(), sum_v0.clone(), count0.clone()
+        if not cfg.static:  # slots past the active ones are opened by plain adds: they must start at zero
+            for t in (sum_k, sum_v, count):
+                t[:, m0:] = 0
+        o = torch.empty(bh, total, dv, device=v.device, dtype=torch.float32)
+        lse = torch.empty(bh, total, device=v.device, dtype=torch.float32)
+        z = torch.empty(bh, total, device=v.device, dtype=torch.int32)
+        bl, bd, bdv = _pow2(cfg.chunk_size), _pow2(d), _pow2(dv)
+        nb = cfg.fwd_slices
+        xshape = (bh, 2, nb, bl)
+        xstat = torch.empty(*xshape, 2, device=v.device, dtype=torch.float32)
+        xacc = torch.empty(*xshape, bdv, device=v.device, dtype=torch.float32)
+        xval = torch.empty(xshape, device=v.device, dtype=torch.float32)
+        xidx = torch.empty(xshape, device=v.device, dtype=torch.int32)
+        barrier = torch.zeros(bh, device=v.device, dtype=torch.int32)
+        if total > 0:
+            ovq_fwd_kernel[(nb, bh)](
+                qhat, khat, v, beta, sum_k, sum_v, count, codebook if cfg.static else sum_k, sched,
+                o, lse, z, xstat, xacc, xval, xidx, barrier,
+                total, n, cfg.num_heads, sched.shape[0],
+                D=d, DV=dv, L=cfg.chunk_size, BL=bl, BD=bd, BDV=bdv, BN=BLOCK_CENTROIDS, NB=nb,
+                COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, READ_PREC=cfg.read_precision,
+                ASSIGN_PREC=cfg.assign_precision, num_warps=8 if bdv >= 128 or bd >= 128 else 4,
+            )
+        ctx.save_for_backward(qhat, khat, v, beta, o, lse, z, sum_k, sum_v, count, codebook, sched)
+        ctx.cfg, ctx.m0 = cfg, m0
+        ctx.mark_non_differentiable(count)
+        return o, sum_k, sum_v, count
+
+    @staticmethod
+    def backward(ctx, do, d_sum_k, d_sum_v, _d_count):
+        from .kernels import ovq_bwd_dict_kernel, ovq_bwd_local_kernel
+
+        qhat, khat, v, beta, o, lse, z, sum_k, sum_v, count, codebook, sched = ctx.saved_tensors
+        cfg = ctx.cfg
+        bh, total, d = khat.shape
+        dv = v.shape[-1]
+        n = cfg.capacity
+        chunks = sched.shape[0]
+        do = do.contiguous().float()
+        delta = (do * o).sum(-1)
+        bl, bd, bdv = _pow2(cfg.chunk_size), _pow2(d), _pow2(dv)
+        kw = dict(D=d, DV=dv, L=cfg.chunk_size, BL=bl, BD=bd, BDV=bdv, READ_PREC=cfg.read_precision,
+                  num_warps=8 if bdv >= 128 or bd >= 128 else 4)
+        dq_local, dk_local, dv_local = (torch.zeros_like(x) for x in (qhat, khat, v))
+        dbeta_local = torch.zeros(bh, chunks, device=v.device, dtype=torch.float32)
+        if total > 0:
+            ovq_bwd_local_kernel[(chunks, bh)](qhat, khat, v, beta, do, lse, delta, dq_local, dk_local, dv_local,
+                                               dbeta_local, total, cfg.num_heads, chunks, **kw)
+        nb = cfg.bwd_slices
+        g_k = torch.zeros_like(sum_k) if d_sum_k is None else d_sum_k.float().clone()
+        g_v = torch.zeros_like(sum_v) if d_sum_v is None else d_sum_v.float().clone()
+        dq_dict, dk_dict, dv_dict = (torch.zeros_like(x) for x in (qhat, khat, v))
+        dbeta_dict = torch.zeros(bh, nb, device=v.device, dtype=torch.float32)
+        if total > 0:
+            ovq_bwd_dict_kernel[(nb, bh)](
+                qhat, khat, v, beta, do, lse, delta, z, sched,
+                sum_k.clone(), sum_v.clone(), count.clone(), codebook if cfg.static else sum_k, g_k, g_v,
+                dq_dict, dk_dict, dv_dict, dbeta_dict, total, n, cfg.num_heads, chunks,
+                BN=BLOCK_CENTROIDS, NB=nb, COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, DETACH=cfg.detach, **kw,
+            )
+        dbeta = (dbeta_local.sum(-1) + dbeta_dict.sum(-1)).view(-1, cfg.num_heads).sum(0)
+        if cfg.detach:
+            d_sum_k0 = d_sum_v0 = None
+        else:
+            if not cfg.static:  # slots opened during this call did not exist in the initial state
+                g_k[:, ctx.m0:] = 0
+                g_v[:, ctx.m0:] = 0
+            d_sum_k0, d_sum_v0 = (None if cfg.static else g_k), g_v
+        return (dq_local + dq_dict, dk_local + dk_dict, dv_local + dv_dict, dbeta,
+                d_sum_k0, d_sum_v0, None, None, None, None, None)
+
+
+def triton_chunk_scan(qhat, khat, v, beta, state: DictionaryState, *, count_prior: bool, detach_state: bool,
+                      output_final_state: bool, codebook: torch.Tensor | None = None, max_centroids: int = 0,
+                      growth: str = "saturating", growth_rate: float = 1.0, input_dtype: torch.dtype = torch.float32,
+                      slices: tuple[int, int] | None = None):
+    """The kernel version of ``chunk_scan``: head-first float32 inputs [B, H, T, ·]; returns (o, state).
+
+    ``input_dtype`` (the caller's q/k/v dtype) sets the precision of the read's matrix products.
+    """
+    b, h, length, d = qhat.shape
+    dv = v.shape[-1]
+    static = codebook is not None
+    p, chunk = state.buffer_len, state.chunk_size
+    capacity = state.capacity
+    keys = torch.cat([state.buffer_k[:, :, :p], khat], dim=2)
+    vals = torch.cat([state.buffer_v[:, :, :p], v], dim=2)
+    queries = F.pad(qhat, (0, 0, p, 0))  # buffered tokens were answered before; their rows are dropped
+    total = p + length
+    m0 = capacity if static else state.num_centroids
+    rows = _schedule(total, chunk, m0, state.num_absorbed, capacity, growth, float(growth_rate), static)
+    sched = torch.tensor(rows, dtype=torch.int32, device=v.device).reshape(-1, 2)
+    read, assign = _precisions(input_dtype)
+    fwd_slices, bwd_slices = slices or _slices(b * h, capacity, v.device)
+    cfg = KernelConfig(chunk, capacity, h, count_prior, static, detach_state, read, assign, fwd_slices, bwd_slices)
+    beta_h = (beta.reshape(-1).expand(h) if isinstance(beta, torch.Tensor)
+              else torch.full((h,), float(beta), device=v.device)).float().contiguous()
+
+    def flat(x):
+        return x.reshape(b * h, *x.shape[2:]).float().contiguous()
+
+    unused = torch.zeros(1, device=v.device)  # stands in for the tensor a variant does not have
+    if static:
+        sum_k0, cb = unused, codebook.detach().float().contiguous()  # the codebook gets no gradient here
+    else:
+        sum_k0, cb = flat(state.sum_k.detach() if detach_state else state.sum_k), unused
+    sum_v0 = state.sum_v.detach() if detach_state else state.sum_v
+    o, sum_k, sum_v, count = ChunkFunction.apply(flat(queries), flat(keys), flat(vals), beta_h, sum_k0,
+                                                 flat(sum_v0), flat(state.count), cb, sched, cfg, m0)
+    o = o.view(b, h, total, dv)[:, :, p:]
+    if not output_final_state:
+        return o, None
+    pending = total % chunk
+    pad = (0, 0, 0, chunk - pending)
+    common = dict(sum_v=sum_v.view(b, h, capacity, dv), count=count.view(b, h, capacity),
+                  buffer_k=F.pad(keys[:, :, total - pending:], pad), buffer_v=F.pad(vals[:, :, total - pending:], pad),
+                  buffer_len=pending, num_absorbed=state.num_absorbed + total - pending)
+    if static:
+        return o, VQState(**common)
+    m = rows[-1][0] + rows[-1][1] if rows else m0
+    return o, OVQState(sum_k=sum_k.view(b, h, capacity, d), num_centroids=m, growth=state.growth,
+                       growth_rate=state.growth_rate, **common)

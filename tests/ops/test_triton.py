@@ -1,0 +1,110 @@
+"""Triton kernels vs the PyTorch op: outputs, states and gradients on odd shapes and every option.
+
+On CPU these run in Triton's interpreter (TRITON_INTERPRET=1, set in conftest) at small shapes in
+float32/float16; on a GPU the same tests run compiled (and the forward's multi-slice barrier path).
+"""
+
+import pytest
+import torch
+from conftest import random_qkv
+from helpers import assert_states_equal
+
+from ovq.ops import OVQState, ovq_attention, vq_attention
+
+pytest.importorskip("triton")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _run(fn, q, k, v, beta, do, **kw):
+    o, state = fn(q, k, v, beta, **kw, output_final_state=True)
+    grads = torch.autograd.grad((o.float() * do).sum(), (q, k, v, beta))
+    return o, state, grads
+
+
+def _compare(a, b, out_tol, grad_tol, state_atol=2e-5):
+    (o1, s1, g1), (o2, s2, g2) = a, b
+    assert not torch.isnan(o2).any()
+    # Relative error with an absolute floor: a gradient that is exactly zero in one path (q at T = 1)
+    # comes out of the other as float32 rounding noise.
+    rel = lambda x, y: ((x.float() - y.float()).norm() / y.float().norm().clamp_min(1.0)).item()  # noqa: E731
+    assert rel(o2, o1) < out_tol
+    for name, x, y in zip("qkvb", g2, g1):
+        assert rel(x, y) < grad_tol, name
+    assert_states_equal(s2, s1, atol=state_atol)
+
+
+CASES = [  # (T, L, N, D, Dv, growth)
+    (70, 16, 24, 16, 16, "saturating"),
+    (1, 16, 8, 16, 16, "saturating"),
+    (37, 5, 9, 12, 10, "saturating"),
+    (65, 16, 100, 16, 8, "linear"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"T{c[0]}-L{c[1]}-N{c[2]}-D{c[3]}-{c[5]}")
+@pytest.mark.parametrize("count_prior", [True, False])
+def test_ovq_kernels_match_torch(case, count_prior):
+    T, L, N, D, Dv, growth = case
+    q, k, v = random_qkv(2, T, 2, D, Dv, dtype=torch.float32, seed=T, device=DEVICE, requires_grad=True)
+    beta = torch.tensor([3.0, 7.0], device=DEVICE, requires_grad=True)
+    do = torch.randn(2, T, 2, Dv, device=DEVICE)
+    kw = dict(chunk_size=L, max_centroids=N, growth=growth, growth_rate=0.5, count_prior=count_prior)
+    ref = _run(ovq_attention, q, k, v, beta, do, **kw, backend="torch")
+    out = _run(ovq_attention, q, k, v, beta, do, **kw, backend="triton")
+    _compare(ref, out, 1e-5, 1e-5)
+
+
+def test_detach_state_and_carried_state_match_torch():
+    q, k, v = random_qkv(1, 60, 2, 16, dtype=torch.float32, seed=3, device=DEVICE, requires_grad=True)
+    beta = torch.tensor([2.0, 5.0], device=DEVICE, requires_grad=True)
+    do = torch.randn(1, 37, 2, 16, device=DEVICE)
+    results = []
+    for backend in ("torch", "triton"):
+        kw = dict(chunk_size=16, max_centroids=24, backend=backend)
+        _, mid = ovq_attention(q[:, :23], k[:, :23], v[:, :23], beta, **kw, output_final_state=True)
+        results.append(_run(ovq_attention, q[:, 23:], k[:, 23:], v[:, 23:], beta, do, **kw, initial_state=mid))
+        results.append(_run(ovq_attention, q[:, 23:], k[:, 23:], v[:, 23:], beta, do, **kw, detach_state=True))
+    _compare(results[0], results[2], 1e-5, 1e-5)
+    _compare(results[1], results[3], 1e-5, 1e-5)
+
+
+def test_vq_kernels_match_torch():
+    q, k, v = random_qkv(2, 50, 2, 16, dtype=torch.float32, seed=4, device=DEVICE, requires_grad=True)
+    beta = torch.tensor([4.0, 9.0], device=DEVICE, requires_grad=True)
+    codebook = torch.randn(2, 12, 16, generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    do = torch.randn(2, 50, 2, 16, device=DEVICE)
+    fn = lambda *a, **kw: vq_attention(*a[:4], codebook, **kw)  # noqa: E731
+    _compare(_run(fn, q, k, v, beta, do, chunk_size=16, backend="torch"),
+             _run(fn, q, k, v, beta, do, chunk_size=16, backend="triton"), 1e-5, 1e-5)
+
+
+def test_half_precision_inputs():
+    q, k, v = random_qkv(1, 80, 2, 16, dtype=torch.float16, seed=5, device=DEVICE)
+    kw = dict(chunk_size=16, max_centroids=32, output_final_state=True)
+    o_ref, s_ref = ovq_attention(q, k, v, 8.0, **kw, backend="torch")
+    o, s = ovq_attention(q, k, v, 8.0, **kw, backend="triton")
+    assert o.dtype == torch.float16 and s.sum_k.dtype == torch.float32
+    assert ((o.float() - o_ref.float()).norm() / o_ref.float().norm()) < 2e-3
+    assert s.num_centroids == s_ref.num_centroids
+
+
+def test_poisoned_state_padding_is_never_read():
+    """Rows past the active centroids and past the buffer are not part of the state: NaN there changes nothing."""
+    q, k, v = random_qkv(1, 40, 2, 16, dtype=torch.float32, seed=6, device=DEVICE)
+    kw = dict(chunk_size=16, max_centroids=24, output_final_state=True, backend="triton")
+    _, mid = ovq_attention(q[:, :20], k[:, :20], v[:, :20], 3.0, **kw)
+    poisoned = mid.clone()
+    m, p = mid.num_centroids, mid.buffer_len
+    for t in (poisoned.sum_k, poisoned.sum_v):
+        t[:, :, m:] = float("nan")
+    for t in (poisoned.buffer_k, poisoned.buffer_v):
+        t[:, :, p:] = float("nan")
+    o1, _ = ovq_attention(q[:, 20:], k[:, 20:], v[:, 20:], 3.0, **kw, initial_state=mid)
+    o2, _ = ovq_attention(q[:, 20:], k[:, 20:], v[:, 20:], 3.0, **kw, initial_state=poisoned)
+    assert torch.equal(o1, o2)
+
+
+def test_empty_sequence():
+    q, k, v = random_qkv(1, 0, 2, 16, dtype=torch.float32, device=DEVICE)
+    o, state = ovq_attention(q, k, v, 1.0, chunk_size=16, max_centroids=8, output_final_state=True, backend="triton")
+    assert o.shape == (1, 0, 2, 16) and isinstance(state, OVQState) and state.num_tokens == 0
