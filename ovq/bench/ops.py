@@ -1,0 +1,217 @@
+"""GPU benchmark of the OVQ kernels against SDPA, fla's Gated DeltaNet and the static-codebook variant.
+
+    python -m ovq.bench.ops --check                  # correctness of the kernels on the GPU first
+    python -m ovq.bench.ops                          # the issue's sweep (B·T = 65,536, H = 16, bf16)
+    python -m ovq.bench.ops --seq-lens 4096,65536 --head-dims 64 --centroids 4096   # a subset
+
+Every timing is the median of ``triton.testing.do_bench`` (CUDA events) after warm-up. Prints a table
+last and saves everything (with GPU, date and commit) as JSON (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from ..ops import ovq_attention, vq_attention
+from ..ops.triton_chunk import _schedule, _slices
+from .common import environment, save_json
+
+
+def _rel(x: torch.Tensor, y: torch.Tensor) -> float:
+    return ((x.float() - y.float()).norm() / y.float().norm().clamp_min(1e-6)).item()
+
+
+def check(device: str = "cuda") -> list[dict]:
+    """Kernels vs the PyTorch op on the GPU: float32 (tight) and bf16 (stated tolerance)."""
+    rows = []
+    cases = [  # B, T, H, D, L, N, dtype
+        (2, 1000, 2, 64, 64, 256, torch.float32),
+        (1, 4096, 2, 64, 64, 1024, torch.float32),   # few (b, h): many forward slices + barrier
+        (1, 2048, 4, 128, 64, 512, torch.float32),
+        (2, 777, 3, 64, 32, 300, torch.float32),
+        (2, 4096, 4, 64, 64, 1024, torch.bfloat16),
+        (1, 8192, 2, 64, 64, 4096, torch.bfloat16),
+    ]
+    for b, t, h, d, chunk, n, dtype in cases:
+        g = torch.Generator(device=device).manual_seed(t)
+        q, k, v = (torch.randn(b, t, h, d, device=device, generator=g).to(dtype).requires_grad_() for _ in range(3))
+        beta = torch.full((h,), 12.0, device=device, requires_grad=True)
+        do = torch.randn(b, t, h, d, device=device, generator=g)
+        out = {}
+        for backend in ("torch", "triton"):
+            o, st = ovq_attention(q, k, v, beta, chunk_size=chunk, max_centroids=n, output_final_state=True,
+                                  backend=backend)
+            grads = torch.autograd.grad((o.float() * do).sum(), (q, k, v, beta))
+            out[backend] = (o, st, grads)
+        (o0, s0, g0), (o1, s1, g1) = out["torch"], out["triton"]
+        counts_differ = (s0.count != s1.count).float().mean().item()
+        row = {"B": b, "T": t, "H": h, "D": d, "L": chunk, "N": n, "dtype": str(dtype).split(".")[-1],
+               "fwd_slices": _slices(b * h, n, torch.device(device))[0],
+               "o_rel": _rel(o1, o0), "dq_rel": _rel(g1[0], g0[0]), "dk_rel": _rel(g1[1], g0[1]),
+               "dv_rel": _rel(g1[2], g0[2]), "dbeta_rel": _rel(g1[3], g0[3]),
+               "sum_k_rel": _rel(s1.sum_k, s0.sum_k), "count_slots_differ": counts_differ,
+               "nan": bool(torch.isnan(o1).any())}
+        rows.append(row)
+        print(" ".join(f"{k_}={v_:.2e}" if isinstance(v_, float) else f"{k_}={v_}" for k_, v_ in row.items()),
+              flush=True)
+    return rows
+
+
+def _bench(fn) -> float:
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=50, rep=200, return_mode="median")
+
+
+def _fwd_bwd(fn, inputs, grad):
+    def run():
+        out = fn(*inputs)
+        torch.autograd.backward(out, grad)
+    return run
+
+
+def _peak_memory(fn) -> int:
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def _ovq_flops(t: int, b: int, h: int, d: int, chunk: int, n: int, static: bool) -> dict:
+    """Arithmetic the kernels must do (multiply-adds x 2) for one (T, N) configuration."""
+    rows = _schedule(t, chunk, 0, 0, n, "saturating", 1.0, static)
+    read = sum(chunk * m for m, _ in rows)  # (query, centroid) pairs
+    local = t * (chunk + 1) / 2
+    fwd = 2 * read * (2 * d + (0 if static else d)) + 2 * local * 2 * d  # logits+values (+assignment) + local
+    bwd = 2 * read * ((5 if not static else 4) * d) + 2 * local * 5 * d
+    return {"fwd": fwd * b * h, "bwd": bwd * b * h, "mean_active": read / t}
+
+
+def bench(seq_lens, head_dims, centroids, chunk: int, tokens: int, heads: int, peers: list[str]) -> list[dict]:
+    rows = []
+    device = "cuda"
+    dtype = torch.bfloat16
+    try:
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+    except ImportError:
+        chunk_gated_delta_rule = None
+    for d in head_dims:
+        for t in seq_lens:
+            b = max(1, tokens // t)
+            shape = (b, t, heads, d)
+            g = torch.Generator(device=device).manual_seed(0)
+            q, k, v = (torch.randn(shape, device=device, dtype=dtype, generator=g).requires_grad_() for _ in range(3))
+            grad = torch.randn(shape, device=device, dtype=dtype, generator=g)
+            common = {"T": t, "B": b, "H": heads, "D": d, "chunk": chunk}
+            if "sdpa" in peers:
+                def sdpa(q_, k_, v_):
+                    return F.scaled_dot_product_attention(q_.transpose(1, 2), k_.transpose(1, 2), v_.transpose(1, 2),
+                                                          is_causal=True).transpose(1, 2)
+                from torch.nn.attention import SDPBackend, sdpa_kernel
+                with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+                    with torch.no_grad():
+                        fwd = _bench(lambda: sdpa(q, k, v))
+                    fb = _bench(_fwd_bwd(sdpa, (q, k, v), grad))
+                    mem = _peak_memory(_fwd_bwd(sdpa, (q, k, v), grad))
+                rows.append(common | {"op": "sdpa", "backend": "FLASH_ATTENTION", "fwd_ms": fwd, "fwd_bwd_ms": fb,
+                                      "fwd_bwd_peak_bytes": mem})
+                print(rows[-1], flush=True)
+            if "gdn" in peers and chunk_gated_delta_rule is not None:
+                gate = F.logsigmoid(torch.randn(b, t, heads, device=device, generator=g)).to(dtype).requires_grad_()
+                bet = torch.rand(b, t, heads, device=device, generator=g).to(dtype).requires_grad_()
+
+                def gdn(q_, k_, v_):
+                    return chunk_gated_delta_rule(q_, k_, v_, gate, bet, use_qk_l2norm_in_kernel=True)[0]
+                with torch.no_grad():
+                    fwd = _bench(lambda: gdn(q, k, v))
+                try:
+                    fb = _bench(_fwd_bwd(gdn, (q, k, v), grad))
+                    mem = _peak_memory(_fwd_bwd(gdn, (q, k, v), grad))
+                    err = None
+                except RuntimeError as e:  # fla refuses its gated backward on Hopper + Triton 3.6 without tilelang
+                    fb, mem, err = None, None, str(e).splitlines()[0][:160]
+                rows.append(common | {"op": "gdn", "backend": "fla chunk", "fwd_ms": fwd, "fwd_bwd_ms": fb,
+                                      "fwd_bwd_peak_bytes": mem, "error": err})
+                print(rows[-1], flush=True)
+            for n in centroids:
+                codebook = torch.randn(heads, n, d, device=device, generator=g)
+                for op, fn in (("ovq", lambda q_, k_, v_: ovq_attention(q_, k_, v_, 12.0, chunk_size=chunk,
+                                                                         max_centroids=n)[0]),
+                               ("vq", lambda q_, k_, v_: vq_attention(q_, k_, v_, 12.0, codebook,
+                                                                       chunk_size=chunk)[0])):
+                    with torch.no_grad():
+                        fwd = _bench(lambda: fn(q, k, v))
+                    fb = _bench(_fwd_bwd(fn, (q, k, v), grad))
+                    mem = _peak_memory(_fwd_bwd(fn, (q, k, v), grad))
+                    flops = _ovq_flops(t, b, heads, d, chunk, n, op == "vq")
+                    rows.append(common | {"op": op, "N": n, "fwd_ms": fwd, "fwd_bwd_ms": fb, "fwd_bwd_peak_bytes": mem,
+                                          "fwd_tflops": flops["fwd"] / fwd / 1e9,
+                                          "fwd_bwd_tflops": (flops["fwd"] + flops["bwd"]) / fb / 1e9,
+                                          "mean_active_centroids": flops["mean_active"],
+                                          "slices": _slices(b * heads, n, torch.device(device))})
+                    print(rows[-1], flush=True)
+            del q, k, v, grad
+            torch.cuda.empty_cache()
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    """One line per (D, T, N): OVQ and VQ times, the online update's overhead, and the peers."""
+    lines = [f"{'D':>4}{'T':>7}{'N':>6} {'ovq f':>8}{'ovq fb':>9}{'vq fb':>8}{'upd%':>6}{'sdpa fb':>9}"
+             f"{'gdn fb':>8}{'ovq/sdpa':>9}{'ovq/gdn':>8}"]
+    peers = {(r["D"], r["T"], r["op"]): r for r in rows if r["op"] in ("sdpa", "gdn")}
+    for r in rows:
+        if r["op"] != "ovq":
+            continue
+        vq = next((x for x in rows if x["op"] == "vq" and x["D"] == r["D"] and x["T"] == r["T"] and x["N"] == r["N"]),
+                  None)
+        sd, gd = peers.get((r["D"], r["T"], "sdpa")), peers.get((r["D"], r["T"], "gdn"))
+
+        def fmt(x, w=8):
+            return f"{x:>{w}.2f}" if isinstance(x, float) else f"{'-':>{w}}"
+        upd = 100 * (r["fwd_bwd_ms"] / vq["fwd_bwd_ms"] - 1) if vq else None
+        sd_fb = sd["fwd_bwd_ms"] if sd else None
+        gd_fb = gd["fwd_bwd_ms"] if gd and gd["fwd_bwd_ms"] else None
+        lines.append(f"{r['D']:>4}{r['T']:>7}{r['N']:>6} {fmt(r['fwd_ms'])}{fmt(r['fwd_bwd_ms'], 9)}"
+                     f"{fmt(vq['fwd_bwd_ms'] if vq else None)}{fmt(upd, 6)}{fmt(sd_fb, 9)}{fmt(gd_fb)}"
+                     f"{fmt(r['fwd_bwd_ms'] / sd_fb if sd_fb else None, 9)}{fmt(r['fwd_bwd_ms'] / gd_fb if gd_fb else None)}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", action="store_true", help="only check the kernels against the PyTorch op")
+    ap.add_argument("--no-check", action="store_true", help="skip the correctness check before timing")
+    ap.add_argument("--seq-lens", default="2048,4096,16384,65536")
+    ap.add_argument("--head-dims", default="64,128")
+    ap.add_argument("--centroids", default="1024,4096")
+    ap.add_argument("--chunk-size", type=int, default=64)
+    ap.add_argument("--tokens", type=int, default=65536, help="B·T")
+    ap.add_argument("--heads", type=int, default=16)
+    ap.add_argument("--peers", default="sdpa,gdn")
+    ap.add_argument("--out", default="results/ops_h200.json")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("ovq.bench.ops needs a CUDA GPU")
+    payload = {"benchmark": "ovq.bench.ops", "args": vars(args), "environment": environment()}
+    if not args.no_check:
+        payload["check"] = check()
+    if not args.check:
+        ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
+        payload["results"] = bench(ints(args.seq_lens), ints(args.head_dims), ints(args.centroids), args.chunk_size,
+                                   args.tokens, args.heads, args.peers.split(","))
+    path = save_json(args.out, payload)
+    if "results" in payload:
+        print(table(payload["results"]))
+    print(f"saved {path}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()
