@@ -27,7 +27,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-EPS = 1e-6
+EPS = tl.constexpr(1e-6)
 
 
 @triton.jit
