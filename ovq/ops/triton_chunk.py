@@ -18,6 +18,8 @@ from .state import DictionaryState, OVQState, VQState
 from .utils import new_centroid_count
 
 BLOCK_CENTROIDS = 64
+# Launch settings (num_warps, num_stages) per kernel; ovq.bench.kernels overrides them to compare.
+LAUNCH = {"fwd": (8, 1), "bwd_local": (4, 1), "bwd_dict": (8, 1)}
 
 
 def triton_available() -> bool:
@@ -78,10 +80,15 @@ class KernelConfig:
     bwd_slices: int
 
 
+# The assignment's similarity precision for 16-bit inputs. "tf32x3" (three tf32 products) is float32
+# accurate, so near-ties resolve as in the float32 PyTorch op; ovq.bench.kernels measures the others.
+ASSIGN_PRECISION = "tf32x3"
+
+
 def _precisions(dtype: torch.dtype) -> tuple[str, str]:
-    """Read dots in the input's precision; assignment similarities always float32-accurate."""
+    """Read dots in the input's precision; assignment similarities float32-accurate."""
     read = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "ieee")
-    return read, ("ieee" if dtype == torch.float32 else "tf32x3")
+    return read, ("ieee" if dtype == torch.float32 else ASSIGN_PRECISION)
 
 
 def _slices(bh: int, capacity: int, device: torch.device) -> tuple[int, int]:
@@ -129,7 +136,7 @@ class ChunkFunction(torch.autograd.Function):
                 total, n, cfg.num_heads, sched.shape[0],
                 D=d, DV=dv, L=cfg.chunk_size, BL=bl, BD=bd, BDV=bdv, BN=BLOCK_CENTROIDS, NB=nb,
                 COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, READ_PREC=cfg.read_precision,
-                ASSIGN_PREC=cfg.assign_precision, num_warps=8 if bdv >= 128 or bd >= 128 else 4,
+                ASSIGN_PREC=cfg.assign_precision, num_warps=LAUNCH["fwd"][0], num_stages=LAUNCH["fwd"][1],
             )
         ctx.save_for_backward(qhat, khat, v, beta, o, lse, z, sum_k, sum_v, count, codebook, sched)
         ctx.cfg, ctx.m0 = cfg, m0
@@ -149,13 +156,13 @@ class ChunkFunction(torch.autograd.Function):
         do = do.contiguous().float()
         delta = (do * o).sum(-1)
         bl, bd, bdv = _pow2(cfg.chunk_size), _pow2(d), _pow2(dv)
-        kw = dict(D=d, DV=dv, L=cfg.chunk_size, BL=bl, BD=bd, BDV=bdv, READ_PREC=cfg.read_precision,
-                  num_warps=8 if bdv >= 128 or bd >= 128 else 4)
+        kw = dict(D=d, DV=dv, L=cfg.chunk_size, BL=bl, BD=bd, BDV=bdv, READ_PREC=cfg.read_precision)
         dq_local, dk_local, dv_local = (torch.zeros_like(x) for x in (qhat, khat, v))
         dbeta_local = torch.zeros(bh, chunks, device=v.device, dtype=torch.float32)
         if total > 0:
             ovq_bwd_local_kernel[(chunks, bh)](qhat, khat, v, beta, do, lse, delta, dq_local, dk_local, dv_local,
-                                               dbeta_local, total, cfg.num_heads, chunks, **kw)
+                                               dbeta_local, total, cfg.num_heads, chunks, **kw,
+                                               num_warps=LAUNCH["bwd_local"][0], num_stages=LAUNCH["bwd_local"][1])
         nb = cfg.bwd_slices
         g_k = torch.zeros_like(sum_k) if d_sum_k is None else d_sum_k.float().clone()
         g_v = torch.zeros_like(sum_v) if d_sum_v is None else d_sum_v.float().clone()
@@ -167,6 +174,7 @@ class ChunkFunction(torch.autograd.Function):
                 sum_k.clone(), sum_v.clone(), count.clone(), codebook if cfg.static else sum_k, g_k, g_v,
                 dq_dict, dk_dict, dv_dict, dbeta_dict, total, n, cfg.num_heads, chunks,
                 BN=BLOCK_CENTROIDS, NB=nb, COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, DETACH=cfg.detach, **kw,
+                num_warps=LAUNCH["bwd_dict"][0], num_stages=LAUNCH["bwd_dict"][1],
             )
         dbeta = (dbeta_local.sum(-1) + dbeta_dict.sum(-1)).view(-1, cfg.num_heads).sum(0)
         if cfg.detach:

@@ -1,0 +1,84 @@
+"""Tuning tool: times the Triton kernels' launch variants on the GPU (not the public benchmark).
+
+    python -m ovq.bench.kernels            # forward / backward variants at T = 4K and 64K, D = 64, N = 4096
+
+For each variant: median ms (CUDA events via do_bench), registers and spills of the compiled kernel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+
+import torch
+
+from ..ops import ovq_attention
+from ..ops import triton_chunk as tc
+from .common import environment, save_json
+
+
+def _time(fn) -> float:
+    import triton.testing
+    return triton.testing.do_bench(fn, warmup=20, rep=100, return_mode="median")
+
+
+def _compiled_info(kernel) -> dict:
+    """Registers/spills of the most recently compiled specialization of a Triton kernel."""
+    try:
+        cache = kernel.device_caches[torch.cuda.current_device()][0]
+        compiled = list(cache.values())[-1]
+        return {"regs": compiled.n_regs, "spills": compiled.n_spills, "shared": compiled.metadata.shared}
+    except Exception as e:  # noqa: BLE001 - the cache layout is Triton-internal; report instead of failing
+        return {"info_error": repr(e)[:80]}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="results/kernel_variants.json")
+    ap.add_argument("--configs", default="16x4096,1x65536")
+    args = ap.parse_args(argv)
+    from ..ops import kernels
+    rows = []
+    for cfg in args.configs.split(","):
+        b, t = (int(x) for x in cfg.split("x"))
+        h, d, n = 16, 64, 4096
+        q, k, v = (torch.randn(b, t, h, d, device="cuda", dtype=torch.bfloat16).requires_grad_() for _ in range(3))
+        grad = torch.randn_like(q)
+
+        def fwd():
+            with torch.no_grad():
+                ovq_attention(q, k, v, 12.0, chunk_size=64, max_centroids=n)
+
+        def fwd_bwd():
+            ovq_attention(q, k, v, 12.0, chunk_size=64, max_centroids=n)[0].backward(grad)
+
+        for warps, stages, prec in itertools.product((4, 8), (1, 2), ("tf32x3", "tf32", "bf16")):
+            if prec != "tf32x3" and (warps, stages) != (8, 1):
+                continue
+            tc.LAUNCH["fwd"] = (warps, stages)
+            tc.ASSIGN_PRECISION = prec
+            ms = _time(fwd)
+            rows.append({"B": b, "T": t, "kernel": "fwd", "warps": warps, "stages": stages, "assign": prec, "ms": ms}
+                        | _compiled_info(kernels.ovq_fwd_kernel))
+            print(rows[-1], flush=True)
+        tc.LAUNCH["fwd"], tc.ASSIGN_PRECISION = (8, 1), "tf32x3"
+        # Without farthest-point picks (timing only: wrong function) -> the picks' share of the forward.
+        real = tc._schedule
+        tc._schedule = lambda *a: tuple((m, 0) for m, _ in real(*a))
+        rows.append({"B": b, "T": t, "kernel": "fwd_no_picks", "ms": _time(fwd)})
+        print(rows[-1], flush=True)
+        tc._schedule = real
+        for warps, stages in itertools.product((4, 8), (1, 2)):
+            tc.LAUNCH["bwd_dict"] = (warps, stages)
+            ms = _time(fwd_bwd)
+            rows.append({"B": b, "T": t, "kernel": "fwd+bwd", "bwd_warps": warps, "bwd_stages": stages, "ms": ms}
+                        | _compiled_info(kernels.ovq_bwd_dict_kernel))
+            print(rows[-1], flush=True)
+        tc.LAUNCH["bwd_dict"] = (8, 1)
+    save_json(args.out, {"environment": environment(), "rows": rows})
+    for r in rows:
+        print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
+
+
+if __name__ == "__main__":
+    main()
