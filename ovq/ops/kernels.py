@@ -31,14 +31,36 @@ EPS = tl.constexpr(1e-6)
 
 
 @triton.jit
-def _mm(a, b, PREC: tl.constexpr):
-    """a @ b with float32 accumulation; PREC picks the operand precision."""
+def _operand(x, PREC: tl.constexpr):
+    """x cast to the operand type of a product at precision PREC (done once, outside hot loops)."""
     if PREC == "bf16":
-        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+        return x.to(tl.bfloat16)
     elif PREC == "fp16":
-        return tl.dot(a.to(tl.float16), b.to(tl.float16))
+        return x.to(tl.float16)
+    else:
+        return x
+
+
+@triton.jit
+def _mm(a, b, PREC: tl.constexpr):
+    """a @ b with float32 accumulation; operands already cast by ``_operand`` (or cast here)."""
+    if PREC == "bf16" or PREC == "fp16":
+        return tl.dot(_operand(a, PREC), _operand(b, PREC))
     else:
         return tl.dot(a, b, input_precision=PREC)
+
+
+@triton.jit
+def _split(x):
+    """x = hi + lo in two bfloat16 parts (hi carries 8 bits of mantissa, lo the next 8)."""
+    hi = x.to(tl.bfloat16)
+    return hi, (x - hi.to(tl.float32)).to(tl.bfloat16)
+
+
+@triton.jit
+def _mm_split(a_hi, a_lo, b_hi, b_lo):
+    """a @ b from split operands: three bf16 products, ~16 bits of mantissa (float32-grade ranking)."""
+    return tl.dot(a_hi, b_hi) + tl.dot(a_hi, b_lo) + tl.dot(a_lo, b_hi)
 
 
 @triton.jit
@@ -93,7 +115,13 @@ def ovq_fwd_kernel(
         v_off = (bh * T + t)[:, None] * DV + offs_dv[None, :]
         q = tl.load(q_ptr + qk_off, mask=tmask[:, None] & dmask[None, :], other=0.0)
         k = tl.load(k_ptr + qk_off, mask=tmask[:, None] & dmask[None, :], other=0.0)
-        v = tl.load(v_ptr + v_off, mask=tmask[:, None] & dvmask[None, :], other=0.0)
+        # Operands for the centroid loop, cast once; the float32 q, k, v are reloaded after it, which keeps
+        # the loop's live registers low enough for two programs per SM.
+        q_op = _operand(q, READ_PREC)
+        if ASSIGN_PREC == "bf16x3":
+            k_hi, k_lo = _split(k)
+        else:
+            k_hi, k_lo = k, k
         m = tl.load(sched_ptr + 2 * c)
         n_new = tl.load(sched_ptr + 2 * c + 1)
         full = (T - c * L) >= L
@@ -112,7 +140,7 @@ def ovq_fwd_kernel(
             mu, muv, cnt, inv = _load_centroids(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, s_base, cb_base, n, nmask,
                                                 offs_d, dmask, offs_dv, dvmask, D, DV, STATIC)
             readable = nmask & (cnt > 0)
-            logits = beta * _mm(q, tl.trans(mu), READ_PREC)
+            logits = beta * _mm(q_op, tl.trans(_operand(mu, READ_PREC)), READ_PREC)
             if COUNT_PRIOR:
                 logits += tl.log(tl.maximum(cnt, 1.0))[None, :]
             logits = tl.where(readable[None, :], logits, float("-inf"))
@@ -123,7 +151,11 @@ def ovq_fwd_kernel(
             row_sum = row_sum * alpha + tl.sum(p, axis=1)
             acc = acc * alpha[:, None] + _mm(p, muv, READ_PREC)
             row_max = new_max
-            sim = _mm(k, tl.trans(mu), ASSIGN_PREC)
+            if ASSIGN_PREC == "bf16x3":
+                mu_hi, mu_lo = _split(tl.trans(mu))
+                sim = _mm_split(k_hi, k_lo, mu_hi, mu_lo)
+            else:
+                sim = _mm(k_hi, tl.trans(mu), ASSIGN_PREC)
             sim = tl.where(nmask[None, :], sim, float("-inf"))
             blk_max = tl.max(sim, axis=1)
             blk_arg = tl.argmax(sim, axis=1, tie_break_left=True)
@@ -171,8 +203,14 @@ def ovq_fwd_kernel(
 
         # ---- the write's decisions: farthest-point picks, then argmax over old and new centroids ----
         z = tl.full([BL], -1, tl.int32)
+        k = tl.load(k_ptr + qk_off, mask=tmask[:, None] & dmask[None, :], other=0.0)
+        v = tl.load(v_ptr + v_off, mask=tmask[:, None] & dvmask[None, :], other=0.0)
         if full & (m + n_new > 0):
-            gram = _mm(k, tl.trans(k), ASSIGN_PREC)
+            if ASSIGN_PREC == "bf16x3":
+                k_hi, k_lo = _split(k)
+                gram = _mm_split(k_hi, k_lo, tl.trans(k_hi), tl.trans(k_lo))
+            else:
+                gram = _mm(k, tl.trans(k), ASSIGN_PREC)
             sim_pick = tl.where(in_chunk, best_val, float("inf"))  # padding rows are never picked
             order = tl.full([BL], -1, tl.int32)
             for i in range(0, n_new):
@@ -198,6 +236,7 @@ def ovq_fwd_kernel(
 
         if writer:
             # Merge with the causal keys of the chunk itself: one softmax over everything.
+            q = tl.load(q_ptr + qk_off, mask=tmask[:, None] & dmask[None, :], other=0.0)
             s_loc = beta * _mm(q, tl.trans(k), READ_PREC)
             s_loc = tl.where(causal & tmask[None, :], s_loc, float("-inf"))
             new_max = tl.maximum(row_max, tl.max(s_loc, axis=1))
@@ -317,6 +356,8 @@ def ovq_bwd_dict_kernel(
         lse = tl.load(lse_ptr + bh * T + t, mask=tmask, other=0.0)
         delta = tl.load(delta_ptr + bh * T + t, mask=tmask, other=0.0)
         m_loc = tl.where(m > s, (m - s + NB - 1) // NB, 0)
+        q_op = _operand(q, READ_PREC)
+        do_op = _operand(do, READ_PREC)
         dq = tl.zeros([BL, BD], tl.float32)
         for r0 in range(0, m_loc, BN):
             r = r0 + offs_n
@@ -325,25 +366,26 @@ def ovq_bwd_dict_kernel(
             mu, muv, cnt, inv = _load_centroids(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, s_base, cb_base, n, nmask,
                                                 offs_d, dmask, offs_dv, dvmask, D, DV, STATIC)
             readable = nmask & (cnt > 0.5)
-            raw = _mm(q, tl.trans(mu), READ_PREC)
+            mu_op = _operand(mu, READ_PREC)
+            raw = _mm(q_op, tl.trans(mu_op), READ_PREC)
             logits = beta * raw
             if COUNT_PRIOR:
                 logits += tl.log(tl.maximum(cnt, 1.0))[None, :]
             p = tl.where(readable[None, :] & tmask[:, None], tl.exp(logits - lse[:, None]), 0.0)
-            dp = _mm(do, tl.trans(muv), READ_PREC)
+            dp = _mm(do_op, tl.trans(_operand(muv, READ_PREC)), READ_PREC)
             ds = p * (dp - delta[:, None])
-            dq += beta * _mm(ds, mu, READ_PREC)
+            dq += beta * _mm(ds, mu_op, READ_PREC)
             dbeta += tl.sum(ds * raw, axis=1)
             if not DETACH:
                 rows_k = (s_base + n)[:, None] * D + offs_d[None, :]
                 rows_v = (s_base + n)[:, None] * DV + offs_dv[None, :]
                 if not STATIC:
-                    dmu = beta * _mm(tl.trans(ds), q, READ_PREC)
+                    dmu = beta * _mm(tl.trans(ds), q_op, READ_PREC)
                     dsk = (dmu - mu * tl.sum(mu * dmu, axis=1)[:, None]) * inv[:, None]
                     gk_blk = tl.load(gk_ptr + rows_k, mask=readable[:, None] & dmask[None, :], other=0.0,
                                      cache_modifier=".cg")
                     tl.store(gk_ptr + rows_k, gk_blk + dsk, mask=readable[:, None] & dmask[None, :])
-                dsv = _mm(tl.trans(p), do, READ_PREC) / tl.maximum(cnt, 1.0)[:, None]
+                dsv = _mm(tl.trans(p), do_op, READ_PREC) / tl.maximum(cnt, 1.0)[:, None]
                 gv_blk = tl.load(gv_ptr + rows_v, mask=readable[:, None] & dvmask[None, :], other=0.0,
                                  cache_modifier=".cg")
                 tl.store(gv_ptr + rows_v, gv_blk + dsv, mask=readable[:, None] & dvmask[None, :])
