@@ -16,8 +16,9 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from ..ops import ovq_attention, vq_attention
+from ..ops import OVQState, ovq_attention, ovq_step, vq_attention
 from ..ops.triton_chunk import _schedule, _slices
+from ..ops.utils import growth_target
 from .common import environment, save_json
 
 
@@ -166,6 +167,33 @@ def bench(seq_lens, head_dims, centroids, chunk: int, tokens: int, heads: int, p
     return rows
 
 
+def decode(contexts, heads: int, d: int, n: int, chunk: int) -> list[dict]:
+    """Time per generated token of ``ovq_step`` (B = 1) with a state that has absorbed ``context`` tokens.
+
+    A step's cost depends only on the state (its active centroids and buffer), not on the history, so the
+    state is built directly: m = M(context) centroids with random unit key sums, counts and value sums.
+    do_bench repeats the step, so every 64th call also pays the chunk write: the figure is amortized.
+    """
+    rows = []
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for context in contexts:
+        state = OVQState.empty(1, heads, d, chunk_size=chunk, max_centroids=n, device="cuda")
+        m = growth_target(context, n, "saturating", 1.0)
+        state.sum_k[:, :, :m] = F.normalize(torch.randn(1, heads, m, d, device="cuda", generator=g), dim=-1)
+        state.count[:, :, :m] = torch.randint(1, 64, (1, heads, m), device="cuda", generator=g).float()
+        state.sum_v[:, :, :m] = torch.randn(1, heads, m, d, device="cuda", generator=g) * state.count[:, :, :m, None]
+        state.num_centroids, state.num_absorbed = m, context
+        q, k, v = (torch.randn(1, 1, heads, d, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        ms = _bench(lambda: ovq_step(q, k, v, 12.0, state, chunk_size=chunk, max_centroids=n))
+        rows.append({"op": "ovq_step (PyTorch path)", "context": context, "H": heads, "D": d, "N": n,
+                     "active_centroids": m, "ms_per_token": ms, "state_bytes": state.nbytes,
+                     "peak_allocated_bytes": torch.cuda.max_memory_allocated()})
+        print(rows[-1], flush=True)
+    return rows
+
+
 def table(rows: list[dict]) -> str:
     """One line per (D, T, N): OVQ and VQ times, the online update's overhead, and the peers."""
     lines = [f"{'D':>4}{'T':>7}{'N':>6} {'ovq f':>8}{'ovq fb':>9}{'vq fb':>8}{'upd%':>6}{'sdpa fb':>9}"
@@ -200,6 +228,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--tokens", type=int, default=65536, help="B·T")
     ap.add_argument("--heads", type=int, default=16)
     ap.add_argument("--peers", default="sdpa,gdn")
+    ap.add_argument("--decode-contexts", default="4096,65536,1048576")
     ap.add_argument("--out", default="results/ops_h200.json")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -211,9 +240,13 @@ def main(argv=None) -> dict:
         ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
         payload["results"] = bench(ints(args.seq_lens), ints(args.head_dims), ints(args.centroids), args.chunk_size,
                                    args.tokens, args.heads, args.peers.split(","))
+        payload["decode"] = decode(ints(args.decode_contexts), args.heads, 64, 4096, args.chunk_size)
     path = save_json(args.out, payload)
     if "results" in payload:
         print(table(payload["results"]))
+        for r in payload["decode"]:
+            print(f"decode ctx={r['context']:>8} m={r['active_centroids']:>5} {r['ms_per_token']:.3f} ms/token "
+                  f"state {r['state_bytes'] / 2**20:.2f} MiB")
     print(f"saved {path}")
     return payload
 
