@@ -15,6 +15,9 @@ import torch
 
 
 def git_commit() -> str:
+    """The commit of the working tree, or $OVQ_COMMIT where there is no .git (copies on a GPU machine)."""
+    if os.environ.get("OVQ_COMMIT"):
+        return os.environ["OVQ_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
                              cwd=Path(__file__).resolve().parent)
