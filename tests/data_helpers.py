@@ -1,7 +1,5 @@
 """Helpers for the ovq.data tests: the built-in sample prepared into a temporary folder."""
 
-import pytest
-
 from ovq.data.prepare import prepare
 from ovq.data.split import SplitConfig
 
@@ -12,10 +10,3 @@ def prepare_sample(out, **kwargs):
     kwargs = {"vocab_size": 512, "split": SAMPLE_SPLIT, "log": lambda *a: None} | kwargs
     return prepare("sample", out, **kwargs)
 
-
-@pytest.fixture(scope="module")
-def sample_data(tmp_path_factory):
-    """The built-in sample prepared once per test module (small shards: several per split)."""
-    out = tmp_path_factory.mktemp("prepared") / "sample"
-    prepare_sample(out, shard_tokens=2000)
-    return out

@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from data_helpers import sample_data  # noqa: F401 (a fixture)
 
 from ovq.data.loader import HeldOutDocuments, TokenWindows
 from ovq.data.shards import TokenShards

@@ -1,9 +1,11 @@
 """prepare: documents -> split -> tokenizer -> shards; exact contents, idempotent, atomic, clear errors."""
 
 import json
+import sys
+import types
 
 import pytest
-from data_helpers import SAMPLE_SPLIT, prepare_sample, sample_data  # noqa: F401 (a fixture)
+from data_helpers import SAMPLE_SPLIT, prepare_sample
 
 import ovq.data.prepare as prepare_module
 from ovq.data import decode_ids, load_meta, load_tokenizer
@@ -165,3 +167,16 @@ def test_summary(sample_data):
     text = summary_markdown(sample_data)
     assert text.startswith("5 documents, 12,")
     assert "| `sample/kjv-genesis-1` | Genesis 1:1-1:21 (King James Version) |" in text
+
+
+def test_hugging_face_dataset_keeps_its_splits(tmp_path, monkeypatch):
+    texts = [d.text for d in SampleSource().documents()]
+    rows = {"train": [{"text": t, "short_book_title": f"B{i}"} for i, t in enumerate(texts[:4])],
+            "validation": [{"text": texts[4], "short_book_title": "V"}]}
+    fake = types.SimpleNamespace(load_dataset=lambda name, config=None, *, split, streaming, **kw: iter(rows[split]))
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    meta = prepare("hf:pg19", tmp_path / "pg19", vocab_size=400, split=SAMPLE_SPLIT, log=lambda *a: None)
+    assert meta["splits"]["train"]["ids"] == [f"pg19/train/{i}" for i in range(4)]
+    assert meta["splits"]["heldout"]["ids"] == ["pg19/validation/0"]
+    tok = load_tokenizer(tmp_path / "pg19")
+    assert decode_ids(tok, TokenShards(tmp_path / "pg19", "heldout").document(0)) == texts[4]

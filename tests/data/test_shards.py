@@ -5,7 +5,6 @@ import re
 
 import numpy as np
 import pytest
-from data_helpers import sample_data  # noqa: F401 (a fixture)
 
 from ovq.data.shards import ShardWriter, TokenShards, load_meta
 
