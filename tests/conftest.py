@@ -21,3 +21,13 @@ def random_qkv(B, T, H, D, Dv=None, dtype=torch.float64, seed=0, device="cpu", r
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def sample_data(tmp_path_factory):
+    """ovq.data's built-in sample, prepared once per test module (small shards: several per split)."""
+    from data_helpers import prepare_sample
+
+    out = tmp_path_factory.mktemp("prepared") / "sample"
+    prepare_sample(out, shard_tokens=2000)
+    return out
