@@ -1,0 +1,149 @@
+"""What the task generators share: batch containers, seeded sampling helpers, scoring of token tasks.
+
+Every generator draws all its randomness from one ``torch.Generator`` on the target device, with a fixed
+sequence of calls, so a batch is a pure function of ``(config, batch_size, seed, device type)``. CPU and
+CUDA generators produce different streams: the same seed gives the same batch on every CPU, and the same
+batch on every CUDA device, but a CPU batch differs from a CUDA batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..ops.utils import check_int
+
+IGNORE_INDEX = -100
+"""Target of every position that is not scored in a token task (``F.cross_entropy``'s default)."""
+
+
+@dataclass
+class TokenBatch:
+    """A batch of a token task.
+
+    Attributes:
+        inputs: ``[B, T]`` long, the token ids the model reads.
+        targets: ``[B, T]`` long, the answer the model must predict *at* each position (not shifted:
+            ``targets[:, t]`` is compared with the model's output at position ``t``), ``IGNORE_INDEX``
+            where nothing is scored.
+        mask: ``[B, T]`` bool, the scored (answer) positions: ``targets != IGNORE_INDEX``.
+    """
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    mask: torch.Tensor
+
+    @property
+    def num_answers(self) -> int:
+        return int(self.mask.sum())
+
+    def to(self, device) -> "TokenBatch":
+        return TokenBatch(self.inputs.to(device), self.targets.to(device), self.mask.to(device))
+
+
+def make_generator(seed: int | None, generator: torch.Generator | None, device) -> tuple[torch.Generator, torch.device]:
+    """The generator a ``sample`` call draws from: exactly one of ``seed`` and ``generator``."""
+    if (seed is None) == (generator is None):
+        raise ValueError("pass exactly one of seed and generator")
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        gen_device = torch.device(generator.device)
+        if device is not None and torch.device(device).type != gen_device.type:
+            raise ValueError(f"device {device} does not match the generator's device {gen_device}")
+        return generator, gen_device
+    check_int("seed", seed, minimum=0)
+    device = torch.device("cpu" if device is None else device)
+    return torch.Generator(device=device).manual_seed(seed), device
+
+
+def random_subset(population: int, size: int, batch_shape: tuple[int, ...], generator, device) -> torch.Tensor:
+    """``[*batch_shape, size]`` distinct ints from ``[0, population)``, a uniformly random ordered subset.
+
+    Uses ``topk`` of uniform noise, so it costs ``prod(batch_shape) * population`` numbers: meant for
+    populations of at most a few hundred thousand.
+    """
+    noise = torch.rand(*batch_shape, population, generator=generator, device=device)
+    return noise.topk(size, dim=-1, sorted=True).indices
+
+
+def random_small_subset(population: int, size: int, batch_shape: tuple[int, ...], generator, device) -> torch.Tensor:
+    """Like :func:`random_subset` for a small ``size`` out of a large population, in O(size²) tensor ops.
+
+    Draw ``r`` is uniform over the ``population - r`` values not drawn yet: a uniform index ``u`` is
+    moved past every earlier draw that is ``<= u`` (walking the earlier draws in ascending order).
+    """
+    draws = torch.empty(*batch_shape, 0, dtype=torch.long, device=device)
+    ascending = draws
+    for r in range(size):
+        u = torch.randint(0, population - r, batch_shape, generator=generator, device=device)
+        for j in range(r):
+            u = u + (u >= ascending[..., j]).long()
+        draws = torch.cat([draws, u.unsqueeze(-1)], dim=-1)
+        ascending = draws.sort(dim=-1).values
+    return draws
+
+
+def random_block_starts(region_len: int, num_blocks: int, block_len: int, batch_size: int, generator, device
+                        ) -> torch.Tensor:
+    """``[B, num_blocks]`` ascending start positions of non-overlapping blocks inside ``[0, region_len)``.
+
+    Uniform over all placements: each block is collapsed to one slot, ``num_blocks`` distinct slots are
+    drawn out of ``region_len - num_blocks * (block_len - 1)``, sorted, and block ``i`` is shifted right by
+    the ``i * (block_len - 1)`` tokens of the blocks before it.
+    """
+    slots = region_len - num_blocks * (block_len - 1)
+    picks = random_subset(slots, num_blocks, (batch_size,), generator, device).sort(dim=-1).values
+    return picks + torch.arange(num_blocks, device=device) * (block_len - 1)
+
+
+def query_order(num_items: int, num_queries: int, batch_size: int, generator, device) -> torch.Tensor:
+    """``[B, num_queries]`` indices into ``num_items`` items: rounds of random permutations, truncated.
+
+    With ``num_queries <= num_items`` every query names a different item; beyond that each item is named
+    once per round of ``num_items`` queries.
+    """
+    rounds = -(-num_queries // num_items)
+    perms = torch.rand(batch_size, rounds, num_items, generator=generator, device=device).argsort(dim=-1)
+    return perms.reshape(batch_size, rounds * num_items)[:, :num_queries]
+
+
+# ----------------------------------------------------------------------------------------------
+# Scoring of token tasks (exact match on answer positions only).
+# ----------------------------------------------------------------------------------------------
+
+def predicted_tokens(outputs: torch.Tensor, batch: TokenBatch) -> torch.Tensor:
+    """``[B, T]`` predicted ids from logits ``[B, T, V]`` (argmax) or from ids ``[B, T]``."""
+    if not isinstance(outputs, torch.Tensor):
+        raise TypeError(f"outputs must be a torch.Tensor, got {type(outputs).__name__}")
+    shape = tuple(batch.targets.shape)
+    if outputs.dim() == 3 and tuple(outputs.shape[:2]) == shape:
+        return outputs.argmax(dim=-1)
+    if outputs.dim() == 2 and tuple(outputs.shape) == shape and not outputs.is_floating_point():
+        return outputs
+    raise ValueError(f"outputs must be logits [B, T, V] with [B, T] = {list(shape)} or integer token ids "
+                     f"{list(shape)}, got {outputs.dtype} {list(outputs.shape)}")
+
+
+def token_accuracy(outputs: torch.Tensor, batch: TokenBatch, reduction: str = "mean") -> torch.Tensor:
+    """Exact-match accuracy over the answer positions (``batch.mask``) only.
+
+    ``reduction="mean"``: one 0-dim tensor, correct answers / answers in the batch. ``"none"``: ``[B]``, the
+    accuracy of each sequence. Nothing is synchronized with the host.
+    """
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    correct = (predicted_tokens(outputs, batch) == batch.targets) & batch.mask
+    if reduction == "mean":
+        return correct.sum() / batch.mask.sum().clamp_min(1)
+    return correct.sum(dim=1) / batch.mask.sum(dim=1).clamp_min(1)
+
+
+def token_loss(logits: torch.Tensor, batch: TokenBatch) -> torch.Tensor:
+    """Mean cross-entropy over the answer positions (float32 softmax whatever the logits' dtype)."""
+    if logits.dim() != 3 or tuple(logits.shape[:2]) != tuple(batch.targets.shape):
+        raise ValueError(f"logits must have shape [B, T, V] with [B, T] = {list(batch.targets.shape)}, "
+                         f"got {list(logits.shape)}")
+    return F.cross_entropy(logits.flatten(0, 1).float(), batch.targets.flatten(), ignore_index=IGNORE_INDEX)
