@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch.nn as nn
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .distributed import DistributedContext
 from .schedule import lr_at
+from .sources import move_batch
 
 # Dense bf16 throughput used for MFU, by device name (measured on this project's H200: 795 TFLOP/s).
 PEAK_FLOPS = {"H200": 795e12, "H100": 795e12, "A100": 312e12}
@@ -193,7 +193,7 @@ class Trainer:
         self.model.train()
         total_loss, tokens = 0.0, 0
         for micro in range(cfg.grad_accum):
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in self.source.next_batch().items()}
+            batch = move_batch(self.source.next_batch(), self.device)
             sync = micro == cfg.grad_accum - 1
             with self.dist.no_sync(self.model, enabled=not sync), self._autocast():
                 loss, info = self.loss_fn(self.forward_model, batch)
@@ -224,15 +224,19 @@ class Trainer:
         peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
         return None if peak is None else self.flops_per_token * tokens_per_s / (peak * self.dist.world_size)
 
-    def fit(self, resume: bool = True) -> list[dict]:
-        """Train to ``cfg.steps`` (continuing from a checkpoint if ``resume``); returns the log records."""
+    def fit(self, resume: bool = True, until: int | None = None) -> list[dict]:
+        """Train to ``cfg.steps`` (continuing from a checkpoint if ``resume``); returns the log records.
+
+        ``until`` stops early at that step (with a checkpoint), as an interrupted run would; the schedule
+        still follows ``cfg.steps``.
+        """
         torch.manual_seed(self.cfg.seed)
         if resume and self.resume() and self.dist.is_main:
             print(f"resumed from {self.out_dir / CHECKPOINT_NAME} at step {self.step}")
         progress = _Progress(self.cfg.steps, self.step, enabled=self.cfg.progress and self.dist.is_main)
         window_tokens, window_start = 0, time.perf_counter()
         with progress:
-            while self.step < self.cfg.steps:
+            while self.step < min(self.cfg.steps, until or self.cfg.steps):
                 record = self._train_step()
                 self.step += 1
                 window_tokens += record["tokens"]
@@ -252,6 +256,9 @@ class Trainer:
                     progress.update(self.step, None)
                 if self.cfg.ckpt_every and self.step % self.cfg.ckpt_every == 0:
                     self.save()
+        if self.step < self.cfg.steps:  # stopped early on request: save where we are and leave
+            self.save()
+            return self.history
         final = {"step": self.step, **self.evaluate()}
         self.log.write(final)
         self.history.append(final)
@@ -295,6 +302,3 @@ class _Progress:
             info = "  ".join(parts)
         self._bar.update(self._task, completed=step, **({"info": info} if info is not None else {}))
 
-
-def env_rank() -> int:
-    return int(os.environ.get("RANK", "0"))

@@ -1,0 +1,74 @@
+"""Batch sources for the trainer: synthetic tasks (drawn on the device) and language-model windows."""
+
+from __future__ import annotations
+
+import torch
+
+from ..ops.utils import check_int
+
+
+class TaskSource:
+    """Batches of a task from ``ovq.tasks``, each a pure function of (seed, rank, batch index).
+
+    Yields ``{"task_batch": TokenBatch | RegressionBatch}``; the position is the batch index alone.
+    """
+
+    def __init__(self, task, batch_size: int, *, seed: int = 0, rank: int = 0, device=None):
+        self.task, self.device = task, device
+        self.batch_size = check_int("batch_size", batch_size)
+        self.seed, self.rank, self.index = check_int("seed", seed, 0), check_int("rank", rank, 0), 0
+
+    def _seed(self, index: int) -> int:
+        return (hash((self.seed, self.rank, index)) & (2**62 - 1))
+
+    def next_batch(self) -> dict:
+        batch = self.task.sample(self.batch_size, seed=self._seed(self.index), device=self.device)
+        self.index += 1
+        return {"task_batch": batch}
+
+    def state_dict(self) -> dict:
+        return {"index": self.index, "seed": self.seed, "rank": self.rank, "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("seed", "batch_size"):
+            if state.get(key) != getattr(self, key):
+                raise ValueError(f"data state was saved with {key}={state.get(key)!r}, this source has "
+                                 f"{getattr(self, key)!r}")
+        self.index = check_int("state['index']", state["index"], 0)
+
+
+def task_loss(task):
+    """loss_fn for the trainer: the model maps the batch's inputs to logits (or predictions)."""
+
+    def loss_fn(model, batch):
+        task_batch = batch["task_batch"]
+        out = model(task_batch.inputs)
+        outputs = out.logits if hasattr(out, "logits") else out
+        return task.loss(outputs.float(), task_batch), {"tokens": task_batch.inputs.shape[0] * task_batch.inputs.shape[1]}
+
+    return loss_fn
+
+
+class LMSource:
+    """Next-token training windows from prepared shards (``ovq.data``), Hugging Face convention:
+    ``labels`` = ``input_ids`` (the model shifts them)."""
+
+    def __init__(self, data, seq_len: int, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1):
+        from ..data import TokenWindows
+
+        self.windows = TokenWindows(data, seq_len, batch_size, seed=seed, rank=rank, world_size=world_size)
+
+    def next_batch(self) -> dict:
+        x = next(self.windows)
+        return {"input_ids": x, "labels": x}
+
+    def state_dict(self) -> dict:
+        return self.windows.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.windows.load_state_dict(state)
+
+
+def move_batch(batch: dict, device) -> dict:
+    """Tensors (and task batches, which have ``.to``) onto ``device``."""
+    return {k: (v.to(device) if hasattr(v, "to") else v) for k, v in batch.items()}
