@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -12,6 +11,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from ..io import atomic_write_json
 
 
 def git_commit() -> str:
@@ -51,9 +52,5 @@ def time_cpu(fn, repeats: int = 5, warmup: int = 1) -> dict:
 
 
 def save_json(path: str | os.PathLike, payload: dict) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)  # never leave a half-written results file
-    return path
+    """Write a results file atomically (never half-written)."""
+    return atomic_write_json(path, payload)

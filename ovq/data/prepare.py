@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import tokenizers
 
-from .io import atomic_write_json, fsync_dir
+from ..io import atomic_write_json, fsync_dir
 from .shards import DEFAULT_SHARD_TOKENS, FORMAT, ShardWriter, TokenShards, load_meta, sha256_file, token_dtype
 from .sources import DocumentSource, document_record, get_source
 from .split import SPLITS, SplitConfig, split_documents

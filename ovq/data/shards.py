@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import fsync_dir, read_json
+from ..io import fsync_dir, read_json
 
 FORMAT = "ovq.data/1"
 DEFAULT_SHARD_TOKENS = 1 << 28  # 512 MiB of uint16 per shard file

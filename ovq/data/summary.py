@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .io import read_json
+from ..io import read_json
 from .shards import load_meta
 
 

@@ -13,23 +13,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..io import fsync_dir
+
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: missing, truncated, corrupt or from another format."""
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def save_checkpoint(payload: dict, out_dir: str | os.PathLike, name: str = CHECKPOINT_NAME) -> Path:
@@ -47,7 +38,7 @@ def save_checkpoint(payload: dict, out_dir: str | os.PathLike, name: str = CHECK
     finally:
         if tmp.exists():
             tmp.unlink()
-    _fsync_dir(out_dir)
+    fsync_dir(out_dir)
     return path
 
 
