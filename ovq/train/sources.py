@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 
 from ..ops.utils import check_int
 
