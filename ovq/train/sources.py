@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from ..ops.utils import check_int
 
 
