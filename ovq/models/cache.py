@@ -277,13 +277,17 @@ class OVQCache(Cache):
 
     # fla's cache protocol, for the fla mixers (as fla.models.utils.Cache implements it).
     def __getitem__(self, layer_idx: int) -> dict[str, Any] | None:
+        self._check_fla_layer(layer_idx)
         return self.layers[layer_idx].state
+
+    def _check_fla_layer(self, layer_idx: int) -> None:
+        if self.mixers[layer_idx] not in FLA_MIXERS:
+            raise TypeError(f"layer {layer_idx} is a {self.mixers[layer_idx]!r} mixer; only fla mixers use "
+                            "fla's cache protocol (cache[i], cache.update(...)); read cache.layers[i]")
 
     def update(self, recurrent_state=None, attn_state=None, conv_state=None, ffn_state=None, layer_idx: int = 0,
                offset: int | None = 1, cache_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
-        if self.mixers[layer_idx] not in FLA_MIXERS:
-            raise TypeError(f"layer {layer_idx} is a {self.mixers[layer_idx]!r} mixer; only fla mixers update "
-                            "the cache through fla's protocol")
+        self._check_fla_layer(layer_idx)
         return self.layers[layer_idx].update(recurrent_state=recurrent_state, attn_state=attn_state,
                                              conv_state=conv_state, ffn_state=ffn_state,
                                              offset=1 if offset is None else offset, cache_kwargs=cache_kwargs)

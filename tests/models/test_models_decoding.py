@@ -100,3 +100,26 @@ def test_ovq_cache_size_follows_the_spec_bound(build):
         cache = model(_tokens(batch=3, length=50), use_cache=True).past_key_values
     assert cache.nbytes() == OVQState.max_nbytes(2, 16, max_centroids=16, chunk_size=8, batch_size=3,
                                                  dtype=torch.float64)
+
+
+def test_beam_search_and_chunked_prefill_match_runs_without_cache(build):
+    """Beam search reorders every layer's cache; a user cache with prefill_chunk_size continues it."""
+    model = build(["swa", "ovq", "attn", "vq", "gdn"])
+    ids = _tokens(length=20)
+    greedy = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
+    beams = model.generate(ids, num_beams=3, **greedy)
+    assert torch.equal(beams, model.generate(ids, num_beams=3, use_cache=False, **greedy))
+    chunked = model.generate(ids, past_key_values=OVQCache(model.config), prefill_chunk_size=7, **greedy)
+    assert torch.equal(chunked, model.generate(ids, **greedy))
+
+
+def test_sliding_window_cache_holds_w_minus_1_tokens_and_fla_protocol_is_only_for_fla_layers(build):
+    model = build(["swa", "gdn"], window_size=6)
+    with torch.no_grad():
+        cache = model(_tokens(batch=3, length=30), use_cache=True).past_key_values
+    swa = cache.layers[0]
+    assert swa.keys.shape == (3, 2, 5, 16) and swa.positions.tolist() == [[25, 26, 27, 28, 29]] * 3
+    assert cache.layer_nbytes()[0] == 2 * 3 * 2 * 5 * 16 * 8 + 3 * 5 * 8  # keys + values (float64), positions
+    assert set(cache[1]) >= {"recurrent_state", "conv_state"}  # fla's state dict for the gdn layer
+    with pytest.raises(TypeError, match="only fla mixers use fla's cache protocol"):
+        cache[0]

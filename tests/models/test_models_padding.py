@@ -90,3 +90,33 @@ def test_position_ids_are_refused(build):
     model = build(["swa"])
     with pytest.raises(ValueError, match="position_ids is not supported"):
         model(torch.ones(1, 4, dtype=torch.long), position_ids=torch.arange(4)[None])
+
+
+def test_beam_search_on_a_left_padded_batch_regroups_the_cache_rows(build):
+    """Beams move rows between the OVQ/VQ row groups (reorder_cache); results match the cacheless run."""
+    model = build(["swa", "ovq", "vq"])
+    _, ids, mask = _padded_batch()
+    greedy = dict(max_new_tokens=6, do_sample=False, pad_token_id=0, num_beams=2)
+    with_cache = model.generate(ids, attention_mask=mask, **greedy)
+    assert torch.equal(with_cache, model.generate(ids, attention_mask=mask, use_cache=False, **greedy))
+
+
+@pytest.mark.parametrize("reorder", ["reorder_cache", "batch_repeat_interleave"])
+def test_reordering_a_padded_cache_moves_each_rows_state(build, reorder):
+    """After reorder_cache(index) (beams: rows moved and duplicated) or batch_repeat_interleave, the cache
+    continues exactly like a prompt batch built in that row order."""
+    model = build(ALL_MIXERS)
+    _, ids, mask = _padded_batch()
+    index = torch.tensor([2, 0, 3, 1, 1]) if reorder == "reorder_cache" else torch.arange(4).repeat_interleave(2)
+    extra = torch.randint(1, 64, (len(index), 4), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        cache = model(ids, attention_mask=mask, use_cache=True).past_key_values
+        if reorder == "reorder_cache":
+            cache.reorder_cache(index)
+        else:
+            cache.batch_repeat_interleave(2)
+        full_mask = torch.cat([mask[index], torch.ones_like(extra)], dim=1)
+        logits = torch.cat([model(extra[:, t:t + 1], attention_mask=full_mask[:, :WIDTH + t + 1],
+                                  past_key_values=cache).logits for t in range(4)], dim=1)  # Mamba2: 1 per call
+        expected = model(torch.cat([ids[index], extra], dim=1), attention_mask=full_mask).logits[:, -4:]
+    torch.testing.assert_close(logits, expected, atol=tolerance(ALL_MIXERS), rtol=0)
