@@ -12,7 +12,7 @@ from .padding import TokenLayout
 from .rotary import apply_rotary, rotary_cos_sin
 
 
-def attention_mask(layout: TokenLayout, past_positions: torch.Tensor | None, window: int | None) -> torch.Tensor | None:
+def sdpa_mask(layout: TokenLayout, past_positions: torch.Tensor | None, window: int | None) -> torch.Tensor | None:
     """Boolean SDPA mask [B or 1, 1, T, S + T] (True: attend) over cached keys then new keys.
 
     New key j is visible to new query i when j <= i, j is a real token and (sliding window) i - j < W;
@@ -66,7 +66,7 @@ class AttentionMixer(nn.Module):
             cos, sin = rotary_cos_sin(layout.positions.clamp_min(0), self.head_dim, self.rope_theta, q.dtype)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         past = cache_layer.read() if cache_layer is not None else None
-        mask = attention_mask(layout, past[2] if past is not None else None, self.window)
+        mask = sdpa_mask(layout, past[2] if past is not None else None, self.window)
         keys, values = (k, v) if past is None else (torch.cat([past[0], k], dim=-2), torch.cat([past[1], v], dim=-2))
         if mask is None:
             o = F.scaled_dot_product_attention(q, keys, values, is_causal=True)
