@@ -7,6 +7,11 @@ if not os.environ.get("CUDA_VISIBLE_DEVICES") and not os.path.exists("/dev/nvidi
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# Under pytest-xdist every worker is a process: one intra-op thread each keeps two workers from
+# oversubscribing two cores (the tests' tensors are small; OpenMP spinning then dominates).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 
 def random_qkv(B, T, H, D, Dv=None, dtype=torch.float64, seed=0, device="cpu", requires_grad=False):
     g = torch.Generator().manual_seed(seed)
@@ -31,3 +36,13 @@ def sample_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("prepared") / "sample"
     prepare_sample(out, shard_tokens=2000)
     return out
+
+
+@pytest.fixture
+def build(monkeypatch):
+    """build(mixers, **config overrides) -> a tiny OVQForCausalLM (see tests/model_helpers.py)."""
+    import functools
+
+    from model_helpers import build_tiny_model
+
+    return functools.partial(build_tiny_model, monkeypatch)
