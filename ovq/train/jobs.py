@@ -145,11 +145,13 @@ def evaluate_task(model: nn.Module, task, batch_size: int, batches: int, seed: i
 
 
 def build_training(job: JobConfig, rank: int = 0, world_size: int = 1, device=None):
-    """(model, source, loss_fn, eval_fn, extra_state) for the Trainer."""
+    """(model, source, loss_fn, eval_fn, extra_state) for the Trainer (the model's init follows ``job.seed``)."""
     job.validate()
+    torch.manual_seed(job.seed)
     if job.task == "lm":
         from ..data import load_tokenizer
-        from ..train.sources import LMSource  # noqa: F811 - explicit for readers
+
+        from .trainer import default_loss
         tokenizer = load_tokenizer(job.data)
         model = build_model(job, vocab_size=tokenizer.get_vocab_size())
         source = LMSource(job.data, job.seq_len, job.batch_size, seed=job.seed, rank=rank, world_size=world_size)
@@ -161,12 +163,11 @@ def build_training(job: JobConfig, rank: int = 0, world_size: int = 1, device=No
                       for _ in range(job.eval_batches)]
             return {"loss": sum(losses) / len(losses)}
 
-        from .trainer import default_loss
         loss_fn = default_loss
     else:
         task = job.make_task()
         model = build_model(job)
-        source = TaskSource(task, job.batch_size, seed=job.seed, rank=rank, device=device)
+        source = TaskSource(task, job.batch_size, seed=job.seed, rank=rank, world_size=world_size, device=device)
         loss_fn = make_loss(job, task)
 
         def eval_fn(m):

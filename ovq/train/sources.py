@@ -6,29 +6,37 @@ from ..ops.utils import check_int
 
 
 class TaskSource:
-    """Batches of a task from ``ovq.tasks``, each a pure function of (seed, rank, batch index).
+    """Batches of a task from ``ovq.tasks``, each a pure function of (seed, batch index).
 
-    Yields ``{"task_batch": TokenBatch | RegressionBatch}``; the position is the batch index alone.
+    Every step draws the *global* batch (``batch_size x world_size`` rows) and each rank keeps its own
+    rows, so a run on several processes sees exactly the data of a single-process run with the same
+    global batch. Yields ``{"task_batch": TokenBatch | RegressionBatch}``; the position is the index.
     """
 
-    def __init__(self, task, batch_size: int, *, seed: int = 0, rank: int = 0, device=None):
+    def __init__(self, task, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1, device=None):
         self.task, self.device = task, device
         self.batch_size = check_int("batch_size", batch_size)
+        self.world_size = check_int("world_size", world_size)
         self.seed, self.rank, self.index = check_int("seed", seed, 0), check_int("rank", rank, 0), 0
+        if rank >= world_size:
+            raise ValueError(f"rank must be < world_size={world_size}, got {rank}")
 
     def _seed(self, index: int) -> int:
-        return (hash((self.seed, self.rank, index)) & (2**62 - 1))
+        return hash((self.seed, index)) & (2**62 - 1)
 
     def next_batch(self) -> dict:
-        batch = self.task.sample(self.batch_size, seed=self._seed(self.index), device=self.device)
+        batch = self.task.sample(self.batch_size * self.world_size, seed=self._seed(self.index), device=self.device)
         self.index += 1
+        if self.world_size > 1:
+            rows = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+            batch = type(batch)(**{f: getattr(batch, f)[rows] for f in batch.__dataclass_fields__})
         return {"task_batch": batch}
 
     def state_dict(self) -> dict:
-        return {"index": self.index, "seed": self.seed, "rank": self.rank, "batch_size": self.batch_size}
+        return {"index": self.index, "seed": self.seed, "batch_size": self.batch_size, "world_size": self.world_size}
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("seed", "batch_size"):
+        for key in ("seed", "batch_size", "world_size"):
             if state.get(key) != getattr(self, key):
                 raise ValueError(f"data state was saved with {key}={state.get(key)!r}, this source has "
                                  f"{getattr(self, key)!r}")
@@ -51,10 +59,12 @@ class LMSource:
     """Next-token training windows from prepared shards (``ovq.data``), Hugging Face convention:
     ``labels`` = ``input_ids`` (the model shifts them)."""
 
-    def __init__(self, data, seq_len: int, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1):
+    def __init__(self, data, seq_len: int, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 split: str = "train"):
         from ..data import TokenWindows
 
-        self.windows = TokenWindows(data, seq_len, batch_size, seed=seed, rank=rank, world_size=world_size)
+        self.windows = TokenWindows(data, seq_len, batch_size, split=split, seed=seed, rank=rank,
+                                    world_size=world_size)
 
     def next_batch(self) -> dict:
         x = next(self.windows)

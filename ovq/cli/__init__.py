@@ -1,0 +1,1 @@
+"""The ``ovq`` command line (see ``ovq --help``)."""

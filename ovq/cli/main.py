@@ -1,0 +1,243 @@
+"""``ovq``: train, evaluate, plot, sample and benchmark from one command.
+
+    ovq train --task recall --model swa-ovq --size tiny --seq-len 256 --steps 300 --out runs/recall
+    ovq eval runs/recall --lengths 256,1024,4096 --max-centroids 64,256 --out results/recall.json
+    ovq plot results/recall.json --out results/recall.png
+    ovq train --task lm --data data/books --model swa-ovq --size 20m --seq-len 4096 --out runs/lm
+    ovq eval runs/lm --loss-by-position --max-len 65536
+    ovq generate runs/lm --prompt "It is a truth universally acknowledged"
+    torchrun --standalone --nproc_per_node 2 -m ovq.cli train ...      # data parallel (DDP; --fsdp for FSDP2)
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+
+def _kv(pairs: list[str] | None, what: str) -> dict:
+    """``["num_pairs=64", "noise_std=0.1"]`` -> ``{"num_pairs": 64, "noise_std": 0.1}``."""
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise SystemExit(f"{what} must look like name=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x]
+    except ValueError:
+        raise SystemExit(f"expected comma-separated integers, got {text!r}") from None
+
+
+def cmd_train(args) -> None:
+    from ..train import DistributedContext, Trainer, TrainConfig
+    from ..train.jobs import JobConfig, build_training
+
+    job = JobConfig(task=args.task, model=args.model, size=args.size, seq_len=args.seq_len,
+                    batch_size=args.batch_size, task_args=_kv(args.task_arg, "--task-arg"),
+                    model_args=_kv(args.model_arg, "--model-arg"), data=args.data, eval_batches=args.eval_batches,
+                    seed=args.seed).validate()
+    cfg = TrainConfig(out_dir=args.out, steps=args.steps, lr=args.lr, warmup_steps=args.warmup,
+                      weight_decay=args.weight_decay, grad_clip=args.grad_clip, grad_accum=args.grad_accum,
+                      precision=args.precision, compile=args.compile, seed=args.seed, log_every=args.log_every,
+                      eval_every=args.eval_every, ckpt_every=args.ckpt_every, fsdp=args.fsdp,
+                      progress=not args.no_progress).validate()
+    dist = DistributedContext.from_env(args.device)
+    model, source, loss_fn, eval_fn, extra = build_training(job, dist.rank, dist.world_size, dist.device)
+    n_params = sum(p.numel() for p in model.parameters())
+    if dist.is_main:
+        print(f"{job.task} | {job.model} ({job.size}): {n_params / 1e6:.2f}M parameters | "
+              f"{dist.world_size} process(es) on {dist.device}")
+    trainer = Trainer(model, source, cfg, loss_fn=loss_fn, eval_fn=eval_fn, flops_per_token=6 * n_params,
+                      extra_state=extra, dist=dist)
+    history = trainer.fit(resume=not args.restart)
+    if dist.is_main:
+        final = history[-1]
+        print(json.dumps({k: v for k, v in final.items() if k != "time"}))
+
+
+def cmd_eval(args) -> None:
+    import torch
+
+    from ..io import atomic_write_json
+    from ..train.evaluate import evaluate_lengths, load_run, loss_by_position
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, job = load_run(args.run, device)
+    if job.task == "lm" or args.loss_by_position:
+        from ..data import HeldOutDocuments
+        docs = HeldOutDocuments(args.data or job.data, min_tokens=args.max_len + 1, max_tokens=args.max_len + 1)
+        rows = []
+        for n in _ints(args.max_centroids) or [None]:
+            if n is not None:
+                from ..train.jobs import set_max_centroids
+                set_max_centroids(model, n)
+            with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
+                                enabled=torch.device(device).type == "cuda"):
+                rows.append({"max_centroids": n, "documents": len(docs), **loss_by_position(model, docs, device=device)})
+    else:
+        with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
+                            enabled=torch.device(device).type == "cuda"):
+            rows = evaluate_lengths(model, job, _ints(args.lengths), _ints(args.max_centroids) or [None],
+                                    args.batches, args.batch_size, device, **_kv(args.task_arg, "--task-arg"))
+    payload = {"run": str(args.run), "job": dataclasses.asdict(job), "results": rows}
+    if args.out:
+        atomic_write_json(args.out, payload)
+    for row in rows:
+        print(json.dumps({k: v for k, v in row.items() if k not in ("loss", "tokens")} |
+                         ({"mean_loss": sum(row["loss"]) / len(row["loss"])} if "loss" in row else {})))
+
+
+def cmd_plot(args) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for path in args.inputs:
+        payload = json.loads(Path(path).read_text())
+        rows, job = payload["results"], payload["job"]
+        if "loss" in rows[0]:
+            for row in rows:
+                xs = [(i + 1) * row["block"] for i in range(len(row["loss"]))]
+                ax.plot(xs, row["loss"], label=f"{job['model']} N={row['max_centroids']}")
+            ax.set_xlabel("position (tokens)")
+            ax.set_ylabel("loss (nats/token)")
+            continue
+        metric = "accuracy" if "accuracy" in rows[0] else "squared_error"
+        for n in sorted({r["max_centroids"] for r in rows}, key=lambda x: -1 if x is None else x):
+            sel = sorted((r for r in rows if r["max_centroids"] == n), key=lambda r: r["length"])
+            label = job["model"] + ("" if n is None else f" N={n}")
+            ax.plot([r["length"] for r in sel], [r[metric] for r in sel], marker="o", label=label)
+        ax.set_xlabel("evaluation length (tokens)")
+        ax.set_ylabel(metric.replace("_", " "))
+    ax.set_xscale("log", base=2)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=150)
+    print(f"saved {args.out}")
+
+
+def cmd_generate(args) -> None:
+    import torch
+
+    from ..data import decode_ids, encode_texts, load_tokenizer
+    from ..train.evaluate import load_run
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, job = load_run(args.run, device)
+    if job.task != "lm":
+        raise SystemExit(f"{args.run} is a {job.task} run; generate needs a language model (--task lm)")
+    tok = load_tokenizer(args.tokenizer or job.data)
+    ids = torch.as_tensor(encode_texts(tok, [args.prompt])[0].astype("int64"), device=device)[None]
+    out = model.lm.generate(ids, max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
+                            temperature=args.temperature or None, pad_token_id=0) \
+        if hasattr(model, "lm") else model.generate(ids, max_new_tokens=args.max_new_tokens,
+                                                    do_sample=args.temperature > 0,
+                                                    temperature=args.temperature or None, pad_token_id=0)
+    print(decode_ids(tok, out[0].tolist()))
+
+
+# Commands that hand their arguments to a module's own ``main`` (each has its own --help).
+DELEGATES = {"prepare": ("ovq.data.prepare", "prepare LM data"),
+             "models": ("ovq.models.presets", "parameter counts of the presets"),
+             "bench-cpu": ("ovq.bench.cpu", "CPU benchmark of the op"),
+             "bench-ops": ("ovq.bench.ops", "GPU benchmark of the kernels"),
+             "bench-decode": ("ovq.bench.decode", "decoding benchmark of the models")}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ovq", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model on a task or on text")
+    t.add_argument("--task", required=True, choices=["recall", "positional_recall", "linear_regression", "lm"])
+    t.add_argument("--model", default="swa-ovq", help="preset (ovq.models.presets)")
+    t.add_argument("--size", default="tiny")
+    t.add_argument("--seq-len", type=int, default=4096)
+    t.add_argument("--batch-size", type=int, default=8, help="per process")
+    t.add_argument("--steps", type=int, default=1000)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--warmup", type=int, default=100)
+    t.add_argument("--weight-decay", type=float, default=0.1)
+    t.add_argument("--grad-clip", type=float, default=1.0)
+    t.add_argument("--grad-accum", type=int, default=1)
+    t.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    t.add_argument("--compile", action="store_true")
+    t.add_argument("--fsdp", action="store_true", help="FSDP2 instead of DDP under torchrun")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--log-every", type=int, default=10)
+    t.add_argument("--eval-every", type=int, default=0)
+    t.add_argument("--eval-batches", type=int, default=4)
+    t.add_argument("--ckpt-every", type=int, default=0)
+    t.add_argument("--task-arg", action="append", help="task config, name=value (repeatable)")
+    t.add_argument("--model-arg", action="append", help="OVQLMConfig override, name=value (repeatable)")
+    t.add_argument("--data", help="prepared data folder (lm)")
+    t.add_argument("--device", default="auto")
+    t.add_argument("--out", required=True, help="run folder: log.jsonl, checkpoint.pt")
+    t.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(fn=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a run across lengths and budgets N (or LM loss by position)")
+    e.add_argument("run")
+    e.add_argument("--lengths", default="4096,8192,16384,32768,65536")
+    e.add_argument("--max-centroids", default="", help="comma-separated N values (the budget knob)")
+    e.add_argument("--batches", type=int, default=4)
+    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--task-arg", action="append", help="task config overrides for evaluation, name=value")
+    e.add_argument("--loss-by-position", action="store_true")
+    e.add_argument("--max-len", type=int, default=65536)
+    e.add_argument("--data")
+    e.add_argument("--device")
+    e.add_argument("--out")
+    e.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("plot", help="PNG of eval results (accuracy vs length, or loss by position)")
+    p.add_argument("inputs", nargs="+")
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_plot)
+
+    g = sub.add_parser("generate", help="sample from a language-model run (constant-memory cache)")
+    g.add_argument("run")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--max-new-tokens", type=int, default=100)
+    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--tokenizer")
+    g.add_argument("--device")
+    g.set_defaults(fn=cmd_generate)
+
+    for name, (_, what) in DELEGATES.items():
+        sub.add_parser(name, help=what + " (see ovq " + name + " --help)", add_help=False)
+    return ap
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in DELEGATES:
+        import importlib
+        importlib.import_module(DELEGATES[argv[0]][0]).main(argv[1:])
+        return
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        print(f"ovq {args.command}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from e
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Evaluation of trained runs: task scores across lengths and budgets N, LM loss by position.
+
+These are what ``ovq eval`` runs; each returns plain dicts ready for JSON.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..ops.utils import growth_target
+from .checkpoint import load_checkpoint
+from .jobs import JobConfig, build_model, evaluate_task, set_max_centroids
+
+
+def load_run(run_dir, device="cpu"):
+    """(model in eval mode, JobConfig) from a run folder's checkpoint."""
+    state = load_checkpoint(run_dir)
+    job = JobConfig(**state["extra"]["job"])
+    vocab = state["model"].get("lm.model.embed_tokens.weight", state["model"].get("model.embed_tokens.weight"))
+    model = build_model(job, vocab_size=None if vocab is None else vocab.shape[0])
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), job
+
+
+def state_bytes_per_token_budget(model, max_centroids: int, context: int) -> dict:
+    """The OVQ layers' state at ``context`` tokens with budget N, against a KV cache (numbers, per model)."""
+    from ..layers import OVQAttention
+    numbers = kv = 0
+    for m in model.modules():
+        if isinstance(m, OVQAttention):
+            d = m.head_dim
+            numbers += m.num_heads * (max_centroids * (2 * d + 1) + m.chunk_size * 2 * d)
+            kv += m.num_heads * context * 2 * d
+    return {"ovq_state_numbers": numbers, "kv_cache_numbers": kv,
+            "active_centroids": growth_target(context, max_centroids, "saturating", 1.0)}
+
+
+@torch.no_grad()
+def evaluate_lengths(model, job: JobConfig, lengths, budgets=(None,), batches: int = 4, batch_size: int = 8,
+                     device="cpu", **task_overrides) -> list[dict]:
+    """Score at every (length, N): accuracy for recall tasks, squared error / d for regression."""
+    rows = []
+    for n in budgets:
+        if n is not None:
+            set_max_centroids(model, n)
+        for length in lengths:
+            task = job.make_task(seq_len=length, **task_overrides)
+            row = {"task": job.task, "model": job.model, "length": length, "max_centroids": n, "batches": batches,
+                   "batch_size": batch_size, **evaluate_task(model, task, batch_size, batches, job.seed, device)}
+            rows.append(row)
+    return rows
+
+
+@torch.no_grad()
+def loss_by_position(model, documents, block: int = 1024, prefill: int = 4096, device="cpu") -> dict:
+    """Mean next-token loss per ``block``-token block over whole documents (chunked through the cache)."""
+    sums, counts = None, None
+    for _, tokens in documents:
+        tokens = tokens.to(device)
+        n_blocks = math.ceil((len(tokens) - 1) / block)
+        doc_sum = torch.zeros(n_blocks, dtype=torch.float64)
+        doc_cnt = torch.zeros(n_blocks, dtype=torch.float64)
+        cache = None
+        for s in range(0, len(tokens) - 1, prefill):
+            ids = tokens[s:s + prefill][None]
+            out = model(input_ids=ids, past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            targets = tokens[s + 1:s + 1 + ids.shape[1]]
+            losses = F.cross_entropy(out.logits[0, :len(targets)].float(), targets, reduction="none").double().cpu()
+            pos = torch.arange(s, s + len(targets))
+            doc_sum.index_add_(0, pos // block, losses)
+            doc_cnt.index_add_(0, pos // block, torch.ones_like(losses))
+        if sums is None or len(doc_sum) > len(sums):
+            grow = (0, len(doc_sum) - (0 if sums is None else len(sums)))
+            sums = F.pad(torch.zeros(0, dtype=torch.float64) if sums is None else sums, grow)
+            counts = F.pad(torch.zeros(0, dtype=torch.float64) if counts is None else counts, grow)
+        sums[:len(doc_sum)] += doc_sum
+        counts[:len(doc_cnt)] += doc_cnt
+    if sums is None:
+        raise ValueError("no documents to evaluate")
+    return {"block": block, "loss": (sums / counts.clamp_min(1)).tolist(), "tokens": counts.tolist()}
