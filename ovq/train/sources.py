@@ -57,17 +57,23 @@ def task_loss(task):
 
 class LMSource:
     """Next-token training windows from prepared shards (``ovq.data``), Hugging Face convention:
-    ``labels`` = ``input_ids`` (the model shifts them)."""
+    ``labels`` = ``input_ids`` (the model shifts them).
+
+    Like :class:`TaskSource`, every step reads the global batch (``batch_size x world_size`` windows) and
+    each rank keeps its rows, so N processes see exactly the data of one process at the same global batch.
+    """
 
     def __init__(self, data, seq_len: int, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1,
                  split: str = "train"):
         from ..data import TokenWindows
 
-        self.windows = TokenWindows(data, seq_len, batch_size, split=split, seed=seed, rank=rank,
-                                    world_size=world_size)
+        self.batch_size, self.rank = check_int("batch_size", batch_size), check_int("rank", rank, 0)
+        if rank >= world_size:
+            raise ValueError(f"rank must be < world_size={world_size}, got {rank}")
+        self.windows = TokenWindows(data, seq_len, batch_size * world_size, split=split, seed=seed)
 
     def next_batch(self) -> dict:
-        x = next(self.windows)
+        x = next(self.windows)[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
         return {"input_ids": x, "labels": x}
 
     def state_dict(self) -> dict:
