@@ -215,7 +215,8 @@ class Trainer:
         self.model.eval()
         with torch.no_grad(), self._autocast():
             metrics = self.eval_fn(self.raw_model)
-        return {f"eval/{k}": v for k, v in metrics.items()}
+        # Each rank evaluates its own rows of the eval batches: the logged figure is their mean.
+        return {f"eval/{k}": self.dist.mean(v) for k, v in metrics.items()}
 
     def _mfu(self, tokens_per_s: float) -> float | None:
         if self.flops_per_token is None or self.device.type != "cuda":
