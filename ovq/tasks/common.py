@@ -147,3 +147,29 @@ def token_loss(logits: torch.Tensor, batch: TokenBatch) -> torch.Tensor:
         raise ValueError(f"logits must have shape [B, T, V] with [B, T] = {list(batch.targets.shape)}, "
                          f"got {list(logits.shape)}")
     return F.cross_entropy(logits.flatten(0, 1).float(), batch.targets.flatten(), ignore_index=IGNORE_INDEX)
+
+
+class Task:
+    """What every task shares: a ``name`` and a config dataclass (``config_class``) built or checked here."""
+
+    name: str
+    config_class: type
+
+    def __init__(self, config=None):
+        if config is None:
+            config = self.config_class()
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"config must be a {self.config_class.__name__}, got {type(config).__name__}")
+        self.config = config
+
+
+class TokenTask(Task):
+    """A task over token ids, scored on its answer positions only."""
+
+    def loss(self, logits: torch.Tensor, batch: TokenBatch) -> torch.Tensor:
+        """Cross-entropy on the answer positions only."""
+        return token_loss(logits, batch)
+
+    def score(self, outputs: torch.Tensor, batch: TokenBatch, reduction: str = "mean") -> torch.Tensor:
+        """Exact-match accuracy on the answer positions only (logits or predicted ids)."""
+        return token_accuracy(outputs, batch, reduction)

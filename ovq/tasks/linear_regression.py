@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ..ops.utils import check_int
-from .common import make_generator
+from .common import Task, make_generator
 
 
 @dataclass
@@ -78,18 +78,11 @@ class RegressionBatch:
         return RegressionBatch(*(t.to(device) for t in (self.inputs, self.targets, self.mask, self.w, self.x, self.y)))
 
 
-class LinearRegressionTask:
+class LinearRegressionTask(Task):
     """Generator and scoring of linear-regression ICL (see the module docstring for the layout)."""
 
     name = "linear_regression"
     config_class = LinearRegressionConfig
-
-    def __init__(self, config: LinearRegressionConfig | None = None):
-        if config is None:
-            config = LinearRegressionConfig()
-        if not isinstance(config, LinearRegressionConfig):
-            raise TypeError(f"config must be a LinearRegressionConfig, got {type(config).__name__}")
-        self.config = config
 
     def sample(self, batch_size: int, *, seed: int | None = None, generator: torch.Generator | None = None,
                device=None, dtype: torch.dtype = torch.float32) -> RegressionBatch:

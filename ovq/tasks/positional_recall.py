@@ -25,7 +25,7 @@ import torch
 
 from ..ops.utils import check_int
 from .common import (IGNORE_INDEX, TokenBatch, make_generator, query_order, random_block_starts, random_small_subset,
-                     random_subset, token_accuracy, token_loss)
+                     random_subset, TokenTask)
 
 
 @dataclass
@@ -104,18 +104,11 @@ class PositionalRecallConfig:
         return range(self.key_tokens.stop, self.vocab_size)
 
 
-class PositionalRecallTask:
+class PositionalRecallTask(TokenTask):
     """Generator and scoring of positional in-context recall (see the module docstring for the layout)."""
 
     name = "positional_recall"
     config_class = PositionalRecallConfig
-
-    def __init__(self, config: PositionalRecallConfig | None = None):
-        if config is None:
-            config = PositionalRecallConfig()
-        if not isinstance(config, PositionalRecallConfig):
-            raise TypeError(f"config must be a PositionalRecallConfig, got {type(config).__name__}")
-        self.config = config
 
     def sample(self, batch_size: int, *, seed: int | None = None, generator: torch.Generator | None = None,
                device=None) -> TokenBatch:
@@ -145,10 +138,3 @@ class PositionalRecallTask:
         targets[:, C + 1::3] = answers
         return TokenBatch(inputs, targets, targets != IGNORE_INDEX)
 
-    def loss(self, logits: torch.Tensor, batch: TokenBatch) -> torch.Tensor:
-        """Cross-entropy on the answer positions only."""
-        return token_loss(logits, batch)
-
-    def score(self, outputs: torch.Tensor, batch: TokenBatch, reduction: str = "mean") -> torch.Tensor:
-        """Exact-match accuracy on the answer positions only (logits or predicted ids)."""
-        return token_accuracy(outputs, batch, reduction)

@@ -24,7 +24,7 @@ import torch
 
 from ..ops.utils import check_int
 from .common import (IGNORE_INDEX, TokenBatch, make_generator, query_order, random_block_starts, random_subset,
-                     token_accuracy, token_loss)
+                     TokenTask)
 
 
 @dataclass
@@ -88,18 +88,11 @@ class RecallConfig:
         return range(self.key_tokens.stop, self.vocab_size)
 
 
-class RecallTask:
+class RecallTask(TokenTask):
     """Generator and scoring of basic in-context recall (see the module docstring for the layout)."""
 
     name = "recall"
     config_class = RecallConfig
-
-    def __init__(self, config: RecallConfig | None = None):
-        if config is None:
-            config = RecallConfig()
-        if not isinstance(config, RecallConfig):
-            raise TypeError(f"config must be a RecallConfig, got {type(config).__name__}")
-        self.config = config
 
     def sample(self, batch_size: int, *, seed: int | None = None, generator: torch.Generator | None = None,
                device=None) -> TokenBatch:
@@ -123,10 +116,3 @@ class RecallTask:
         targets[:, C::2] = answers
         return TokenBatch(inputs, targets, targets != IGNORE_INDEX)
 
-    def loss(self, logits: torch.Tensor, batch: TokenBatch) -> torch.Tensor:
-        """Cross-entropy on the answer positions only."""
-        return token_loss(logits, batch)
-
-    def score(self, outputs: torch.Tensor, batch: TokenBatch, reduction: str = "mean") -> torch.Tensor:
-        """Exact-match accuracy on the answer positions only (logits or predicted ids)."""
-        return token_accuracy(outputs, batch, reduction)
