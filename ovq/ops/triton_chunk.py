@@ -24,7 +24,7 @@ LAUNCH = {"fwd": (4, 2), "bwd_local": (4, 1), "bwd_dict": (4, 2)}
 
 def triton_available() -> bool:
     try:
-        import triton  # noqa: F401
+        import triton  # noqa: F401 - only whether it imports
     except ImportError:
         return False
     return True
@@ -59,11 +59,8 @@ def _schedule(total: int, chunk_size: int, num_active: int, num_absorbed: int, m
 
 
 def _pow2(x: int) -> int:
-    return max(16, triton_next_pow2(x))
-
-
-def triton_next_pow2(x: int) -> int:
-    return 1 << max(0, (x - 1).bit_length())
+    """Tile size for a dimension of x: the next power of two, at least 16 (tl.dot's minimum)."""
+    return max(16, 1 << max(0, (x - 1).bit_length()))
 
 
 @dataclass(frozen=True)

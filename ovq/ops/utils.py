@@ -9,6 +9,7 @@ import torch
 
 L2NORM_EPS = 1e-6
 GROWTH_RULES = ("saturating", "linear")
+BACKENDS = ("auto", "torch", "triton")
 
 
 def l2norm(x: torch.Tensor) -> torch.Tensor:
@@ -64,6 +65,11 @@ def check_growth(growth, growth_rate) -> None:
         raise TypeError(f"growth_rate must be a real number, got {type(growth_rate).__name__}")
     if not math.isfinite(growth_rate) or growth_rate <= 0:
         raise ValueError(f"growth_rate must be finite and > 0, got {growth_rate}")
+
+
+def check_backend(backend) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
 def check_qkv(q, k, v) -> None:

@@ -10,7 +10,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..ops.utils import growth_target
 from .checkpoint import load_checkpoint
 from .jobs import JobConfig, build_model, evaluate_task, set_max_centroids
 
@@ -23,19 +22,6 @@ def load_run(run_dir, device="cpu"):
     model = build_model(job, vocab_size=None if vocab is None else vocab.shape[0])
     model.load_state_dict(state["model"])
     return model.to(device).eval(), job
-
-
-def state_bytes_per_token_budget(model, max_centroids: int, context: int) -> dict:
-    """The OVQ layers' state at ``context`` tokens with budget N, against a KV cache (numbers, per model)."""
-    from ..layers import OVQAttention
-    numbers = kv = 0
-    for m in model.modules():
-        if isinstance(m, OVQAttention):
-            d = m.head_dim
-            numbers += m.num_heads * (max_centroids * (2 * d + 1) + m.chunk_size * 2 * d)
-            kv += m.num_heads * context * 2 * d
-    return {"ovq_state_numbers": numbers, "kv_cache_numbers": kv,
-            "active_centroids": growth_target(context, max_centroids, "saturating", 1.0)}
 
 
 @torch.no_grad()

@@ -9,14 +9,7 @@ from ..dictionary import OnlineDictionary
 from ..scan import chunk_scan
 from ..state import OVQState
 from ..triton_chunk import triton_chunk_scan, use_triton
-from ..utils import check_bool, check_growth, check_int
-
-BACKENDS = ("auto", "torch", "triton")
-
-
-def check_backend(backend: str) -> None:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+from ..utils import check_backend, check_bool, check_growth, check_int
 
 
 def check_ovq_config(chunk_size, max_centroids, growth, growth_rate, count_prior) -> None:

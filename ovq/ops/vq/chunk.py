@@ -9,8 +9,7 @@ from ..dictionary import StaticDictionary
 from ..scan import chunk_scan
 from ..state import VQState
 from ..triton_chunk import triton_chunk_scan, use_triton
-from ..utils import check_bool, check_int, l2norm
-from ..ovq.chunk import check_backend
+from ..utils import check_backend, check_bool, check_int, l2norm
 
 
 def prepare_codebook(codebook, q: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
