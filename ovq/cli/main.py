@@ -108,17 +108,18 @@ def cmd_plot(args) -> None:
     for path in args.inputs:
         payload = json.loads(Path(path).read_text())
         rows, job = payload["results"], payload["job"]
+        name = Path(payload.get("run", job["model"])).name  # the run folder names the variant (e.g. swa-ovq-4096)
         if "loss" in rows[0]:
             for row in rows:
                 xs = [(i + 1) * row["block"] for i in range(len(row["loss"]))]
-                ax.plot(xs, row["loss"], label=f"{job['model']} N={row['max_centroids']}")
+                ax.plot(xs, row["loss"], label=name + ("" if row["max_centroids"] is None else f" N={row['max_centroids']}"))
             ax.set_xlabel("position (tokens)")
             ax.set_ylabel("loss (nats/token)")
             continue
         metric = "accuracy" if "accuracy" in rows[0] else "squared_error"
         for n in sorted({r["max_centroids"] for r in rows}, key=lambda x: -1 if x is None else x):
             sel = sorted((r for r in rows if r["max_centroids"] == n), key=lambda r: r["length"])
-            label = job["model"] + ("" if n is None else f" N={n}")
+            label = name + ("" if n is None else f" N={n}")
             ax.plot([r["length"] for r in sel], [r[metric] for r in sel], marker="o", label=label)
         ax.set_xlabel("evaluation length (tokens)")
         ax.set_ylabel(metric.replace("_", " "))

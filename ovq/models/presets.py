@@ -39,6 +39,7 @@ PRESET_PATTERNS: dict[str, tuple[str, ...]] = {
 #: hidden size, layers, heads (head size 64). "tiny" is for tests and quick checks.
 PRESET_SIZES: dict[str, dict[str, int]] = {
     "tiny": dict(hidden_size=64, num_layers=2, num_heads=2),
+    "small": dict(hidden_size=256, num_layers=4, num_heads=4),  # the synthetic-task experiments (issue 5)
     "20m": dict(hidden_size=320, num_layers=8, num_heads=5),
     "60m": dict(hidden_size=512, num_layers=14, num_heads=8),
     "150m": dict(hidden_size=768, num_layers=18, num_heads=12),
