@@ -43,6 +43,12 @@ class TokenBatch:
         return TokenBatch(self.inputs.to(device), self.targets.to(device), self.mask.to(device))
 
 
+def key_value_tokens(start: int, vocab_size: int) -> tuple[range, range]:
+    """Key ids and value ids: the two halves (keys first) of the ids from ``start`` to ``vocab_size``."""
+    keys = range(start, start + (vocab_size - start) // 2)
+    return keys, range(keys.stop, vocab_size)
+
+
 def make_generator(seed: int | None, generator: torch.Generator | None, device) -> tuple[torch.Generator, torch.device]:
     """The generator a ``sample`` call draws from: exactly one of ``seed`` and ``generator``."""
     if (seed is None) == (generator is None):

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from ..ops.utils import check_int
-from .common import (IGNORE_INDEX, TokenBatch, make_generator, query_order, random_block_starts, random_small_subset,
+from .common import (IGNORE_INDEX, TokenBatch, key_value_tokens, make_generator, query_order, random_block_starts, random_small_subset,
                      random_subset, TokenTask)
 
 
@@ -96,12 +96,11 @@ class PositionalRecallConfig:
 
     @property
     def key_tokens(self) -> range:
-        start = self.ordinal_tokens.stop
-        return range(start, start + (self.vocab_size - start) // 2)
+        return key_value_tokens(self.ordinal_tokens.stop, self.vocab_size)[0]
 
     @property
     def value_tokens(self) -> range:
-        return range(self.key_tokens.stop, self.vocab_size)
+        return key_value_tokens(self.ordinal_tokens.stop, self.vocab_size)[1]
 
 
 class PositionalRecallTask(TokenTask):

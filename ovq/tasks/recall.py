@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from ..ops.utils import check_int
-from .common import (IGNORE_INDEX, TokenBatch, make_generator, query_order, random_block_starts, random_subset,
+from .common import (IGNORE_INDEX, TokenBatch, key_value_tokens, make_generator, query_order, random_block_starts, random_subset,
                      TokenTask)
 
 
@@ -80,12 +80,11 @@ class RecallConfig:
 
     @property
     def key_tokens(self) -> range:
-        start = self.num_filler_tokens
-        return range(start, start + (self.vocab_size - start) // 2)
+        return key_value_tokens(self.num_filler_tokens, self.vocab_size)[0]
 
     @property
     def value_tokens(self) -> range:
-        return range(self.key_tokens.stop, self.vocab_size)
+        return key_value_tokens(self.num_filler_tokens, self.vocab_size)[1]
 
 
 class RecallTask(TokenTask):
