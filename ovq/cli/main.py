@@ -61,7 +61,7 @@ def cmd_train(args) -> None:
               f"{dist.world_size} process(es) on {dist.device}")
     trainer = Trainer(model, source, cfg, loss_fn=loss_fn, eval_fn=eval_fn, flops_per_token=6 * n_params,
                       extra_state=extra, dist=dist)
-    history = trainer.fit(resume=not args.restart)
+    history = trainer.fit(resume=not args.restart, until=args.stop_at)
     if dist.is_main:
         final = history[-1]
         print(json.dumps({k: v for k, v in final.items() if k != "time"}))
@@ -190,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto")
     t.add_argument("--out", required=True, help="run folder: log.jsonl, checkpoint.pt")
     t.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
+    t.add_argument("--stop-at", type=int, help="stop at this step with a checkpoint (rerun to continue): splits a "
+                                                "long run across sessions; the schedule still follows --steps")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(fn=cmd_train)
 

@@ -49,7 +49,7 @@ class DistributedContext:
         self.fsdp = fsdp
         if fsdp:
             from torch.distributed.fsdp import fully_shard
-            for block in getattr(model, "fsdp_units", lambda: [])():
+            for block in _fsdp_blocks(model):
                 fully_shard(block)
             fully_shard(model)
             return model
@@ -91,6 +91,14 @@ class DistributedContext:
             return
         raw_model.load_state_dict(model_state)
         optimizer.load_state_dict(optim_state)
+
+
+def _fsdp_blocks(model: nn.Module) -> list[nn.Module]:
+    """The units FSDP2 shards one by one: ``model.fsdp_units()`` if defined, else every transformer block."""
+    if hasattr(model, "fsdp_units"):
+        return list(model.fsdp_units())
+    from ..models.modeling_ovq import OVQBlock
+    return [m for m in model.modules() if isinstance(m, OVQBlock)]
 
 
 @contextlib.contextmanager

@@ -62,16 +62,25 @@ def test_bad_arguments_fail_clearly(tmp_path, capsys):
     assert "no checkpoint" in capsys.readouterr().err
 
 
-def test_two_process_data_parallel_matches_one_process(tmp_path):
-    """torchrun with 2 CPU processes (gloo, DDP) at global batch 8 = one process at batch 8, step by step."""
+@pytest.mark.parametrize("mode", ["ddp", "fsdp2-interrupted-and-resumed"])
+def test_two_process_data_parallel_matches_one_process(tmp_path, mode):
+    """torchrun with 2 CPU processes (gloo) at global batch 8 = one process at batch 8, step by step; the FSDP2
+    run also stops at step 3 with a checkpoint and resumes from it (full state dicts gathered and restored)."""
     one, two = tmp_path / "one", tmp_path / "two"
     common = [*RECALL, "--steps", "6", "--log-every", "1", "--device", "cpu"]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "ovq.cli", "train", *common, "--out", str(one)], check=True, env=env,
                    capture_output=True)
     two_args = [a if a != "8" or common[i - 1] != "--batch-size" else "4" for i, a in enumerate(common)]
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                    "-m", "ovq.cli", "train", *two_args, "--out", str(two)], check=True, env=env, capture_output=True)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ovq.cli",
+              "train", *two_args, "--out", str(two)]
+    if mode == "ddp":
+        subprocess.run(launch, check=True, env=env, capture_output=True)
+    else:
+        subprocess.run([*launch, "--fsdp", "--stop-at", "3"], check=True, env=env, capture_output=True)
+        assert len(_losses(two)) == 3
+        resumed = subprocess.run([*launch, "--fsdp"], check=True, env=env, capture_output=True, text=True)
+        assert "resumed from" in resumed.stdout
     a, b = _losses(one), _losses(two)
     assert len(a) == len(b) == 6
     assert max(abs(x - y) for x, y in zip(a, b)) < 1e-4
