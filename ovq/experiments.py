@@ -102,13 +102,12 @@ def _finished(run: Path, steps: int) -> bool:
 def cache_bytes_at(run: Path, length: int, device) -> dict:
     """The model's cache at ``length`` tokens, from its measured size after two short prefills (affine)."""
     from .train.evaluate import load_run
-    model, job = load_run(run, device)
-    backbone = getattr(model, "lm", None) or getattr(model, "backbone", None)
-    if backbone is None or job.task == "linear_regression":
-        backbone = getattr(model, "backbone", model)
+    from .train.jobs import backbone_of
+    model, _ = load_run(run, device)
+    backbone = backbone_of(model)
+    config = backbone.config
     sizes = []
     for n in (256, 512):
-        config = backbone.config
         if hasattr(backbone, "model"):  # OVQForCausalLM
             out = backbone(input_ids=torch.randint(0, config.vocab_size, (1, n), device=device), use_cache=True)
         else:  # OVQModel behind a regression read-in
@@ -174,7 +173,7 @@ def table(summary: dict) -> str:
     metric = "accuracy" if "accuracy" in first[0] else "squared_error"
     lengths = [r["length"] for r in first]
     state_len = summary["profile"]["state_length"]
-    lines = [f"| model | " + " | ".join(f"{metric} @ {n:,}" for n in lengths) + f" | cache MiB @ {state_len:,} |",
+    lines = ["| model | " + " | ".join(f"{metric} @ {n:,}" for n in lengths) + f" | cache MiB @ {state_len:,} |",
              "| --- |" + " --- |" * (len(lengths) + 1)]
     for label, info in summary["models"].items():
         rows = {r["length"]: r[metric] for r in json.loads(Path(info["lengths"]).read_text())["results"]}

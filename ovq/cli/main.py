@@ -72,25 +72,23 @@ def cmd_eval(args) -> None:
 
     from ..io import atomic_write_json
     from ..train.evaluate import evaluate_lengths, load_run, loss_by_position
+    from ..train.jobs import set_max_centroids
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, job = load_run(args.run, device)
-    if job.task == "lm" or args.loss_by_position:
-        from ..data import HeldOutDocuments
-        docs = HeldOutDocuments(args.data or job.data, min_tokens=args.max_len + 1, max_tokens=args.max_len + 1)
-        rows = []
-        for n in _ints(args.max_centroids) or [None]:
-            if n is not None:
-                from ..train.jobs import set_max_centroids
-                set_max_centroids(model, n)
-            with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
-                                enabled=torch.device(device).type == "cuda"):
+    budgets = _ints(args.max_centroids) or [None]
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        if job.task == "lm" or args.loss_by_position:
+            from ..data import HeldOutDocuments
+            docs = HeldOutDocuments(args.data or job.data, min_tokens=args.max_len + 1, max_tokens=args.max_len + 1)
+            rows = []
+            for n in budgets:
+                if n is not None:
+                    set_max_centroids(model, n)
                 rows.append({"max_centroids": n, "documents": len(docs), **loss_by_position(model, docs, device=device)})
-    else:
-        with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
-                            enabled=torch.device(device).type == "cuda"):
-            rows = evaluate_lengths(model, job, _ints(args.lengths), _ints(args.max_centroids) or [None],
-                                    args.batches, args.batch_size, device, **_kv(args.task_arg, "--task-arg"))
+        else:
+            rows = evaluate_lengths(model, job, _ints(args.lengths), budgets, args.batches, args.batch_size, device,
+                                    **_kv(args.task_arg, "--task-arg"))
     payload = {"run": str(args.run), "job": dataclasses.asdict(job), "results": rows}
     if args.out:
         atomic_write_json(args.out, payload)
@@ -144,11 +142,8 @@ def cmd_generate(args) -> None:
         raise SystemExit(f"{args.run} is a {job.task} run; generate needs a language model (--task lm)")
     tok = load_tokenizer(args.tokenizer or job.data)
     ids = torch.as_tensor(encode_texts(tok, [args.prompt])[0].astype("int64"), device=device)[None]
-    out = model.lm.generate(ids, max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
-                            temperature=args.temperature or None, pad_token_id=0) \
-        if hasattr(model, "lm") else model.generate(ids, max_new_tokens=args.max_new_tokens,
-                                                    do_sample=args.temperature > 0,
-                                                    temperature=args.temperature or None, pad_token_id=0)
+    out = model.generate(ids, max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
+                         temperature=args.temperature or None, pad_token_id=0)
     print(decode_ids(tok, out[0].tolist()))
 
 

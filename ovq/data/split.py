@@ -106,7 +106,8 @@ def split_documents(records: list[dict], config: SplitConfig = SplitConfig()) ->
             f"lower heldout_long_docs or long_doc_chars, or raise max_heldout_share")
 
     # 2. A fraction of the other groups.
-    rest = [k for k in keys if k not in set(chosen)]
+    long_chosen = set(chosen)
+    rest = [k for k in keys if k not in long_chosen]
     n_rest = int(round(config.heldout_fraction * len(rest)))
     picked = 0
     for i in rng.permutation(len(rest)):

@@ -188,12 +188,12 @@ class ChunkFunction(torch.autograd.Function):
 
 
 def triton_chunk_scan(qhat, khat, v, beta, state: DictionaryState, *, count_prior: bool, detach_state: bool,
-                      output_final_state: bool, codebook: torch.Tensor | None = None, max_centroids: int = 0,
-                      growth: str = "saturating", growth_rate: float = 1.0, input_dtype: torch.dtype = torch.float32,
-                      slices: tuple[int, int] | None = None):
+                      output_final_state: bool, codebook: torch.Tensor | None = None,
+                      input_dtype: torch.dtype = torch.float32):
     """The kernel version of ``chunk_scan``: head-first float32 inputs [B, H, T, ·]; returns (o, state).
 
-    ``input_dtype`` (the caller's q/k/v dtype) sets the precision of the read's matrix products.
+    The configuration (chunk size, capacity, growth rule) is the state's. ``codebook`` selects the static
+    (VQ) variant; ``input_dtype`` (the caller's q/k/v dtype) sets the precision of the read's products.
     """
     b, h, length, d = qhat.shape
     dv = v.shape[-1]
@@ -205,10 +205,11 @@ def triton_chunk_scan(qhat, khat, v, beta, state: DictionaryState, *, count_prio
     queries = F.pad(qhat, (0, 0, p, 0))  # buffered tokens were answered before; their rows are dropped
     total = p + length
     m0 = capacity if static else state.num_centroids
+    growth, growth_rate = ("saturating", 1.0) if static else (state.growth, state.growth_rate)
     rows = _schedule(total, chunk, m0, state.num_absorbed, capacity, growth, float(growth_rate), static)
     sched = torch.tensor(rows, dtype=torch.int32, device=v.device).reshape(-1, 2)
     read, assign = _precisions(input_dtype)
-    fwd_slices, bwd_slices = slices or _slices(b * h, capacity, v.device)
+    fwd_slices, bwd_slices = _slices(b * h, capacity, v.device)
     cfg = KernelConfig(chunk, capacity, h, count_prior, static, detach_state, read, assign, fwd_slices, bwd_slices)
     beta_h = (beta.reshape(-1).expand(h) if isinstance(beta, torch.Tensor)
               else torch.full((h,), float(beta), device=v.device)).float().contiguous()

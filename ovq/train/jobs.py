@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from ..layers import OVQAttention
+from ..layers import OVQAttention, VQAttention
 from ..ops.utils import check_int
 from ..tasks import get_task
 from ..tasks.common import TokenBatch
@@ -107,13 +107,17 @@ def set_max_centroids(model: nn.Module, max_centroids: int) -> int:
     return len(layers)
 
 
-def commit_loss_of(model: nn.Module) -> torch.Tensor | None:
-    """The VQ commitment loss of the last forward, weighted (``None`` without VQ layers)."""
+def backbone_of(model: nn.Module) -> nn.Module:
+    """The Hugging Face model inside a job's model (through torch.compile, DDP and the task wrappers)."""
     model = getattr(model, "_orig_mod", model)
     model = getattr(model, "module", model)
-    lm = getattr(model, "lm", None) or getattr(model, "backbone", None) or model
+    return getattr(model, "lm", None) or getattr(model, "backbone", None) or model
+
+
+def commit_loss_of(model: nn.Module) -> torch.Tensor | None:
+    """The VQ commitment loss of the last forward, weighted (``None`` without VQ layers)."""
+    lm = backbone_of(model)
     total = None
-    from ..layers import VQAttention
     weight = getattr(getattr(lm, "config", None), "vq_commit_weight", 1.0)
     for m in lm.modules():
         if isinstance(m, VQAttention) and m.commit_loss is not None:

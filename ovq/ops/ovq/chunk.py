@@ -75,7 +75,6 @@ def ovq_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: float
     if backend == "triton" or (backend == "auto" and use_triton(q)):
         o, final_state = triton_chunk_scan(qhat, khat, vv, beta_, state, count_prior=count_prior,
                                            detach_state=detach_state, output_final_state=output_final_state,
-                                           max_centroids=max_centroids, growth=growth, growth_rate=growth_rate,
                                            input_dtype=q.dtype)
         return finish_output(o, q), final_state
     dictionary = OnlineDictionary.from_state(state, detach_state)
