@@ -37,6 +37,12 @@ def prepare_inputs(q, k, v, beta):
     return l2norm(qhat), l2norm(khat), v, beta_view(beta, dtype)
 
 
+def check_step_state_dtype(state, input_dtype: torch.dtype, compute_dtype: torch.dtype) -> None:
+    """Decoding updates the state in place, so it must already have the compute dtype (no silent copy)."""
+    if state is not None and state.dtype != compute_dtype:
+        raise TypeError(f"state has dtype {state.dtype}, but inputs of dtype {input_dtype} need a {compute_dtype} state")
+
+
 def state_for_compute(state: DictionaryState, dtype: torch.dtype) -> DictionaryState:
     return state if state.dtype == dtype else state.to(dtype)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..common import finish_output, prepare_inputs
+from ..common import check_step_state_dtype, finish_output, prepare_inputs
 from ..dictionary import OnlineDictionary
 from ..scan import step_scan
 from ..state import OVQState
@@ -29,8 +29,7 @@ def ovq_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: float | to
     """
     qhat, khat, vv, beta_ = prepare_inputs(q, k, v, beta)
     check_ovq_config(chunk_size, max_centroids, growth, growth_rate, count_prior)
-    if state is not None and state.dtype != vv.dtype:
-        raise TypeError(f"state has dtype {state.dtype}, but inputs of dtype {q.dtype} need a {vv.dtype} state")
+    check_step_state_dtype(state, q.dtype, vv.dtype)
     state = initial_ovq_state(q, v, state, chunk_size, max_centroids, growth, growth_rate, vv.dtype)
     o, state = step_scan(qhat, khat, vv, beta_, OnlineDictionary.from_state(state, False), state, count_prior)
     return finish_output(o, q), state

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..common import finish_output, prepare_inputs
+from ..common import check_step_state_dtype, finish_output, prepare_inputs
 from ..dictionary import StaticDictionary
 from ..scan import step_scan
 from ..state import VQState
@@ -20,8 +20,7 @@ def vq_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: float | tor
     qhat, khat, vv, beta_ = prepare_inputs(q, k, v, beta)
     check_int("chunk_size", chunk_size)
     check_bool("count_prior", count_prior)
-    if state is not None and state.dtype != vv.dtype:
-        raise TypeError(f"state has dtype {state.dtype}, but inputs of dtype {q.dtype} need a {vv.dtype} state")
+    check_step_state_dtype(state, q.dtype, vv.dtype)
     codes = prepare_codebook(codebook, q, vv.dtype)
     state = initial_vq_state(q, v, state, chunk_size, codes.shape[1], vv.dtype)
     o, state = step_scan(qhat, khat, vv, beta_, StaticDictionary.from_state(state, codes, False), state, count_prior)
