@@ -15,6 +15,13 @@ RECALL = ["--task", "recall", "--model", "swa-ovq", "--size", "tiny", "--seq-len
           "--model-arg", "window_size=8", "--model-arg", "chunk_size=8", "--model-arg", "max_centroids=32"]
 
 
+def _run(cmd, env):
+    """Run a command; on failure show the end of its stderr (torchrun's workers report there)."""
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 def _losses(run):
     return [json.loads(line)["loss"] for line in (run / "log.jsonl").read_text().splitlines() if '"loss"' in line]
 
@@ -62,25 +69,26 @@ def test_bad_arguments_fail_clearly(tmp_path, capsys):
     assert "no checkpoint" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp2-interrupted-and-resumed"])
-def test_two_process_data_parallel_matches_one_process(tmp_path, mode):
-    """torchrun with 2 CPU processes (gloo) at global batch 8 = one process at batch 8, step by step; the FSDP2
-    run also stops at step 3 with a checkpoint and resumes from it (full state dicts gathered and restored)."""
-    one, two = tmp_path / "one", tmp_path / "two"
+def test_two_process_data_parallel_matches_one_process(tmp_path):
+    """torchrun with 2 CPU processes (gloo) at global batch 8 = one process at batch 8, step by step: DDP, and
+    FSDP2 stopped at step 3 and resumed from its checkpoint (full state dicts gathered and restored).
+
+    One test, run in order: two torchruns at once can race for the same free port."""
     common = [*RECALL, "--steps", "6", "--log-every", "1", "--device", "cpu"]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "ovq.cli", "train", *common, "--out", str(one)], check=True, env=env,
-                   capture_output=True)
+    _run([sys.executable, "-m", "ovq.cli", "train", *common, "--out", str(tmp_path / "one")], env)
+    reference = _losses(tmp_path / "one")
     two_args = [a if a != "8" or common[i - 1] != "--batch-size" else "4" for i, a in enumerate(common)]
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ovq.cli",
-              "train", *two_args, "--out", str(two)]
-    if mode == "ddp":
-        subprocess.run(launch, check=True, env=env, capture_output=True)
-    else:
-        subprocess.run([*launch, "--fsdp", "--stop-at", "3"], check=True, env=env, capture_output=True)
-        assert len(_losses(two)) == 3
-        resumed = subprocess.run([*launch, "--fsdp"], check=True, env=env, capture_output=True, text=True)
-        assert "resumed from" in resumed.stdout
-    a, b = _losses(one), _losses(two)
-    assert len(a) == len(b) == 6
-    assert max(abs(x - y) for x, y in zip(a, b)) < 1e-4
+
+    def launch(out):
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ovq.cli",
+                "train", *two_args, "--out", str(out)]
+
+    _run(launch(tmp_path / "ddp"), env)
+    _run([*launch(tmp_path / "fsdp"), "--fsdp", "--stop-at", "3"], env)
+    assert len(_losses(tmp_path / "fsdp")) == 3
+    assert "resumed from" in _run([*launch(tmp_path / "fsdp"), "--fsdp"], env).stdout
+    for mode in ("ddp", "fsdp"):
+        losses = _losses(tmp_path / mode)
+        assert len(losses) == len(reference) == 6
+        assert max(abs(x - y) for x, y in zip(losses, reference)) < 1e-4, mode
