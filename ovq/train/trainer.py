@@ -12,6 +12,8 @@ import contextlib
 import dataclasses
 import json
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,15 +231,15 @@ class Trainer:
         """Train to ``cfg.steps`` (continuing from a checkpoint if ``resume``); returns the log records.
 
         ``until`` stops early at that step (with a checkpoint), as an interrupted run would; the schedule
-        still follows ``cfg.steps``.
+        still follows ``cfg.steps``. SIGTERM (single process) stops after the current step the same way.
         """
         torch.manual_seed(self.cfg.seed)
         if resume and self.resume() and self.dist.is_main:
             print(f"resumed from {self.out_dir / CHECKPOINT_NAME} at step {self.step}")
         progress = _Progress(self.cfg.steps, self.step, enabled=self.cfg.progress and self.dist.is_main)
         window_tokens, window_start = 0, time.perf_counter()
-        with progress:
-            while self.step < min(self.cfg.steps, until or self.cfg.steps):
+        with progress, _StopRequest(enabled=self.dist.world_size == 1) as stop:
+            while self.step < min(self.cfg.steps, until or self.cfg.steps) and not stop.requested:
                 record = self._train_step()
                 self.step += 1
                 window_tokens += record["tokens"]
@@ -259,12 +261,36 @@ class Trainer:
                     self.save()
         if self.step < self.cfg.steps:  # stopped early on request: save where we are and leave
             self.save()
+            if stop.requested and self.dist.is_main:
+                print(f"stopped by SIGTERM at step {self.step}; checkpoint saved, rerun to continue", flush=True)
             return self.history
         final = {"step": self.step, **self.evaluate()}
         self.log.write(final)
         self.history.append(final)
         self.save()
         return self.history
+
+
+class _StopRequest:
+    """SIGTERM during ``fit`` asks the loop to stop after the current step with a checkpoint (a scheduler's or
+    job system's polite kill loses nothing). Single-process runs in the main thread only: under torchrun the
+    ranks could see the signal at different steps and wait for each other forever."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.requested = False
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __enter__(self):
+        if self.enabled:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 class _Progress:

@@ -101,3 +101,23 @@ def test_resume_with_other_data_settings_is_refused(tmp_path):
     trainer.source.batch_size = 16
     with pytest.raises(ValueError, match="batch_size"):
         trainer.fit()
+
+
+def test_sigterm_stops_after_the_step_with_a_checkpoint_and_resume_is_exact(tmp_path):
+    full = [r["loss"] for r in _trainer(tmp_path / "full", 8).fit() if "loss" in r]
+    trainer = _trainer(tmp_path / "cut", 8)
+    inner, calls = trainer.loss_fn, []
+
+    def loss_then_sigterm(model, batch):  # the signal arrives in the middle of step 3
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return inner(model, batch)
+
+    trainer.loss_fn = loss_then_sigterm
+    before = signal.getsignal(signal.SIGTERM)
+    first = trainer.fit()
+    assert trainer.step == 3 and load_checkpoint(tmp_path / "cut")["step"] == 3
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
+    second = _trainer(tmp_path / "cut", 8).fit()
+    assert [r["loss"] for r in first + second if "loss" in r] == full
