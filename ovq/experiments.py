@@ -1,14 +1,18 @@
-"""The paper's synthetic-task experiments from one command (issue 5).
+"""The paper's experiments from one command: synthetic tasks (issue 5) and language modeling (issue 6).
 
-    python -m ovq.experiments recall --profile h200                 # every model, on the GPU
-    python -m ovq.experiments recall --profile h200 --models swa-ovq-4096,swa-attn   # a subset (split runs)
-    python -m ovq.experiments recall --profile smoke                # CPU, about a minute: checks the pipeline
+    python -m ovq.experiments recall --profile h200                       # every model, one GPU
+    python -m ovq.experiments recall,positional_recall,linear_regression,lm --profile h200 \\
+        --devices cuda:0,cuda:1,cuda:2,cuda:3 --slots 2                   # one queue over 4 GPUs, 2 jobs each
+    python -m ovq.experiments recall --profile h200 --models swa-ovq-4096,swa-attn   # a subset
+    python -m ovq.experiments recall --profile smoke                      # CPU, about a minute: the pipeline
 
-For each model: train at the profile's length (``runs/<task>/<model>``; an interrupted run resumes), then
-evaluate across lengths (``results/<task>/<model>.json``); the budget model is also evaluated at several
-dictionary sizes N (the deployment knob); every model's cache is measured at two lengths and its size at
-64K tokens computed (caches are affine in length). Last: plots and a Markdown table in ``results/<task>/``.
-Steps already done are skipped, so the command can be rerun after a crash or split across sessions.
+A job is one (task, model): train at the profile's length (``runs/<task>/<model>``), evaluate (accuracy or
+squared error across lengths for the synthetic tasks, loss by position on held-out books for ``lm``; the
+budget model also at several dictionary sizes N, the deployment knob), and measure the model's cache at
+two lengths to give its size at 64K tokens (caches are affine in length). Everything a job has finished is
+skipped when it runs again, and SIGTERM stops training with a checkpoint, so the command resumes after a
+crash, a deadline (``--deadline``) or a session's end. Last, per task: plots, ``table.md`` and
+``summary.json`` in ``results/<task>/``, from whichever models have finished.
 """
 
 from __future__ import annotations
@@ -16,18 +20,33 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-#: label -> (preset, OVQLMConfig overrides). The paper's comparison.
+#: label -> (preset, OVQLMConfig overrides): the paper's comparison on the synthetic tasks (slowest first,
+#: so a shared queue starts them early).
 MODELS: dict[str, tuple[str, dict]] = {
+    "swa-ovq-4096": ("swa-ovq", {"max_centroids": 4096}),
+    "swa-vq-4096": ("swa-vq", {"codebook_size": 4096}),
     "swa-ovq-1024": ("swa-ovq", {"max_centroids": 1024}),
+    "swa-vq-1024": ("swa-vq", {"codebook_size": 1024}),
+    "swa-attn": ("swa-attn", {}),
+    "mamba2": ("mamba2", {}),
+    "gdn": ("gdn", {}),
+    "swa": ("swa", {}),
+}
+#: ... and on language modeling (issue 6).
+LM_MODELS: dict[str, tuple[str, dict]] = {
     "swa-ovq-4096": ("swa-ovq", {"max_centroids": 4096}),
     "swa-attn": ("swa-attn", {}),
-    "swa-vq-1024": ("swa-vq", {"codebook_size": 1024}),
-    "swa-vq-4096": ("swa-vq", {"codebook_size": 4096}),
     "mamba2": ("mamba2", {}),
     "gdn": ("gdn", {}),
     "swa": ("swa", {}),
@@ -38,7 +57,9 @@ TASK_ARGS = {
     "recall": ({"vocab_size": 8192, "num_pairs": 64}, {"num_queries": 64}),
     "positional_recall": ({"vocab_size": 8192, "num_pairs": 32, "num_occurrences": 2}, {"num_queries": 32}),
     "linear_regression": ({"dim": 20}, {}),
+    "lm": ({}, {}),
 }
+TASKS = tuple(TASK_ARGS)
 
 
 @dataclass
@@ -49,7 +70,7 @@ class Profile:
     steps: int
     lr: float
     warmup: int
-    eval_lengths: list[int]
+    eval_lengths: list[int]  # lm: the last is the loss-by-position length
     eval_batches: int
     eval_batch_size: int
     budget_model: str
@@ -60,11 +81,13 @@ class Profile:
     task_args: dict = field(default_factory=dict)  # per-profile overrides of TASK_ARGS' training config
     eval_task_args: dict = field(default_factory=dict)
     state_length: int = 65536
+    data: str | None = None  # lm: the prepared corpus (python -m ovq.data.prepare)
+    block: int = 1024  # lm: loss-by-position block
 
 
 PROFILES = {
-    # Sized for one H200: small models (d = 256, 4 layers) trained at 4K, evaluated to 64K.
-    "h200": Profile(size="small", seq_len=4096, batch_size=16, steps=2000, lr=1e-3, warmup=100,
+    # Sized for one H200 per job: small models (d = 256, 4 layers) trained at 4K, evaluated to 64K.
+    "h200": Profile(size="small", seq_len=4096, batch_size=16, steps=1000, lr=1e-3, warmup=100,
                     eval_lengths=[4096, 8192, 16384, 32768, 65536], eval_batches=4, eval_batch_size=4,
                     budget_model="swa-ovq-4096", budgets=[256, 1024, 4096, 16384], models=list(MODELS)),
     # A CPU check of the whole pipeline at toy size (no fla mixers: their kernels need a GPU).
@@ -75,6 +98,27 @@ PROFILES = {
                      task_args={"vocab_size": 64, "num_pairs": 4, "num_filler_tokens": 8, "dim": 4},
                      eval_task_args={"num_queries": 4}, state_length=4096),
 }
+LM_PROFILES = {
+    # ~60M parameters trained at 4K on the offline books (5M training tokens: ~2.6 epochs), loss to 64K.
+    "h200": Profile(size="60m", seq_len=4096, batch_size=8, steps=400, lr=1e-3, warmup=40, eval_lengths=[65536],
+                    eval_batches=0, eval_batch_size=1, budget_model="swa-ovq-4096", budgets=[1024, 4096, 16384],
+                    models=list(LM_MODELS), data="data/books"),
+    "smoke": Profile(size="tiny", seq_len=64, batch_size=4, steps=12, lr=3e-3, warmup=2, eval_lengths=[200],
+                     eval_batches=1, eval_batch_size=1, budget_model="swa-ovq-4096", budgets=[8, 32],
+                     models=["swa-ovq-4096", "swa-attn", "swa"], precision="fp32",
+                     model_args={"window_size": 16, "chunk_size": 16}, state_length=4096, data="data/sample", block=64),
+}
+
+
+def profile_of(task: str, name: str) -> Profile:
+    profiles = LM_PROFILES if task == "lm" else PROFILES
+    if name not in profiles:
+        raise ValueError(f"profile must be one of {tuple(profiles)}, got {name!r}")
+    return profiles[name]
+
+
+def models_of(task: str) -> dict[str, tuple[str, dict]]:
+    return LM_MODELS if task == "lm" else MODELS
 
 
 def _args(d: dict, flag: str) -> list[str]:
@@ -83,8 +127,10 @@ def _args(d: dict, flag: str) -> list[str]:
 
 def _task_config(task: str, profile: Profile) -> tuple[dict, dict]:
     train, evaluation = TASK_ARGS[task]
-    from .tasks.registry import TASKS
-    fields = {f.name for f in dataclasses.fields(TASKS[task].config_class)}
+    if task == "lm":
+        return {}, {}
+    from .tasks.registry import TASKS as TASK_CLASSES
+    fields = {f.name for f in dataclasses.fields(TASK_CLASSES[task].config_class)}
     train = {k: v for k, v in (train | profile.task_args).items() if k in fields}
     evaluation = {k: v for k, v in (evaluation | profile.eval_task_args).items() if k in fields}
     return train, evaluation
@@ -118,53 +164,159 @@ def cache_bytes_at(run: Path, length: int, device) -> dict:
             "measured": {"256": sizes[0], "512": sizes[1]}}
 
 
-def run(task: str, profile_name: str = "h200", models: list[str] | None = None, runs_root: str = "runs",
-        results_root: str = "results", device: str | None = None) -> dict:
-    from .cli.main import main as cli
+class JobInterrupted(RuntimeError):
+    """Training stopped before its last step (SIGTERM); its checkpoint is kept and a rerun continues."""
 
-    if task not in TASK_ARGS:
-        raise ValueError(f"task must be one of {tuple(TASK_ARGS)}, got {task!r}")
-    if profile_name not in PROFILES:
-        raise ValueError(f"profile must be one of {tuple(PROFILES)}, got {profile_name!r}")
-    profile = PROFILES[profile_name]
-    models = models or profile.models
-    unknown = [m for m in models if m not in MODELS]
-    if unknown:
-        raise ValueError(f"unknown model(s) {unknown}; known: {tuple(MODELS)}")
+
+def run_job(task: str, label: str, profile_name: str, runs_root: str = "runs", results_root: str = "results",
+            device: str | None = None, data: str | None = None) -> dict:
+    """Train, evaluate and size one model on one task; every finished part is skipped. Returns its files."""
+    from .cli.main import main as cli
+    from .io import atomic_write_json
+
+    profile = profile_of(task, profile_name)
+    data = data or profile.data
+    preset, overrides = models_of(task)[label]
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     train_args, eval_args = _task_config(task, profile)
-    out_dir = Path(results_root) / task
+    run_dir, out_dir = Path(runs_root) / task / label, Path(results_root) / task
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = {"task": task, "profile": dataclasses.asdict(profile), "models": {}}
-    for label in models:
-        preset, overrides = MODELS[label]
-        run_dir = Path(runs_root) / task / label
+    if not _finished(run_dir, profile.steps):
+        cli(["train", "--task", task, "--model", preset, "--size", profile.size, "--seq-len", str(profile.seq_len),
+             "--batch-size", str(profile.batch_size), "--steps", str(profile.steps), "--lr", str(profile.lr),
+             "--warmup", str(profile.warmup), "--precision", profile.precision, "--log-every", "25",
+             "--ckpt-every", "100", "--device", device, "--no-progress", "--out", str(run_dir),
+             *(["--data", data] if task == "lm" else []),
+             *_args(train_args, "--task-arg"), *_args(profile.model_args | overrides, "--model-arg")])
         if not _finished(run_dir, profile.steps):
-            cli(["train", "--task", task, "--model", preset, "--size", profile.size, "--seq-len", str(profile.seq_len),
-                 "--batch-size", str(profile.batch_size), "--steps", str(profile.steps), "--lr", str(profile.lr),
-                 "--warmup", str(profile.warmup), "--precision", profile.precision, "--log-every", "25",
-                 "--device", device, "--no-progress", "--out", str(run_dir),
-                 *_args(train_args, "--task-arg"), *_args(profile.model_args | overrides, "--model-arg")])
-        evals = {"lengths": out_dir / f"{label}.json"}
-        if label == profile.budget_model:
-            evals["budgets"] = out_dir / f"{label}-budgets.json"
-        for kind, path in evals.items():
-            if not path.exists():
-                cli(["eval", str(run_dir), "--lengths", ",".join(map(str, profile.eval_lengths)),
-                     "--batches", str(profile.eval_batches), "--batch-size", str(profile.eval_batch_size),
-                     "--device", device, "--out", str(path), *_args(eval_args, "--task-arg"),
-                     *(["--max-centroids", ",".join(map(str, profile.budgets))] if kind == "budgets" else [])])
-        summary["models"][label] = {"run": str(run_dir), **{k: str(v) for k, v in evals.items()},
-                                    "state_at": cache_bytes_at(run_dir, profile.state_length, device)}
-    lengths_files = [summary["models"][m]["lengths"] for m in models]
-    cli(["plot", *lengths_files, "--out", str(out_dir / "accuracy_vs_length.png")])
-    if profile.budget_model in models:
-        cli(["plot", summary["models"][profile.budget_model]["budgets"], "--out", str(out_dir / "budget_sweep.png")])
-    (out_dir / "table.md").write_text(table(summary))
+            raise JobInterrupted(f"{run_dir}: training stopped early; rerun to continue")
+    files = {"lengths": out_dir / f"{label}.json"}
+    if label == profile.budget_model:
+        files["budgets"] = out_dir / f"{label}-budgets.json"
+    for kind, path in files.items():
+        if path.exists():
+            continue
+        budgets = ["--max-centroids", ",".join(map(str, profile.budgets))] if kind == "budgets" else []
+        if task == "lm":  # one forward per document: the training path, for every mixer
+            length = str(profile.eval_lengths[-1])
+            cli(["eval", str(run_dir), "--loss-by-position", "--max-len", length, "--prefill", length,
+                 "--block", str(profile.block), "--data", data, "--device", device, "--out", str(path),
+                 *budgets])
+        else:
+            cli(["eval", str(run_dir), "--lengths", ",".join(map(str, profile.eval_lengths)),
+                 "--batches", str(profile.eval_batches), "--batch-size", str(profile.eval_batch_size),
+                 "--device", device, "--out", str(path), *_args(eval_args, "--task-arg"), *budgets])
+    state = out_dir / f"{label}-state.json"
+    if not state.exists():
+        atomic_write_json(state, cache_bytes_at(run_dir, profile.state_length, device))
+    return {"run": str(run_dir), **{k: str(v) for k, v in files.items()}, "state": str(state)}
+
+
+def _job_argv(task, label, profile_name, runs_root, results_root, device, data) -> list[str]:
+    return [sys.executable, "-m", "ovq.experiments", task, "--profile", profile_name, "--models", label,
+            "--runs", runs_root, "--results", results_root, "--device", device, "--no-report",
+            *(["--data", data] if data else [])]
+
+
+def run_parallel(jobs: list[tuple[str, str]], profile_name: str, devices: list[str], slots: int = 1,
+                 runs_root: str = "runs", results_root: str = "results", deadline: float | None = None,
+                 data: str | None = None) -> dict:
+    """Run jobs as subprocesses from one queue, ``slots`` at a time per device; returns {job: exit code}.
+
+    Each job's output goes to ``runs/<task>/<label>.log``. At ``deadline`` seconds (or on SIGTERM/SIGINT to
+    this process) no new job starts and running ones get SIGTERM: training saves a checkpoint and stops.
+    """
+    queue, lock, procs, codes = list(jobs), threading.Lock(), {}, {}
+    stop = threading.Event()
+    start = time.monotonic()
+
+    def worker(device: str) -> None:
+        while not stop.is_set():
+            with lock:
+                if not queue:
+                    return
+                job = queue.pop(0)
+            task, label = job
+            log_path = Path(runs_root) / task / f"{label}.log"
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            env, dev = dict(os.environ), device
+            if device.startswith("cuda:"):  # one visible GPU per job: Triton launches on the current device
+                env["CUDA_VISIBLE_DEVICES"], dev = device.split(":", 1)[1], "cuda"
+            with open(log_path, "a") as log:
+                proc = subprocess.Popen(_job_argv(task, label, profile_name, runs_root, results_root, dev, data),
+                                        stdout=log, stderr=subprocess.STDOUT, env=env)
+                with lock:
+                    procs[job] = proc
+                codes[job] = proc.wait()
+            print(f"[{time.monotonic() - start:6.0f}s] {task}/{label} on {device}: "
+                  f"{'done' if codes[job] == 0 else f'exit {codes[job]} (see {log_path})'}", flush=True)
+
+    def request_stop(*_):
+        stop.set()
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    threads = [threading.Thread(target=worker, args=(d,), daemon=True) for d in devices for _ in range(slots)]
+    try:
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads):
+            if deadline is not None and time.monotonic() - start > deadline:
+                stop.set()
+            if stop.is_set():
+                with lock:
+                    running = [p for p in procs.values() if p.poll() is None]
+                for p in running:
+                    p.send_signal(signal.SIGTERM)
+                for p in running:
+                    try:
+                        p.wait(timeout=60)
+                    except subprocess.TimeoutExpired:
+                        p.kill()
+            for t in threads:
+                t.join(timeout=1.0)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    for job in queue:
+        codes.setdefault(job, None)  # never started
+    return codes
+
+
+def report(task: str, profile_name: str, labels: list[str], results_root: str = "results") -> dict:
+    """Plots, ``table.md`` and ``summary.json`` for one task from the models whose results exist."""
+    from .cli.main import main as cli
     from .io import atomic_write_json
+
+    profile = profile_of(task, profile_name)
+    out_dir = Path(results_root) / task
+    summary = {"task": task, "profile": dataclasses.asdict(profile), "models": {}, "missing": []}
+    for label in labels:
+        files = {"lengths": out_dir / f"{label}.json", "state": out_dir / f"{label}-state.json"}
+        if label == profile.budget_model:
+            files["budgets"] = out_dir / f"{label}-budgets.json"
+        if not all(p.exists() for p in files.values()):
+            summary["missing"].append(label)
+            continue
+        summary["models"][label] = {k: str(v) for k, v in files.items()}
+        summary["models"][label]["state_at"] = json.loads(files["state"].read_text())
+    if not summary["models"]:
+        print(f"{task}: no finished model to report", flush=True)
+        return summary
+    cli(["plot", *[m["lengths"] for m in summary["models"].values()],
+         "--out", str(out_dir / ("loss_by_position.png" if task == "lm" else "accuracy_vs_length.png"))])
+    if profile.budget_model in summary["models"]:
+        cli(["plot", summary["models"][profile.budget_model]["budgets"], "--out", str(out_dir / "budget_sweep.png")])
+    text = lm_table(summary) if task == "lm" else table(summary)
+    if summary["missing"]:
+        text += f"\nNot finished: {', '.join(summary['missing'])}.\n"
+    (out_dir / "table.md").write_text(text)
     atomic_write_json(out_dir / "summary.json", summary)
-    print((out_dir / "table.md").read_text())
+    print(text, flush=True)
     return summary
+
+
+def _cache_mib(info: dict) -> str:
+    return f"{info['state_at']['cache_bytes'] / 2**20:,.1f}"
 
 
 def table(summary: dict) -> str:
@@ -177,23 +329,95 @@ def table(summary: dict) -> str:
              "| --- |" + " --- |" * (len(lengths) + 1)]
     for label, info in summary["models"].items():
         rows = {r["length"]: r[metric] for r in json.loads(Path(info["lengths"]).read_text())["results"]}
-        lines.append(f"| {label} | " + " | ".join(f"{rows[n]:.3f}" for n in lengths)
-                     + f" | {info['state_at']['cache_bytes'] / 2**20:,.1f} |")
+        lines.append(f"| {label} | " + " | ".join(f"{rows[n]:.3f}" for n in lengths) + f" | {_cache_mib(info)} |")
     return "\n".join(lines) + "\n"
+
+
+def _span_means(row: dict, edges: list[int]) -> list[float]:
+    """Token-weighted mean loss over position spans [edges[i], edges[i+1])."""
+    block, out = row["block"], []
+    for lo, hi in zip(edges, edges[1:]):
+        sel = [(l, n) for i, (l, n) in enumerate(zip(row["loss"], row["tokens"])) if lo <= i * block < hi and n > 0]
+        out.append(sum(l * n for l, n in sel) / sum(n for _, n in sel) if sel else float("nan"))
+    return out
+
+
+def lm_table(summary: dict) -> str:
+    """Markdown: held-out loss per position span (training length marked), relative to swa-attn, and cache."""
+    profile = summary["profile"]
+    train, end = profile["seq_len"], profile["eval_lengths"][-1]
+    edges = sorted({0, train, *[e for e in (4 * train, 8 * train) if train < e < end], end})
+    names = [f"[{lo // 1024}K, {hi // 1024}K)" if lo >= 1024 else f"[{lo}, {hi})" for lo, hi in zip(edges, edges[1:])]
+    means = {label: _span_means(json.loads(Path(info["lengths"]).read_text())["results"][0], edges)
+             for label, info in summary["models"].items()}
+    ref = means.get("swa-attn")
+    lines = ["| model | " + " | ".join(f"loss {n}" for n in names) + " | vs swa-attn beyond training | "
+             f"cache MiB @ {profile['state_length']:,} |", "| --- |" + " --- |" * (len(names) + 2)]
+    for label, info in summary["models"].items():
+        rel = "" if ref is None else f"{100 * (sum(means[label][1:]) / sum(ref[1:]) - 1):+.2f}%"
+        lines.append(f"| {label} | " + " | ".join(f"{x:.4f}" for x in means[label]) + f" | {rel} | {_cache_mib(info)} |")
+    return "\n".join(lines) + "\n"
+
+
+def run(tasks: str | list[str], profile_name: str = "h200", models: list[str] | None = None,
+        runs_root: str = "runs", results_root: str = "results", device: str | None = None,
+        devices: list[str] | None = None, slots: int = 1, deadline: float | None = None, skip=(),
+        report_only: bool = False, jobs_only: bool = False, data: str | None = None) -> dict:
+    """Run every (task, model) job, in this process or over ``devices``; then report each task."""
+    tasks = tasks.split(",") if isinstance(tasks, str) else list(tasks)
+    for task in tasks:
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    labels = {}
+    for task in tasks:
+        profile = profile_of(task, profile_name)
+        chosen = [m for m in (models or profile.models) if m not in skip]
+        unknown = [m for m in chosen if m not in models_of(task)]
+        if unknown:
+            raise ValueError(f"unknown model(s) {unknown} for {task}; known: {tuple(models_of(task))}")
+        labels[task] = chosen
+    # round robin over tasks, each task's slowest models first
+    jobs = [(t, labels[t][i]) for i in range(max(map(len, labels.values()))) for t in tasks if i < len(labels[t])]
+    failed = []
+    if not report_only:
+        if devices and (len(devices) > 1 or slots > 1):
+            codes = run_parallel(jobs, profile_name, devices, slots, runs_root, results_root, deadline, data)
+            failed = [job for job, code in codes.items() if code != 0]
+        else:
+            for task, label in jobs:
+                run_job(task, label, profile_name, runs_root, results_root, device or (devices or [None])[0], data)
+    summaries = {} if jobs_only else {t: report(t, profile_name, labels[t], results_root) for t in tasks}
+    if failed:
+        print(f"unfinished jobs: {', '.join(f'{t}/{m}' for t, m in failed)} (rerun the same command to continue)")
+    return summaries
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m ovq.experiments", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("task", choices=tuple(TASK_ARGS))
+    ap.add_argument("tasks", help=f"comma-separated, from {', '.join(TASKS)}")
     ap.add_argument("--profile", default="h200", choices=tuple(PROFILES))
-    ap.add_argument("--models", help=f"comma-separated subset of {', '.join(MODELS)}")
+    ap.add_argument("--models", help=f"comma-separated subset; tasks: {', '.join(MODELS)}; lm: {', '.join(LM_MODELS)}")
+    ap.add_argument("--skip", default="", help="comma-separated models to leave out")
+    ap.add_argument("--data", help="lm: prepared corpus (default: the profile's, data/books on h200)")
     ap.add_argument("--runs", default="runs")
     ap.add_argument("--results", default="results")
-    ap.add_argument("--device")
+    ap.add_argument("--device", help="one device for every job (default: cuda if available)")
+    ap.add_argument("--devices", help="comma-separated devices for a parallel queue, e.g. cuda:0,cuda:1")
+    ap.add_argument("--slots", type=int, default=1, help="jobs at once per device (parallel queue)")
+    ap.add_argument("--deadline", type=float, help="seconds: then stop (checkpointed) and report what finished")
+    ap.add_argument("--no-report", dest="jobs_only", action="store_true", help="run the jobs only")
+    ap.add_argument("--report-only", action="store_true", help="only rebuild plots and tables from results")
     args = ap.parse_args(argv)
-    return run(args.task, args.profile, args.models.split(",") if args.models else None, args.runs, args.results,
-               args.device)
+    if args.slots < 1:
+        ap.error("--slots must be >= 1")
+    try:
+        return run(args.tasks, args.profile, args.models.split(",") if args.models else None, args.runs,
+                   args.results, args.device, args.devices.split(",") if args.devices else None, args.slots,
+                   args.deadline, [m for m in args.skip.split(",") if m], args.report_only, args.jobs_only, args.data)
+    except JobInterrupted as err:
+        print(err, file=sys.stderr)
+        raise SystemExit(3) from None
 
 
 if __name__ == "__main__":

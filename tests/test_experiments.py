@@ -5,11 +5,12 @@ import json
 import pytest
 
 from ovq.experiments import PROFILES, run
+from tests.data_helpers import prepare_sample
 
 
 def test_smoke_recall_pipeline(tmp_path):
     summary = run("recall", "smoke", runs_root=str(tmp_path / "runs"), results_root=str(tmp_path / "results"),
-                  device="cpu")
+                  device="cpu")["recall"]
     out = tmp_path / "results" / "recall"
     assert (out / "accuracy_vs_length.png").exists() and (out / "budget_sweep.png").exists()
     table = (out / "table.md").read_text()
@@ -22,8 +23,35 @@ def test_smoke_recall_pipeline(tmp_path):
     assert sizes["swa-ovq-1024"]["bytes_per_token"] == 0 == sizes["swa"]["bytes_per_token"]  # flat caches
     # Rerunning finds everything done and only rebuilds the summary.
     again = run("recall", "smoke", runs_root=str(tmp_path / "runs"), results_root=str(tmp_path / "results"),
-                device="cpu")
-    assert again["models"].keys() == summary["models"].keys()
+                device="cpu")["recall"]
+    assert again["models"].keys() == summary["models"].keys() and not again["missing"]
+
+
+def test_parallel_queue_stops_at_the_deadline_and_a_rerun_finishes(tmp_path):
+    """Two jobs in subprocesses on two 'devices'; a deadline stops them (SIGTERM) and the report lists them as
+    unfinished; the same command again finishes both from where they stopped."""
+    kw = dict(models=["swa-ovq-1024", "swa"], runs_root=str(tmp_path / "runs"),
+              results_root=str(tmp_path / "results"), devices=["cpu", "cpu"])
+    cut = run("recall", "smoke", deadline=1.0, **kw)["recall"]
+    assert sorted(cut["missing"]) == ["swa", "swa-ovq-1024"]
+    done = run("recall", "smoke", **kw)["recall"]
+    assert sorted(done["models"]) == ["swa", "swa-ovq-1024"] and not done["missing"]
+    assert "| swa-ovq-1024 |" in (tmp_path / "results" / "recall" / "table.md").read_text()
+    log = (tmp_path / "runs" / "recall" / "swa.log").read_text()
+    assert '"step": 40' in log
+
+
+def test_smoke_lm_pipeline(tmp_path):
+    prepare_sample(tmp_path / "data")
+    summary = run("lm", "smoke", runs_root=str(tmp_path / "runs"), results_root=str(tmp_path / "results"),
+                  device="cpu", data=str(tmp_path / "data"))["lm"]
+    out = tmp_path / "results" / "lm"
+    assert (out / "loss_by_position.png").exists() and (out / "budget_sweep.png").exists()
+    rows = json.loads((out / "swa-ovq-4096.json").read_text())["results"]
+    assert rows[0]["block"] == 64 and sum(rows[0]["tokens"]) == 200 * rows[0]["documents"]
+    table = (out / "table.md").read_text()
+    assert "| swa-attn |" in table and "+0.00%" in table  # the reference row
+    assert summary["models"]["swa"]["state_at"]["bytes_per_token"] == 0
 
 
 def test_bad_arguments():
@@ -31,3 +59,7 @@ def test_bad_arguments():
         run("sorting", "smoke")
     with pytest.raises(ValueError, match="unknown model"):
         run("recall", "smoke", models=["transformer-xl"])
+    with pytest.raises(ValueError, match="unknown model"):
+        run("lm", "smoke", models=["swa-vq-1024"])  # not in the LM comparison
+    with pytest.raises(ValueError, match="profile must be one of"):
+        run("recall", "a100")

@@ -85,7 +85,8 @@ def cmd_eval(args) -> None:
             for n in budgets:
                 if n is not None:
                     set_max_centroids(model, n)
-                rows.append({"max_centroids": n, "documents": len(docs), **loss_by_position(model, docs, device=device)})
+                rows.append({"max_centroids": n, "documents": len(docs),
+                             **loss_by_position(model, docs, block=args.block, prefill=args.prefill, device=device)})
         else:
             rows = evaluate_lengths(model, job, _ints(args.lengths), budgets, args.batches, args.batch_size, device,
                                     **_kv(args.task_arg, "--task-arg"))
@@ -199,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--task-arg", action="append", help="task config overrides for evaluation, name=value")
     e.add_argument("--loss-by-position", action="store_true")
     e.add_argument("--max-len", type=int, default=65536)
+    e.add_argument("--prefill", type=int, default=4096,
+                   help="loss by position: tokens per forward through the cache (--max-len: one forward per document)")
+    e.add_argument("--block", type=int, default=1024, help="loss by position: tokens per reported block")
     e.add_argument("--data")
     e.add_argument("--device")
     e.add_argument("--out")
