@@ -241,7 +241,7 @@ def run_parallel(jobs: list[tuple[str, str]], profile_name: str, devices: list[s
             log_path.parent.mkdir(parents=True, exist_ok=True)
             env, dev = dict(os.environ), device
             if device.startswith("cuda:"):  # one visible GPU per job: Triton launches on the current device
-                env["CUDA_VISIBLE_DEVICES"], dev = device.split(":", 1)[1], "cuda"
+                env["CUDA_VISIBLE_DEVICES"], dev = device.split(":", 1)[1], "cuda:0"
             with open(log_path, "a") as log:
                 proc = subprocess.Popen(_job_argv(task, label, profile_name, runs_root, results_root, dev, data),
                                         stdout=log, stderr=subprocess.STDOUT, env=env)
