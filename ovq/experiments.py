@@ -110,11 +110,16 @@ LM_PROFILES = {
 }
 
 
-def profile_of(task: str, name: str) -> Profile:
+def profile_of(task: str, name: str, overrides: dict | None = None) -> Profile:
+    """The named profile for ``task``, with ``overrides`` (field -> value) replacing its fields."""
     profiles = LM_PROFILES if task == "lm" else PROFILES
     if name not in profiles:
         raise ValueError(f"profile must be one of {tuple(profiles)}, got {name!r}")
-    return profiles[name]
+    fields = {f.name for f in dataclasses.fields(Profile)}
+    unknown = sorted(set(overrides or {}) - fields)
+    if unknown:
+        raise ValueError(f"unknown profile field(s) {unknown}; fields: {sorted(fields)}")
+    return dataclasses.replace(profiles[name], **(overrides or {}))
 
 
 def models_of(task: str) -> dict[str, tuple[str, dict]]:
@@ -169,12 +174,12 @@ class JobInterrupted(RuntimeError):
 
 
 def run_job(task: str, label: str, profile_name: str, runs_root: str = "runs", results_root: str = "results",
-            device: str | None = None, data: str | None = None) -> dict:
+            device: str | None = None, data: str | None = None, overrides: dict | None = None) -> dict:
     """Train, evaluate and size one model on one task; every finished part is skipped. Returns its files."""
     from .cli.main import main as cli
     from .io import atomic_write_json
 
-    profile = profile_of(task, profile_name)
+    profile = profile_of(task, profile_name, overrides)
     data = data or profile.data
     preset, overrides = models_of(task)[label]
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -212,15 +217,15 @@ def run_job(task: str, label: str, profile_name: str, runs_root: str = "runs", r
     return {"run": str(run_dir), **{k: str(v) for k, v in files.items()}, "state": str(state)}
 
 
-def _job_argv(task, label, profile_name, runs_root, results_root, device, data) -> list[str]:
+def _job_argv(task, label, profile_name, runs_root, results_root, device, data, overrides) -> list[str]:
     return [sys.executable, "-m", "ovq.experiments", task, "--profile", profile_name, "--models", label,
             "--runs", runs_root, "--results", results_root, "--device", device, "--no-report",
-            *(["--data", data] if data else [])]
+            *(["--data", data] if data else []), *_args(overrides or {}, "--set")]
 
 
 def run_parallel(jobs: list[tuple[str, str]], profile_name: str, devices: list[str], slots: int = 1,
                  runs_root: str = "runs", results_root: str = "results", deadline: float | None = None,
-                 data: str | None = None) -> dict:
+                 data: str | None = None, overrides: dict | None = None) -> dict:
     """Run jobs as subprocesses from one queue, ``slots`` at a time per device; returns {job: exit code}.
 
     Each job's output goes to ``runs/<task>/<label>.log``. At ``deadline`` seconds (or on SIGTERM/SIGINT to
@@ -243,7 +248,7 @@ def run_parallel(jobs: list[tuple[str, str]], profile_name: str, devices: list[s
             if device.startswith("cuda:"):  # one visible GPU per job: Triton launches on the current device
                 env["CUDA_VISIBLE_DEVICES"], dev = device.split(":", 1)[1], "cuda:0"
             with open(log_path, "a") as log:
-                proc = subprocess.Popen(_job_argv(task, label, profile_name, runs_root, results_root, dev, data),
+                proc = subprocess.Popen(_job_argv(task, label, profile_name, runs_root, results_root, dev, data, overrides),
                                         stdout=log, stderr=subprocess.STDOUT, env=env)
                 with lock:
                     procs[job] = proc
@@ -282,12 +287,13 @@ def run_parallel(jobs: list[tuple[str, str]], profile_name: str, devices: list[s
     return codes
 
 
-def report(task: str, profile_name: str, labels: list[str], results_root: str = "results") -> dict:
+def report(task: str, profile_name: str, labels: list[str], results_root: str = "results",
+           overrides: dict | None = None) -> dict:
     """Plots, ``table.md`` and ``summary.json`` for one task from the models whose results exist."""
     from .cli.main import main as cli
     from .io import atomic_write_json
 
-    profile = profile_of(task, profile_name)
+    profile = profile_of(task, profile_name, overrides)
     out_dir = Path(results_root) / task
     summary = {"task": task, "profile": dataclasses.asdict(profile), "models": {}, "missing": []}
     for label in labels:
@@ -362,15 +368,17 @@ def lm_table(summary: dict) -> str:
 def run(tasks: str | list[str], profile_name: str = "h200", models: list[str] | None = None,
         runs_root: str = "runs", results_root: str = "results", device: str | None = None,
         devices: list[str] | None = None, slots: int = 1, deadline: float | None = None, skip=(),
-        report_only: bool = False, jobs_only: bool = False, data: str | None = None) -> dict:
-    """Run every (task, model) job, in this process or over ``devices``; then report each task."""
+        report_only: bool = False, jobs_only: bool = False, data: str | None = None,
+        overrides: dict | None = None) -> dict:
+    """Run every (task, model) job, in this process or over ``devices``; then report each task.
+    ``overrides`` replace profile fields (``--set seq_len=1024``)."""
     tasks = tasks.split(",") if isinstance(tasks, str) else list(tasks)
     for task in tasks:
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     labels = {}
     for task in tasks:
-        profile = profile_of(task, profile_name)
+        profile = profile_of(task, profile_name, overrides)
         chosen = [m for m in (models or profile.models) if m not in skip]
         unknown = [m for m in chosen if m not in models_of(task)]
         if unknown:
@@ -381,12 +389,13 @@ def run(tasks: str | list[str], profile_name: str = "h200", models: list[str] | 
     failed = []
     if not report_only:
         if devices and (len(devices) > 1 or slots > 1):
-            codes = run_parallel(jobs, profile_name, devices, slots, runs_root, results_root, deadline, data)
+            codes = run_parallel(jobs, profile_name, devices, slots, runs_root, results_root, deadline, data, overrides)
             failed = [job for job, code in codes.items() if code != 0]
         else:
             for task, label in jobs:
-                run_job(task, label, profile_name, runs_root, results_root, device or (devices or [None])[0], data)
-    summaries = {} if jobs_only else {t: report(t, profile_name, labels[t], results_root) for t in tasks}
+                run_job(task, label, profile_name, runs_root, results_root, device or (devices or [None])[0], data,
+                        overrides)
+    summaries = {} if jobs_only else {t: report(t, profile_name, labels[t], results_root, overrides) for t in tasks}
     if failed:
         print(f"unfinished jobs: {', '.join(f'{t}/{m}' for t, m in failed)} (rerun the same command to continue)")
     return summaries
@@ -398,6 +407,8 @@ def main(argv=None) -> dict:
     ap.add_argument("tasks", help=f"comma-separated, from {', '.join(TASKS)}")
     ap.add_argument("--profile", default="h200", choices=tuple(PROFILES))
     ap.add_argument("--models", help=f"comma-separated subset; tasks: {', '.join(MODELS)}; lm: {', '.join(LM_MODELS)}")
+    ap.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                    help="override a profile field, e.g. --set steps=500 --set \"task_args={'num_pairs': 16}\"")
     ap.add_argument("--skip", default="", help="comma-separated models to leave out")
     ap.add_argument("--data", help="lm: prepared corpus (default: the profile's, data/books on h200)")
     ap.add_argument("--runs", default="runs")
@@ -411,10 +422,12 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     if args.slots < 1:
         ap.error("--slots must be >= 1")
+    from .cli.main import _kv
+    overrides = _kv(args.set, "--set")
     try:
         return run(args.tasks, args.profile, args.models.split(",") if args.models else None, args.runs,
                    args.results, args.device, args.devices.split(",") if args.devices else None, args.slots,
-                   args.deadline, [m for m in args.skip.split(",") if m], args.report_only, args.jobs_only, args.data)
+                   args.deadline, [m for m in args.skip.split(",") if m], args.report_only, args.jobs_only, args.data, overrides)
     except JobInterrupted as err:
         print(err, file=sys.stderr)
         raise SystemExit(3) from None
