@@ -116,10 +116,16 @@ def profile_of(task: str, name: str, overrides: dict | None = None) -> Profile:
     if name not in profiles:
         raise ValueError(f"profile must be one of {tuple(profiles)}, got {name!r}")
     fields = {f.name for f in dataclasses.fields(Profile)}
-    unknown = sorted(set(overrides or {}) - fields)
-    if unknown:
-        raise ValueError(f"unknown profile field(s) {unknown}; fields: {sorted(fields)}")
-    return dataclasses.replace(profiles[name], **(overrides or {}))
+    mine = {}
+    for key, value in (overrides or {}).items():
+        scope, _, field_name = key.rpartition(".")  # "recall.seq_len" applies to recall only
+        if scope and scope not in TASKS:
+            raise ValueError(f"unknown task {scope!r} in override {key!r}; tasks: {TASKS}")
+        if field_name not in fields:
+            raise ValueError(f"unknown profile field {field_name!r} in override {key!r}; fields: {sorted(fields)}")
+        if scope in ("", task):
+            mine[field_name] = value
+    return dataclasses.replace(profiles[name], **mine)
 
 
 def models_of(task: str) -> dict[str, tuple[str, dict]]:
@@ -408,7 +414,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--profile", default="h200", choices=tuple(PROFILES))
     ap.add_argument("--models", help=f"comma-separated subset; tasks: {', '.join(MODELS)}; lm: {', '.join(LM_MODELS)}")
     ap.add_argument("--set", action="append", metavar="FIELD=VALUE",
-                    help="override a profile field, e.g. --set steps=500 --set \"task_args={'num_pairs': 16}\"")
+                    help="override a profile field for every task (steps=500) or one (\"recall.task_args={'num_pairs': 16}\")")
     ap.add_argument("--skip", default="", help="comma-separated models to leave out")
     ap.add_argument("--data", help="lm: prepared corpus (default: the profile's, data/books on h200)")
     ap.add_argument("--runs", default="runs")

@@ -63,3 +63,15 @@ def test_bad_arguments():
         run("lm", "smoke", models=["swa-vq-1024"])  # not in the LM comparison
     with pytest.raises(ValueError, match="profile must be one of"):
         run("recall", "a100")
+
+
+def test_profile_overrides_apply_to_every_task_or_one():
+    from ovq.experiments import profile_of
+    overrides = {"steps": 7, "recall.seq_len": 256, "lm.steps": 9}
+    assert (profile_of("recall", "h200", overrides).seq_len, profile_of("recall", "h200", overrides).steps) == (256, 7)
+    assert profile_of("linear_regression", "h200", overrides).seq_len == PROFILES["h200"].seq_len
+    assert profile_of("lm", "h200", overrides).steps == 9
+    with pytest.raises(ValueError, match="unknown profile field"):
+        profile_of("recall", "h200", {"stpes": 1})
+    with pytest.raises(ValueError, match="unknown task"):
+        profile_of("recall", "h200", {"sorting.steps": 1})
