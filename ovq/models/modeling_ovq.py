@@ -79,6 +79,23 @@ class OVQPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     supports_gradient_checkpointing = False
 
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            if module is getattr(self, "lm_head", None) and self.config.tie_word_embeddings:
+                return  # it is the embedding
+            if std is None:
+                module.reset_parameters()  # fan-in: U(±1/sqrt(fan_in)) weights and biases
+            else:
+                nn.init.normal_(module.weight, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std if std is not None else module.embedding_dim ** -0.5)
+        elif isinstance(module, nn.RMSNorm) and module.weight is not None:
+            nn.init.ones_(module.weight)
+
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
         return False  # the model builds its own OVQCache (one cache kind per mixer)
