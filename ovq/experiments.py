@@ -83,6 +83,7 @@ class Profile:
     state_length: int = 65536
     data: str | None = None  # lm: the prepared corpus (python -m ovq.data.prepare)
     block: int = 1024  # lm: loss-by-position block
+    per_task: dict = field(default_factory=dict)  # task -> {field: value} for that task only
 
 
 PROFILES = {
@@ -90,6 +91,17 @@ PROFILES = {
     "h200": Profile(size="small", seq_len=4096, batch_size=16, steps=1000, lr=1e-3, warmup=100,
                     eval_lengths=[4096, 8192, 16384, 32768, 65536], eval_batches=4, eval_batch_size=4,
                     budget_model="swa-ovq-4096", budgets=[256, 1024, 4096, 16384], models=list(MODELS)),
+    # Trained at 256 tokens (16x to 256x shorter than the evaluations): the recipe of shared/docs/findings.md
+    # that learned recall; vocabulary 256. Run on 2x H200 on 2026-11-29 (docs/experiments.md).
+    "h200-t256": Profile(size="small", seq_len=256, batch_size=64, steps=2000, lr=2e-3, warmup=100,
+                         eval_lengths=[256, 1024, 4096, 16384, 65536], eval_batches=4, eval_batch_size=4,
+                         budget_model="swa-ovq-4096", budgets=[256, 1024, 4096, 16384], models=list(MODELS),
+                         model_args={"window_size": 64},
+                         per_task={"recall": {"task_args": {"vocab_size": 256, "num_pairs": 16},
+                                              "eval_task_args": {"num_queries": 16}},
+                                   "positional_recall": {"task_args": {"vocab_size": 256, "num_pairs": 8,
+                                                                       "num_occurrences": 2},
+                                                         "eval_task_args": {"num_queries": 16}}}),
     # A CPU check of the whole pipeline at toy size (no fla mixers: their kernels need a GPU).
     "smoke": Profile(size="tiny", seq_len=64, batch_size=16, steps=40, lr=3e-3, warmup=5, eval_lengths=[64, 128],
                      eval_batches=1, eval_batch_size=4, budget_model="swa-ovq-1024", budgets=[8, 32],
@@ -111,7 +123,8 @@ LM_PROFILES = {
 
 
 def profile_of(task: str, name: str, overrides: dict | None = None) -> Profile:
-    """The named profile for ``task``, with ``overrides`` (field -> value) replacing its fields."""
+    """The named profile for ``task`` (its ``per_task`` entries applied), with ``overrides`` (field -> value,
+    or task.field -> value) replacing fields."""
     profiles = LM_PROFILES if task == "lm" else PROFILES
     if name not in profiles:
         raise ValueError(f"profile must be one of {tuple(profiles)}, got {name!r}")
@@ -125,7 +138,8 @@ def profile_of(task: str, name: str, overrides: dict | None = None) -> Profile:
             raise ValueError(f"unknown profile field {field_name!r} in override {key!r}; fields: {sorted(fields)}")
         if scope in ("", task):
             mine[field_name] = value
-    return dataclasses.replace(profiles[name], **mine)
+    profile = profiles[name]
+    return dataclasses.replace(profile, **(profile.per_task.get(task, {}) | mine))
 
 
 def models_of(task: str) -> dict[str, tuple[str, dict]]:
