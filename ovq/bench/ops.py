@@ -184,13 +184,18 @@ def decode(contexts, heads: int, d: int, n: int, chunk: int) -> list[dict]:
         state.sum_v[:, :, :m] = torch.randn(1, heads, m, d, device="cuda", generator=g) * state.count[:, :, :m, None]
         state.num_centroids, state.num_absorbed = m, context
         q, k, v = (torch.randn(1, 1, heads, d, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        ms = _bench(lambda: ovq_step(q, k, v, 12.0, state, chunk_size=chunk, max_centroids=n))
-        rows.append({"op": "ovq_step (PyTorch path)", "context": context, "H": heads, "D": d, "N": n,
-                     "active_centroids": m, "ms_per_token": ms, "state_bytes": state.nbytes,
-                     "peak_allocated_bytes": torch.cuda.max_memory_allocated()})
-        print(rows[-1], flush=True)
+        # Correctness first: one step from copies of the state through both reads.
+        outs = {b: ovq_step(q, k, v, 12.0, state.clone(), chunk_size=chunk, max_centroids=n, backend=b)[0]
+                for b in ("torch", "triton")}
+        diff = (outs["triton"].float() - outs["torch"].float()).abs().max().item()
+        for backend, name in (("torch", "ovq_step (PyTorch read)"), ("triton", "ovq_step (Triton decode read)")):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            ms = _bench(lambda: ovq_step(q, k, v, 12.0, state, chunk_size=chunk, max_centroids=n, backend=backend))
+            rows.append({"op": name, "backend": backend, "context": context, "H": heads, "D": d, "N": n,
+                         "active_centroids": m, "ms_per_token": ms, "max_abs_diff_vs_torch": diff,
+                         "state_bytes": state.nbytes, "peak_allocated_bytes": torch.cuda.max_memory_allocated()})
+            print(rows[-1], flush=True)
     return rows
 
 
@@ -229,6 +234,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--heads", type=int, default=16)
     ap.add_argument("--peers", default="sdpa,gdn")
     ap.add_argument("--decode-contexts", default="4096,65536,1048576")
+    ap.add_argument("--decode-only", action="store_true", help="only the decoding benchmark")
     ap.add_argument("--out", default="results/ops_h200.json")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -236,17 +242,19 @@ def main(argv=None) -> dict:
     payload = {"benchmark": "ovq.bench.ops", "args": vars(args), "environment": environment()}
     if not args.no_check:
         payload["check"] = check()
-    if not args.check:
-        ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
+    ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
+    if args.decode_only:
+        payload["decode"] = decode(ints(args.decode_contexts), args.heads, 64, 4096, args.chunk_size)
+    elif not args.check:
         payload["results"] = bench(ints(args.seq_lens), ints(args.head_dims), ints(args.centroids), args.chunk_size,
                                    args.tokens, args.heads, args.peers.split(","))
         payload["decode"] = decode(ints(args.decode_contexts), args.heads, 64, 4096, args.chunk_size)
     path = save_json(args.out, payload)
     if "results" in payload:
         print(table(payload["results"]))
-        for r in payload["decode"]:
-            print(f"decode ctx={r['context']:>8} m={r['active_centroids']:>5} {r['ms_per_token']:.3f} ms/token "
-                  f"state {r['state_bytes'] / 2**20:.2f} MiB")
+    for r in payload.get("decode", []):
+        print(f"decode {r['backend']:>6} ctx={r['context']:>8} m={r['active_centroids']:>5} {r['ms_per_token']:.3f} "
+              f"ms/token state {r['state_bytes'] / 2**20:.2f} MiB (max |diff| vs torch {r['max_abs_diff_vs_torch']:.1e})")
     print(f"saved {path}")
     return payload
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .state import DictionaryState
-from .utils import beta_view, check_beta, check_qkv, l2norm, state_dtype
+from .utils import beta_view, check_backend, check_beta, check_qkv, l2norm, state_dtype
 
 
 def check_state(state, state_type: type, q: torch.Tensor, v: torch.Tensor, chunk_size: int, capacity: int,
@@ -45,6 +45,24 @@ def check_step_state_dtype(state, input_dtype: torch.dtype, compute_dtype: torch
 
 def state_for_compute(state: DictionaryState, dtype: torch.dtype) -> DictionaryState:
     return state if state.dtype == dtype else state.to(dtype)
+
+
+#: Whether ``backend="auto"`` decodes through the Triton read. Off until the kernel has been checked compiled on
+#: a GPU (it is tested in Triton's interpreter; ``python -m ovq.bench.ops --decode-only`` checks and times it).
+DECODE_KERNEL_BY_DEFAULT = False
+
+
+def use_decode_kernel(backend: str, q: torch.Tensor, compute_dtype: torch.dtype) -> bool:
+    """Whether a decoding step reads through the Triton kernel (``"triton"``; float32 states only)."""
+    from .triton_chunk import use_triton
+    check_backend(backend)
+    if backend == "torch":
+        return False
+    if backend == "triton":
+        if compute_dtype != torch.float32:
+            raise ValueError(f"the Triton decode read computes in float32; {compute_dtype} needs backend='torch'")
+        return True
+    return DECODE_KERNEL_BY_DEFAULT and use_triton(q) and compute_dtype == torch.float32
 
 
 def finish_output(o: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

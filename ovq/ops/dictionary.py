@@ -90,6 +90,10 @@ class OnlineDictionary:
         log_w = self.count.log() if count_prior else torch.zeros_like(self.count)
         return l2norm(self.sum_k), self.sum_v / self.count.unsqueeze(-1), log_w
 
+    def stored_terms(self):
+        """(key sums, value sums, counts, keys need normalizing): what the Triton decode read takes."""
+        return self.sum_k, self.sum_v, self.count, True
+
     def write(self, khat: torch.Tensor, v: torch.Tensor, tokens_after: int) -> "OnlineDictionary":
         """Absorb one full chunk (khat: [B, H, L, D] unit keys, v: [B, H, L, Dv]): grow, pick, assign, update."""
         m, chunk = self.size, khat.shape[-2]
@@ -155,6 +159,9 @@ class StaticDictionary:
         log_w = self.count.log() if count_prior else torch.zeros_like(self.count)
         log_w = torch.where(used, log_w, torch.full_like(log_w, float("-inf")))  # an empty code is not read
         return self.codebook.unsqueeze(0), self.sum_v / self.count.clamp_min(1).unsqueeze(-1), log_w
+
+    def stored_terms(self):
+        return self.codebook.unsqueeze(0), self.sum_v, self.count, False
 
     def write(self, khat: torch.Tensor, v: torch.Tensor, tokens_after: int) -> "StaticDictionary":
         if self.detach_state:

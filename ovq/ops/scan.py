@@ -45,10 +45,11 @@ def chunk_scan(qhat, khat, v, beta, dictionary, buffer_k, buffer_v, num_absorbed
     return o, state
 
 
-def step_scan(qhat, khat, v, beta, dictionary, state, count_prior: bool):
+def step_scan(qhat, khat, v, beta, dictionary, state, count_prior: bool, kernel: bool = False):
     """Token by token: buffer the token, read dictionary + buffer, write when the buffer holds L tokens.
 
-    Updates ``state`` (its preallocated tensors) in place and returns (o [B, H, T, Dv], state).
+    Updates ``state`` (its preallocated tensors) in place and returns (o [B, H, T, Dv], state). ``kernel``
+    does the read with the Triton decode kernel (``ovq.ops.decode``) instead of PyTorch.
     """
     chunk_size = state.chunk_size
     outputs = []
@@ -57,9 +58,15 @@ def step_scan(qhat, khat, v, beta, dictionary, state, count_prior: bool):
         state.buffer_k[:, :, p].copy_(khat[:, :, i])
         state.buffer_v[:, :, p].copy_(v[:, :, i])
         p += 1
-        terms = dictionary.read_terms(count_prior)
-        outputs.append(dictionary_attention(qhat[:, :, i:i + 1], beta, *terms, state.buffer_k[:, :, :p],
-                                            state.buffer_v[:, :, :p], query_offset=p - 1))
+        if kernel:
+            from .decode import triton_decode_read
+            keys, sums_v, count, normalize = dictionary.stored_terms()
+            outputs.append(triton_decode_read(qhat[:, :, i:i + 1], beta, keys, sums_v, count, state.buffer_k,
+                                              state.buffer_v, p, normalize=normalize, count_prior=count_prior))
+        else:
+            terms = dictionary.read_terms(count_prior)
+            outputs.append(dictionary_attention(qhat[:, :, i:i + 1], beta, *terms, state.buffer_k[:, :, :p],
+                                                state.buffer_v[:, :, :p], query_offset=p - 1))
         state.buffer_len = p
         if p == chunk_size:
             dictionary = dictionary.write(state.buffer_k, state.buffer_v, state.num_absorbed + chunk_size)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..common import check_step_state_dtype, finish_output, prepare_inputs
+from ..common import check_step_state_dtype, finish_output, prepare_inputs, use_decode_kernel
 from ..dictionary import OnlineDictionary
 from ..scan import step_scan
 from ..state import OVQState
@@ -15,7 +15,7 @@ from .chunk import check_ovq_config, initial_ovq_state
 def ovq_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: float | torch.Tensor,
              state: OVQState | None = None, *, chunk_size: int = 64, max_centroids: int = 1024,
              growth: str = "saturating", growth_rate: float = 1.0, count_prior: bool = True,
-             ) -> tuple[torch.Tensor, OVQState]:
+             backend: str = "auto") -> tuple[torch.Tensor, OVQState]:
     """Consume new tokens one at a time from ``state`` (decoding). Inference only: no gradients.
 
     Each token is appended to the state's buffer, reads the dictionary and the buffer, and when the buffer
@@ -25,11 +25,14 @@ def ovq_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: float | to
     arguments must match the state's.
 
     Args: as :func:`ovq_attention`; q, k: ``[B, T, H, D]``, v: ``[B, T, H, Dv]`` with T >= 1 (usually 1).
+        ``backend="triton"`` reads through the Triton decode kernel (``ovq.ops.decode``, float32 states);
+        ``"auto"`` uses PyTorch until that kernel has been checked on a GPU (``DECODE_KERNEL_BY_DEFAULT``).
     Returns: ``(o [B, T, H, Dv], state)``.
     """
     qhat, khat, vv, beta_ = prepare_inputs(q, k, v, beta)
     check_ovq_config(chunk_size, max_centroids, growth, growth_rate, count_prior)
     check_step_state_dtype(state, q.dtype, vv.dtype)
     state = initial_ovq_state(q, v, state, chunk_size, max_centroids, growth, growth_rate, vv.dtype)
-    o, state = step_scan(qhat, khat, vv, beta_, OnlineDictionary.from_state(state, False), state, count_prior)
+    o, state = step_scan(qhat, khat, vv, beta_, OnlineDictionary.from_state(state, False), state, count_prior,
+                         kernel=use_decode_kernel(backend, q, vv.dtype))
     return finish_output(o, q), state

@@ -1,0 +1,68 @@
+"""The Triton decode read (``ovq.ops.decode``) vs the PyTorch read, through ``ovq_step`` and ``vq_step``.
+
+Token by token across several chunk writes (the dictionary grows, fills and saturates), odd head sizes,
+both count priors, empty VQ codes, and against the chunked op. On CPU in Triton's interpreter.
+"""
+
+import pytest
+import torch
+
+from ovq.ops import ovq_attention, ovq_step, vq_step
+
+pytest.importorskip("triton")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _decode(step, q, k, v, beta, backend, **kw):
+    state, outs = None, []
+    for t in range(q.shape[1]):
+        o, state = step(q[:, t:t + 1], k[:, t:t + 1], v[:, t:t + 1], beta, state=state, backend=backend, **kw)
+        outs.append(o)
+    return torch.cat(outs, dim=1), state
+
+
+def _qkv(t, h, d, dv, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(2, t, h, n, generator=g).to(DEVICE) for n in (d, d, dv)]
+
+
+@pytest.mark.parametrize("count_prior", [True, False])
+@pytest.mark.parametrize("t,chunk,n,d,dv", [(23, 4, 6, 12, 5), (9, 8, 64, 16, 16)])
+def test_ovq_decode_kernel_matches_torch_read(count_prior, t, chunk, n, d, dv):
+    q, k, v = _qkv(t, 3, d, dv)
+    beta = torch.tensor([1.0, 4.0, 9.0], device=DEVICE)
+    kw = dict(chunk_size=chunk, max_centroids=n, count_prior=count_prior)
+    ref, ref_state = _decode(ovq_step, q, k, v, beta, "torch", **kw)
+    out, state = _decode(ovq_step, q, k, v, beta, "triton", **kw)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(state.sum_k, ref_state.sum_k)  # the write is shared; the read changes nothing
+    assert state.num_centroids == ref_state.num_centroids > 0
+    chunked, _ = ovq_attention(q, k, v, beta, **kw, backend="torch")
+    torch.testing.assert_close(out, chunked, rtol=1e-5, atol=1e-5)
+
+
+def test_ovq_decode_kernel_takes_a_float_beta_and_an_empty_dictionary():
+    q, k, v = _qkv(3, 2, 8, 8, seed=1)  # 3 tokens, chunk 4: only the buffer is read
+    ref, _ = _decode(ovq_step, q, k, v, 2.5, "torch", chunk_size=4, max_centroids=8)
+    out, _ = _decode(ovq_step, q, k, v, 2.5, "triton", chunk_size=4, max_centroids=8)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("count_prior", [True, False])
+def test_vq_decode_kernel_matches_torch_read(count_prior):
+    q, k, v = _qkv(13, 2, 8, 6, seed=2)
+    g = torch.Generator().manual_seed(3)
+    codebook = torch.nn.functional.normalize(torch.randn(2, 40, 8, generator=g), dim=-1).to(DEVICE)  # most stay empty
+    kw = dict(chunk_size=4, count_prior=count_prior)
+    ref, ref_state = _decode(vq_step, q, k, v, 3.0, "torch", codebook=codebook, **kw)
+    out, state = _decode(vq_step, q, k, v, 3.0, "triton", codebook=codebook, **kw)
+    assert (ref_state.count == 0).any()
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_decode_backend_is_checked():
+    q, k, v = _qkv(1, 2, 8, 8)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        ovq_step(q, k, v, 1.0, backend="cuda")
+    with pytest.raises(ValueError, match="float32"):
+        ovq_step(q.double(), k.double(), v.double(), 1.0, backend="triton")
