@@ -28,19 +28,25 @@ BLOCK_N = 64
 
 
 @triton.jit
+def _query(q_ptr, beta_ptr, H, D, s_qb, s_qh, BLOCK_D: tl.constexpr):
+    """This program's (bh, b, h), the head-dim offsets, its unit query [BLOCK_D] and its head's beta."""
+    bh = tl.program_id(0)
+    b = bh // H
+    h = bh % H
+    offs_d = tl.arange(0, BLOCK_D)
+    q = tl.load(q_ptr + b * s_qb + h * s_qh + offs_d, mask=offs_d < D, other=0.0)
+    return bh, b, h, offs_d, q, tl.load(beta_ptr + h)
+
+
+@triton.jit
 def decode_partial_kernel(q_ptr, beta_ptr, k_ptr, v_ptr, c_ptr, part_ptr,
                           H, M, D, DV, blocks_per_split,
                           s_qb, s_qh, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_cb, s_ch,
                           NUM_SPLITS: tl.constexpr, NORMALIZE: tl.constexpr, COUNT_PRIOR: tl.constexpr,
                           BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
-    bh = tl.program_id(0)
+    bh, b, h, offs_d, q, beta = _query(q_ptr, beta_ptr, H, D, s_qb, s_qh, BLOCK_D)
     split = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    q = tl.load(q_ptr + b * s_qb + h * s_qh + offs_d, mask=offs_d < D, other=0.0)
-    beta = tl.load(beta_ptr + h)
     m_i = tl.full((), NEG, tl.float32)
     l_i = tl.zeros((), tl.float32)
     acc = tl.zeros((BLOCK_DV,), tl.float32)
@@ -79,13 +85,8 @@ def decode_combine_kernel(q_ptr, beta_ptr, bk_ptr, bv_ptr, part_ptr, o_ptr,
                           s_qb, s_qh, s_bkb, s_bkh, s_bkn, s_bvb, s_bvh, s_bvn,
                           NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_L: tl.constexpr,
                           BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
-    bh = tl.program_id(0)
-    b = bh // H
-    h = bh % H
-    offs_d = tl.arange(0, BLOCK_D)
+    bh, b, h, offs_d, q, beta = _query(q_ptr, beta_ptr, H, D, s_qb, s_qh, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    q = tl.load(q_ptr + b * s_qb + h * s_qh + offs_d, mask=offs_d < D, other=0.0)
-    beta = tl.load(beta_ptr + h)
     # the buffered (local) tokens 0 .. P-1, the last of which is the query's own
     offs_t = tl.arange(0, BLOCK_L)
     held = offs_t < P
