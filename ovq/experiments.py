@@ -243,6 +243,14 @@ def _job_argv(task, label, profile_name, runs_root, results_root, device, data, 
             *(["--data", data] if data else []), *_args(overrides or {}, "--set")]
 
 
+def _job_device(device: str) -> tuple[dict, str]:
+    """(environment additions, --device) for a job on ``device``: ``cuda:i`` becomes GPU i made the only
+    visible one, addressed as cuda:0 (Triton launches on the current device, and the trainer wants an index)."""
+    if device.startswith("cuda:"):
+        return {"CUDA_VISIBLE_DEVICES": device.split(":", 1)[1]}, "cuda:0"
+    return {}, device
+
+
 def run_parallel(jobs: list[tuple[str, str]], profile_name: str, devices: list[str], slots: int = 1,
                  runs_root: str = "runs", results_root: str = "results", deadline: float | None = None,
                  data: str | None = None, overrides: dict | None = None) -> dict:
@@ -264,12 +272,11 @@ def run_parallel(jobs: list[tuple[str, str]], profile_name: str, devices: list[s
             task, label = job
             log_path = Path(runs_root) / task / f"{label}.log"
             log_path.parent.mkdir(parents=True, exist_ok=True)
-            env, dev = dict(os.environ), device
-            if device.startswith("cuda:"):  # one visible GPU per job: Triton launches on the current device
-                env["CUDA_VISIBLE_DEVICES"], dev = device.split(":", 1)[1], "cuda:0"
+            visible, dev = _job_device(device)
+            env = os.environ | visible
             with open(log_path, "a") as log:
-                proc = subprocess.Popen(_job_argv(task, label, profile_name, runs_root, results_root, dev, data, overrides),
-                                        stdout=log, stderr=subprocess.STDOUT, env=env)
+                argv = _job_argv(task, label, profile_name, runs_root, results_root, dev, data, overrides)
+                proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
                 with lock:
                     procs[job] = proc
                 codes[job] = proc.wait()
@@ -381,7 +388,8 @@ def lm_table(summary: dict) -> str:
              f"cache MiB @ {profile['state_length']:,} |", "| --- |" + " --- |" * (len(names) + 2)]
     for label, info in summary["models"].items():
         rel = "" if ref is None else f"{100 * (sum(means[label][1:]) / sum(ref[1:]) - 1):+.2f}%"
-        lines.append(f"| {label} | " + " | ".join(f"{x:.4f}" for x in means[label]) + f" | {rel} | {_cache_mib(info)} |")
+        cells = " | ".join(f"{x:.4f}" for x in means[label])
+        lines.append(f"| {label} | {cells} | {rel} | {_cache_mib(info)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -428,7 +436,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--profile", default="h200", choices=tuple(PROFILES))
     ap.add_argument("--models", help=f"comma-separated subset; tasks: {', '.join(MODELS)}; lm: {', '.join(LM_MODELS)}")
     ap.add_argument("--set", action="append", metavar="FIELD=VALUE",
-                    help="override a profile field for every task (steps=500) or one (\"recall.task_args={'num_pairs': 16}\")")
+                    help="override a profile field for every task (steps=500) or for one "
+                         "(\"recall.task_args={'num_pairs': 16}\")")
     ap.add_argument("--skip", default="", help="comma-separated models to leave out")
     ap.add_argument("--data", help="lm: prepared corpus (default: the profile's, data/books on h200)")
     ap.add_argument("--runs", default="runs")
@@ -447,7 +456,8 @@ def main(argv=None) -> dict:
     try:
         return run(args.tasks, args.profile, args.models.split(",") if args.models else None, args.runs,
                    args.results, args.device, args.devices.split(",") if args.devices else None, args.slots,
-                   args.deadline, [m for m in args.skip.split(",") if m], args.report_only, args.jobs_only, args.data, overrides)
+                   args.deadline, [m for m in args.skip.split(",") if m], args.report_only, args.jobs_only, args.data,
+                   overrides)
     except JobInterrupted as err:
         print(err, file=sys.stderr)
         raise SystemExit(3) from None

@@ -80,3 +80,9 @@ def test_profile_overrides_apply_to_every_task_or_one():
         profile_of("recall", "h200", {"stpes": 1})
     with pytest.raises(ValueError, match="unknown task"):
         profile_of("recall", "h200", {"sorting.steps": 1})
+
+
+def test_a_job_on_gpu_i_sees_only_that_gpu_as_cuda_0():
+    from ovq.experiments import _job_device
+    assert _job_device("cuda:3") == ({"CUDA_VISIBLE_DEVICES": "3"}, "cuda:0")
+    assert _job_device("cpu") == ({}, "cpu")
