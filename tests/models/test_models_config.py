@@ -66,3 +66,23 @@ def test_preset_sizes_span_20m_to_150m_parameters():
         assert 15 < small < 30 and 120 < large < 190, (name, small, large)
     table = parameter_table(("20m",))
     assert table.count("\n") == len(PRESET_PATTERNS) + 1 and all(f"`{name}`" in table for name in PRESET_PATTERNS)
+
+
+def test_default_init_is_fan_in_and_initializer_range_gives_a_normal_init():
+    """Fan-in init by default (the 0.02 convention made small models learn recall far slower: docs/experiments.md);
+    a float initializer_range still gives normal(0, range) weights."""
+    import torch
+
+    from ovq.models import OVQForCausalLM
+    from ovq.models.presets import preset_config
+
+    torch.manual_seed(0)
+    model = OVQForCausalLM(preset_config("swa-ovq", "tiny", vocab_size=512, hidden_size=256, num_heads=4))
+    q_proj = model.model.layers[0].mixer.q_proj.weight
+    assert abs(q_proj.std().item() - (3 * 256) ** -0.5) < 0.003  # U(±1/sqrt(fan_in))
+    assert abs(model.model.embed_tokens.weight.std().item() - 256 ** -0.5) < 0.003
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # tied, and initialized once
+    model = OVQForCausalLM(preset_config("swa-ovq", "tiny", vocab_size=512, hidden_size=256, num_heads=4,
+                                         initializer_range=0.02))
+    assert abs(model.model.layers[0].mixer.q_proj.weight.std().item() - 0.02) < 0.002
+    assert abs(model.model.embed_tokens.weight.std().item() - 0.02) < 0.002
