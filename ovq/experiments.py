@@ -332,6 +332,8 @@ def report(task: str, profile_name: str, labels: list[str], results_root: str = 
             continue
         summary["models"][label] = {k: str(v) for k, v in files.items()}
         summary["models"][label]["state_at"] = json.loads(files["state"].read_text())
+        # where and when it was measured (results written before this field existed have none)
+        summary["models"][label]["environment"] = json.loads(files["lengths"].read_text()).get("environment")
     if not summary["models"]:
         print(f"{task}: no finished model to report", flush=True)
         return summary

@@ -16,6 +16,7 @@ def test_smoke_recall_pipeline(tmp_path):
     table = (out / "table.md").read_text()
     for label in PROFILES["smoke"].models:
         assert f"| {label} |" in table
+    assert summary["models"]["swa"]["environment"]["commit"]  # each result says where it was measured
     budgets = json.loads((out / "swa-ovq-1024-budgets.json").read_text())["results"]
     assert sorted({r["max_centroids"] for r in budgets}) == PROFILES["smoke"].budgets
     sizes = {m: info["state_at"] for m, info in summary["models"].items()}

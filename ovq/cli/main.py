@@ -90,7 +90,8 @@ def cmd_eval(args) -> None:
         else:
             rows = evaluate_lengths(model, job, _ints(args.lengths), budgets, args.batches, args.batch_size, device,
                                     **_kv(args.task_arg, "--task-arg"))
-    payload = {"run": str(args.run), "job": dataclasses.asdict(job), "results": rows}
+    from ..bench.common import environment
+    payload = {"run": str(args.run), "job": dataclasses.asdict(job), "environment": environment(), "results": rows}
     if args.out:
         atomic_write_json(args.out, payload)
     for row in rows:
