@@ -42,7 +42,7 @@ def _ints(text: str) -> list[int]:
 
 def cmd_train(args) -> None:
     from ..train import DistributedContext, Trainer, TrainConfig
-    from ..train.jobs import JobConfig, build_training
+    from ..train.jobs import JobConfig, backbone_of, build_training
 
     job = JobConfig(task=args.task, model=args.model, size=args.size, seq_len=args.seq_len,
                     batch_size=args.batch_size, task_args=_kv(args.task_arg, "--task-arg"),
@@ -55,6 +55,8 @@ def cmd_train(args) -> None:
                       progress=not args.no_progress).validate()
     dist = DistributedContext.from_env(args.device)
     model, source, loss_fn, eval_fn, extra = build_training(job, dist.rank, dist.world_size, dist.device)
+    if args.grad_checkpointing:
+        backbone_of(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     n_params = sum(p.numel() for p in model.parameters())
     if dist.is_main:
         print(f"{job.task} | {job.model} ({job.size}): {n_params / 1e6:.2f}M parameters | "
@@ -175,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--grad-accum", type=int, default=1)
     t.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
     t.add_argument("--compile", action="store_true")
+    t.add_argument("--grad-checkpointing", action="store_true",
+                   help="recompute each block in backward (less activation memory; not with vq mixers)")
     t.add_argument("--fsdp", action="store_true", help="FSDP2 instead of DDP under torchrun")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--log-every", type=int, default=10)

@@ -77,7 +77,7 @@ class OVQPreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     _no_split_modules = ["OVQBlock"]
     _supports_sdpa = True
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -109,6 +109,7 @@ class OVQModel(OVQPreTrainedModel):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(OVQBlock(config, i) for i in range(config.num_hidden_layers))
         self.norm = nn.RMSNorm(config.hidden_size, eps=config.norm_eps)
+        self.gradient_checkpointing = False  # set by gradient_checkpointing_enable()
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -147,10 +148,21 @@ class OVQModel(OVQPreTrainedModel):
         layout = token_layout(attention_mask, b, t, past_columns, cache.lengths if cache is not None else None,
                               hidden.device)
         all_hidden = []
+        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        if checkpointing:
+            if cache is not None:
+                raise ValueError("gradient checkpointing recomputes the blocks and cannot update a cache: "
+                                 "call with use_cache=False (the default in training)")
+            if "vq" in self.config.mixers:
+                raise ValueError("gradient checkpointing would run the VQ layers' EMA codebook update twice per step;"
+                                 " it is not supported for models with vq mixers")
         for block in self.layers:
             if output_hidden_states:
                 all_hidden.append(hidden)
-            hidden = block(hidden, layout, cache)
+            if checkpointing:  # keep only block inputs; recompute the rest in backward
+                hidden = self._gradient_checkpointing_func(block.__call__, hidden, layout, None)
+            else:
+                hidden = block(hidden, layout, cache)
         hidden = self.norm(hidden)
         if output_hidden_states:
             all_hidden.append(hidden)

@@ -42,6 +42,12 @@ def test_train_resume_eval_plot(tmp_path, capsys):
     assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_gradient_checkpointing_trains_the_same(tmp_path):
+    for name, extra in (("plain", []), ("ckpt", ["--grad-checkpointing"])):
+        main(["train", *RECALL, "--steps", "4", "--log-every", "1", "--out", str(tmp_path / name), *extra])
+    assert _losses(tmp_path / "ckpt") == pytest.approx(_losses(tmp_path / "plain"), rel=1e-6)
+
+
 def test_language_model_pipeline(tmp_path, capsys):
     data, run = tmp_path / "data", tmp_path / "lm"
     main(["prepare", "--source", "sample", "--out", str(data), "--vocab-size", "512", "--heldout-long-docs", "0",

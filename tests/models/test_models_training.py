@@ -72,3 +72,28 @@ def test_initialization(build):
     torch.testing.assert_close(ovq.beta, torch.full((4,), 12.0))
     mamba = model.model.layers[2].mixer
     assert ((-mamba.A_log.exp() <= -1) & (-mamba.A_log.exp() >= -16)).all()  # fla's own A init, kept
+
+
+@pytest.mark.parametrize("kind", [c for c in MIXER_CASES if c.values[0] != "vq"])
+def test_gradient_checkpointing_gives_the_same_gradients(build, kind):
+    ids = _batch()
+    grads = []
+    for checkpointing in (False, True):
+        model = build([kind, "swa"]).train()  # float64, same seed: the same weights both times
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        model(ids, labels=ids).loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=0, atol=1e-12, msg=name)
+
+
+def test_gradient_checkpointing_is_refused_where_it_would_be_wrong(build):
+    model = build(["vq", "swa"]).train()
+    model.gradient_checkpointing_enable()
+    with pytest.raises(ValueError, match="EMA codebook update twice"):
+        model(_batch(), labels=_batch())
+    model = build(["ovq", "swa"]).train()
+    model.gradient_checkpointing_enable()
+    with pytest.raises(ValueError, match="cannot update a cache"):
+        model(_batch(), use_cache=True)
