@@ -201,7 +201,7 @@ def run_job(task: str, label: str, profile_name: str, runs_root: str = "runs", r
 
     profile = profile_of(task, profile_name, overrides)
     data = data or profile.data
-    preset, overrides = models_of(task)[label]
+    preset, model_overrides = models_of(task)[label]
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     train_args, eval_args = _task_config(task, profile)
     run_dir, out_dir = Path(runs_root) / task / label, Path(results_root) / task
@@ -212,7 +212,7 @@ def run_job(task: str, label: str, profile_name: str, runs_root: str = "runs", r
              "--warmup", str(profile.warmup), "--precision", profile.precision, "--log-every", "25",
              "--ckpt-every", "100", "--device", device, "--no-progress", "--out", str(run_dir),
              *(["--data", data] if task == "lm" else []),
-             *_args(train_args, "--task-arg"), *_args(profile.model_args | overrides, "--model-arg")])
+             *_args(train_args, "--task-arg"), *_args(profile.model_args | model_overrides, "--model-arg")])
         if not _finished(run_dir, profile.steps):
             raise JobInterrupted(f"{run_dir}: training stopped early; rerun to continue")
     files = {"lengths": out_dir / f"{label}.json"}
