@@ -87,7 +87,8 @@ class Profile:
 
 
 PROFILES = {
-    # Sized for one H200 per job: small models (d = 256, 4 layers) trained at 4K, evaluated to 64K.
+    # Sized for one H200 per job: small models (d = 256, 4 layers) trained at 4K, evaluated to 64K. With the
+    # old 0.02 init nothing learned recall in 1,000 steps; not rerun since (docs/experiments.md).
     "h200": Profile(size="small", seq_len=4096, batch_size=16, steps=1000, lr=1e-3, warmup=100,
                     eval_lengths=[4096, 8192, 16384, 32768, 65536], eval_batches=4, eval_batch_size=4,
                     budget_model="swa-ovq-4096", budgets=[256, 1024, 4096, 16384], models=list(MODELS)),
