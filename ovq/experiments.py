@@ -190,6 +190,14 @@ def cache_bytes_at(run: Path, length: int, device) -> dict:
             "measured": {"256": sizes[0], "512": sizes[1]}}
 
 
+def result_files(out_dir: Path, label: str, profile: Profile) -> dict[str, Path]:
+    """A job's result files: scores across lengths, the budget sweep (budget model only), the cache size."""
+    files = {"lengths": out_dir / f"{label}.json", "state": out_dir / f"{label}-state.json"}
+    if label == profile.budget_model:
+        files["budgets"] = out_dir / f"{label}-budgets.json"
+    return files
+
+
 class JobInterrupted(RuntimeError):
     """Training stopped before its last step (SIGTERM); its checkpoint is kept and a rerun continues."""
 
@@ -216,9 +224,8 @@ def run_job(task: str, label: str, profile_name: str, runs_root: str = "runs", r
              *_args(train_args, "--task-arg"), *_args(profile.model_args | model_overrides, "--model-arg")])
         if not _finished(run_dir, profile.steps):
             raise JobInterrupted(f"{run_dir}: training stopped early; rerun to continue")
-    files = {"lengths": out_dir / f"{label}.json"}
-    if label == profile.budget_model:
-        files["budgets"] = out_dir / f"{label}-budgets.json"
+    files = result_files(out_dir, label, profile)
+    state = files.pop("state")
     for kind, path in files.items():
         if path.exists():
             continue
@@ -232,7 +239,6 @@ def run_job(task: str, label: str, profile_name: str, runs_root: str = "runs", r
             cli(["eval", str(run_dir), "--lengths", ",".join(map(str, profile.eval_lengths)),
                  "--batches", str(profile.eval_batches), "--batch-size", str(profile.eval_batch_size),
                  "--device", device, "--out", str(path), *_args(eval_args, "--task-arg"), *budgets])
-    state = out_dir / f"{label}-state.json"
     if not state.exists():
         atomic_write_json(state, cache_bytes_at(run_dir, profile.state_length, device))
     return {"run": str(run_dir), **{k: str(v) for k, v in files.items()}, "state": str(state)}
@@ -325,9 +331,7 @@ def report(task: str, profile_name: str, labels: list[str], results_root: str = 
     out_dir = Path(results_root) / task
     summary = {"task": task, "profile": dataclasses.asdict(profile), "models": {}, "missing": []}
     for label in labels:
-        files = {"lengths": out_dir / f"{label}.json", "state": out_dir / f"{label}-state.json"}
-        if label == profile.budget_model:
-            files["budgets"] = out_dir / f"{label}-budgets.json"
+        files = result_files(out_dir, label, profile)
         if not all(p.exists() for p in files.values()):
             summary["missing"].append(label)
             continue

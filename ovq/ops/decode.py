@@ -22,7 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
-EPS = tl.constexpr(1e-6)
+from .kernels import EPS  # the norm floor of ovq.ops.utils.l2norm, as the chunk kernels use it
+
 NEG = tl.constexpr(-1.0e30)  # a finite "minus infinity": exp(NEG - m) is 0 and NEG - NEG is not NaN
 BLOCK_N = 64
 
@@ -130,7 +131,9 @@ def triton_decode_read(qhat: torch.Tensor, beta: torch.Tensor, keys: torch.Tenso
     """
     b, h, _, d = qhat.shape
     dv, m = sums_v.shape[-1], keys.shape[-2]
-    if keys.shape[-1] != d or keys.stride(-1) != 1 or sums_v.stride(-1) != 1 or count.stride(-1) != 1:
+    if keys.shape[-1] != d:
+        raise ValueError(f"keys have head size {keys.shape[-1]}, the query {d}")
+    if keys.stride(-1) != 1 or sums_v.stride(-1) != 1 or count.stride(-1) != 1:
         raise ValueError("keys, values and counts must be contiguous in their last dimension")
     q = qhat[:, :, 0].contiguous()
     beta_h = torch.as_tensor(beta, dtype=torch.float32, device=qhat.device).reshape(-1).expand(h).contiguous()
