@@ -52,6 +52,8 @@ def step_scan(qhat, khat, v, beta, dictionary, state, count_prior: bool, kernel:
     does the read with the Triton decode kernel (``ovq.ops.decode``) instead of PyTorch.
     """
     chunk_size = state.chunk_size
+    if kernel:
+        from .decode import triton_decode_read  # imports Triton: only when asked for
     outputs = []
     for i in range(qhat.shape[-2]):
         p = state.buffer_len
@@ -59,7 +61,6 @@ def step_scan(qhat, khat, v, beta, dictionary, state, count_prior: bool, kernel:
         state.buffer_v[:, :, p].copy_(v[:, :, i])
         p += 1
         if kernel:
-            from .decode import triton_decode_read
             keys, sums_v, count, normalize = dictionary.stored_terms()
             outputs.append(triton_decode_read(qhat[:, :, i:i + 1], beta, keys, sums_v, count, state.buffer_k,
                                               state.buffer_v, p, normalize=normalize, count_prior=count_prior))
