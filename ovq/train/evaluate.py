@@ -10,6 +10,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..ops.utils import check_int
 from .checkpoint import load_checkpoint
 from .jobs import JobConfig, build_model, evaluate_task, set_max_centroids
 
@@ -43,6 +44,8 @@ def evaluate_lengths(model, job: JobConfig, lengths, budgets=(None,), batches: i
 @torch.no_grad()
 def loss_by_position(model, documents, block: int = 1024, prefill: int = 4096, device="cpu") -> dict:
     """Mean next-token loss per ``block``-token block over whole documents (chunked through the cache)."""
+    check_int("block", block)
+    check_int("prefill", prefill)
     sums, counts = None, None
     for _, tokens in documents:
         tokens = tokens.to(device)
