@@ -47,9 +47,9 @@ def state_for_compute(state: DictionaryState, dtype: torch.dtype) -> DictionaryS
     return state if state.dtype == dtype else state.to(dtype)
 
 
-#: Whether ``backend="auto"`` decodes through the Triton read. Off until the kernel has been checked compiled on
-#: a GPU (it is tested in Triton's interpreter; ``python -m ovq.bench.ops --decode-only`` checks and times it).
-DECODE_KERNEL_BY_DEFAULT = False
+#: Whether ``backend="auto"`` decodes through the Triton read on CUDA. On since its check on an H200
+#: (``tests/ops/test_decode.py`` compiled, and ``python -m ovq.bench.ops --decode-only``: docs/kernels.md).
+DECODE_KERNEL_BY_DEFAULT = True
 
 
 def use_decode_kernel(backend: str, q: torch.Tensor, compute_dtype: torch.dtype) -> bool:

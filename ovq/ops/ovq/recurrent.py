@@ -26,7 +26,7 @@ def ovq_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: float | to
 
     Args: as :func:`ovq_attention`; q, k: ``[B, T, H, D]``, v: ``[B, T, H, Dv]`` with T >= 1 (usually 1).
         ``backend="triton"`` reads through the Triton decode kernel (``ovq.ops.decode``, float32 states);
-        ``"auto"`` uses PyTorch until that kernel has been checked on a GPU (``DECODE_KERNEL_BY_DEFAULT``).
+        ``"auto"`` uses that kernel for CUDA tensors and PyTorch elsewhere.
     Returns: ``(o [B, T, H, Dv], state)``.
     """
     qhat, khat, vv, beta_ = prepare_inputs(q, k, v, beta)
