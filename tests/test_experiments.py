@@ -75,7 +75,8 @@ def test_profile_overrides_apply_to_every_task_or_one():
     # a profile's per-task settings apply to their task only, and --set still wins
     assert profile_of("recall", "h200-t256").task_args["num_pairs"] == 16
     assert profile_of("positional_recall", "h200-t256").task_args["num_occurrences"] == 2
-    assert profile_of("linear_regression", "h200-t256").task_args == {}
+    assert profile_of("linear_regression", "h200-t256").task_args == {"dim": 8}
+    assert profile_of("linear_regression", "h200-t256").steps == 5000 != profile_of("recall", "h200-t256").steps
     assert profile_of("recall", "h200-t256", {"recall.task_args": {"num_pairs": 4}}).task_args == {"num_pairs": 4}
     with pytest.raises(ValueError, match="unknown profile field"):
         profile_of("recall", "h200", {"stpes": 1})

@@ -235,7 +235,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--peers", default="sdpa,gdn")
     ap.add_argument("--decode-contexts", default="4096,65536,1048576")
     ap.add_argument("--decode-only", action="store_true", help="only the decoding benchmark")
-    ap.add_argument("--out", default="results/ops_h200.json")
+    ap.add_argument("--out", default=None,
+                    help="JSON to write (default: results/ops_h200.json, or results/ops_decode_h200.json with --decode-only)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("ovq.bench.ops needs a CUDA GPU")
@@ -249,7 +250,8 @@ def main(argv=None) -> dict:
         payload["results"] = bench(ints(args.seq_lens), ints(args.head_dims), ints(args.centroids), args.chunk_size,
                                    args.tokens, args.heads, args.peers.split(","))
         payload["decode"] = decode(ints(args.decode_contexts), args.heads, 64, 4096, args.chunk_size)
-    path = save_json(args.out, payload)
+    out = args.out or ("results/ops_decode_h200.json" if args.decode_only else "results/ops_h200.json")
+    path = save_json(out, payload)
     if "results" in payload:
         print(table(payload["results"]))
     for r in payload.get("decode", []):
