@@ -66,3 +66,18 @@ def test_decode_backend_is_checked():
         ovq_step(q, k, v, 1.0, backend="cuda")
     with pytest.raises(ValueError, match="float32"):
         ovq_step(q.double(), k.double(), v.double(), 1.0, backend="triton")
+
+
+def test_decode_backend_dispatch():
+    from ovq.ops.common import DECODE_KERNEL_BY_DEFAULT, use_decode_kernel
+
+    q = torch.zeros(1, 1, 2, 4)
+    assert use_decode_kernel("torch", q, torch.float32) is False
+    assert use_decode_kernel("triton", q, torch.float32) is True  # forced: CPU runs it in the interpreter
+    assert use_decode_kernel("auto", q, torch.float32) is False   # auto: CUDA tensors only
+    if torch.cuda.is_available():
+        assert use_decode_kernel("auto", q.cuda(), torch.float32) is DECODE_KERNEL_BY_DEFAULT
+    with pytest.raises(ValueError, match="float32"):
+        use_decode_kernel("triton", q.double(), torch.float64)
+    with pytest.raises(ValueError):
+        use_decode_kernel("cuda", q, torch.float32)
