@@ -168,6 +168,10 @@ class Task:
             raise TypeError(f"config must be a {self.config_class.__name__}, got {type(config).__name__}")
         self.config = config
 
+    def training_sample(self, batch_size: int, *, seed: int, step: int, device=None):
+        """Training batch number ``step`` (tasks with a curriculum override this; the rest ignore ``step``)."""
+        return self.sample(batch_size, seed=seed, device=device)
+
 
 class TokenTask(Task):
     """A task over token ids, scored on its answer positions only."""

@@ -11,6 +11,12 @@ The model predicts ``y_i`` at position ``2i``, having seen ``i`` complete exampl
 ``targets[:, 2i] = y_i`` and ``mask[:, 2i] = True``; odd positions hold target 0 and are not scored.
 The error of example ``i`` is ``(ŷ_i - y_i)² / d``: predicting 0 costs about 1 in expectation
 (``E[y²] = d + noise_std²``), least squares on ``i >= d`` noiseless examples costs 0.
+
+Curriculum (Garg et al. train this way): with ``curriculum_start_dim`` set, training batch ``s`` (the
+optimizer step, without gradient accumulation) uses only the first
+``min(d, start + s // curriculum_batches_per_dim)`` coordinates of x and w (the rest are 0), so
+the problem grows from a few dimensions to d. Transformers sit on a long plateau at d = 20 without it.
+Evaluation always samples the full d.
 """
 
 from __future__ import annotations
@@ -32,11 +38,15 @@ class LinearRegressionConfig:
         dim: d, dimension of x and w (Garg et al. use 20).
         num_examples: n, (x, y) examples per sequence; the sequence has ``2n`` positions.
         noise_std: standard deviation of the label noise (0: noiseless).
+        curriculum_start_dim: training starts with this many active dimensions (``None``: no curriculum).
+        curriculum_batches_per_dim: training batches between adding one active dimension.
     """
 
     dim: int = 20
     num_examples: int = 2048
     noise_std: float = 0.0
+    curriculum_start_dim: int | None = None
+    curriculum_batches_per_dim: int = 1000
 
     def __post_init__(self):
         check_int("dim", self.dim)
@@ -45,6 +55,18 @@ class LinearRegressionConfig:
             raise TypeError(f"noise_std must be a float, got {type(self.noise_std).__name__}")
         if not math.isfinite(self.noise_std) or self.noise_std < 0:
             raise ValueError(f"noise_std must be finite and >= 0, got {self.noise_std}")
+        check_int("curriculum_batches_per_dim", self.curriculum_batches_per_dim)
+        if self.curriculum_start_dim is not None:
+            check_int("curriculum_start_dim", self.curriculum_start_dim)
+            if self.curriculum_start_dim > self.dim:
+                raise ValueError(f"curriculum_start_dim ({self.curriculum_start_dim}) exceeds dim ({self.dim})")
+
+    def active_dim(self, step: int) -> int:
+        """Active dimensions of training batch number ``step`` (``dim`` without a curriculum)."""
+        check_int("step", step, 0)
+        if self.curriculum_start_dim is None:
+            return self.dim
+        return min(self.dim, self.curriculum_start_dim + step // self.curriculum_batches_per_dim)
 
     @property
     def seq_len(self) -> int:
@@ -85,15 +107,24 @@ class LinearRegressionTask(Task):
     config_class = LinearRegressionConfig
 
     def sample(self, batch_size: int, *, seed: int | None = None, generator: torch.Generator | None = None,
-               device=None, dtype: torch.dtype = torch.float32) -> RegressionBatch:
-        """A batch of ``batch_size`` sequences, all drawn on ``device`` from ``seed`` (or ``generator``)."""
+               device=None, dtype: torch.dtype = torch.float32, active_dim: int | None = None) -> RegressionBatch:
+        """A batch of ``batch_size`` sequences, all drawn on ``device`` from ``seed`` (or ``generator``).
+
+        ``active_dim``: only the first ``active_dim`` coordinates of x and w are drawn, the rest are 0
+        (the curriculum; ``None``: all d). The random stream is the same whatever ``active_dim`` is.
+        """
         check_int("batch_size", batch_size)
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
-        gen, device = make_generator(seed, generator, device)
         B, n, d = batch_size, self.config.num_examples, self.config.dim
+        if active_dim is not None and not 1 <= check_int("active_dim", active_dim) <= d:
+            raise ValueError(f"active_dim must be in [1, dim={d}], got {active_dim}")
+        gen, device = make_generator(seed, generator, device)
         w = torch.randn(B, d, generator=gen, device=device, dtype=dtype)
         x = torch.randn(B, n, d, generator=gen, device=device, dtype=dtype)
+        if active_dim is not None and active_dim < d:
+            w[:, active_dim:] = 0
+            x[:, :, active_dim:] = 0
         y = torch.einsum("bnd,bd->bn", x, w)
         if self.config.noise_std > 0:
             y = y + self.config.noise_std * torch.randn(B, n, generator=gen, device=device, dtype=dtype)
@@ -107,6 +138,10 @@ class LinearRegressionTask(Task):
         mask = torch.zeros(B, n, 2, device=device, dtype=torch.bool)
         mask[:, :, 0] = True
         return RegressionBatch(inputs.flatten(1, 2), targets.flatten(1, 2), mask.flatten(1, 2), w, x, y)
+
+    def training_sample(self, batch_size: int, *, seed: int, step: int, device=None) -> RegressionBatch:
+        """Training batch number ``step``: the curriculum's active dimensions (see the module docstring)."""
+        return self.sample(batch_size, seed=seed, device=device, active_dim=self.config.active_dim(step))
 
     def _predictions_at_x(self, predictions: torch.Tensor, batch: RegressionBatch) -> torch.Tensor:
         """``[B, n]``: the model's scalar outputs at the x positions, from ``[B, 2n]`` or ``[B, 2n, 1]``."""

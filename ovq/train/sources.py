@@ -25,7 +25,8 @@ class TaskSource:
         return hash((self.seed, index)) & (2**62 - 1)
 
     def next_batch(self) -> dict:
-        batch = self.task.sample(self.batch_size * self.world_size, seed=self._seed(self.index), device=self.device)
+        batch = self.task.training_sample(self.batch_size * self.world_size, seed=self._seed(self.index),
+                                          step=self.index, device=self.device)
         self.index += 1
         if self.world_size > 1:
             rows = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)

@@ -87,3 +87,33 @@ def test_bad_predictions_raise():
         least_squares_predictions(batch, ridge=-1.0)
     with pytest.raises(TypeError, match="dtype"):
         task.sample(2, seed=0, dtype=torch.long)
+
+
+def test_curriculum_zeroes_trailing_dimensions_on_the_same_random_stream():
+    task = get_task("linear_regression", dim=6, num_examples=5)
+    full, part = task.sample(3, seed=4), task.sample(3, seed=4, active_dim=2)
+    torch.testing.assert_close(part.x[..., :2], full.x[..., :2])
+    assert part.x[..., 2:].abs().sum() == 0 and part.w[:, 2:].abs().sum() == 0
+    torch.testing.assert_close(part.y, torch.einsum("bnd,bd->bn", part.x, part.w))
+    assert part.inputs[:, 0::2, 2:6].abs().sum() == 0          # x tokens carry only the active coordinates
+    for bad in (0, 7):
+        with pytest.raises(ValueError, match="active_dim"):
+            task.sample(1, seed=0, active_dim=bad)
+
+
+def test_curriculum_schedule_and_training_batches():
+    from ovq.train.sources import TaskSource
+
+    task = get_task("linear_regression", dim=5, num_examples=4, curriculum_start_dim=2, curriculum_batches_per_dim=3)
+    assert [task.config.active_dim(s) for s in (0, 2, 3, 8, 9, 100)] == [2, 2, 3, 4, 5, 5]
+    source = TaskSource(task, batch_size=2, seed=1)
+    active = []
+    for _ in range(10):
+        x = source.next_batch()["task_batch"].x
+        active.append(int((x.abs().sum(dim=(0, 1)) > 0).sum()))
+    assert active == [2, 2, 2, 3, 3, 3, 4, 4, 4, 5]
+    assert get_task("linear_regression", dim=5).config.active_dim(0) == 5   # no curriculum: all of d
+    with pytest.raises(ValueError, match="exceeds dim"):
+        get_task("linear_regression", dim=5, curriculum_start_dim=6)
+    with pytest.raises(ValueError, match="curriculum_batches_per_dim"):
+        get_task("linear_regression", dim=5, curriculum_start_dim=2, curriculum_batches_per_dim=0)
