@@ -1,0 +1,29 @@
+"""The capacity probe (``ovq.bench.capacity``): planted items keep a centroid when the budget allows it."""
+
+import torch
+
+from ovq.bench.capacity import item_shares, synthetic_keys
+
+
+def _shares(length, n, seed=0):
+    keys, positions, dirs = synthetic_keys(2, length, 16, 4, 8, 0.5, torch.Generator().manual_seed(seed))
+    return item_shares(keys, positions, dirs, n, chunk_size=8)
+
+
+def test_items_are_alone_while_the_dictionary_grows_with_the_sequence():
+    # N far above the length: M(t) ~ t, so nearly every token founds a centroid and items stay alone.
+    share = _shares(256, 100_000)
+    assert share.shape == (2, 4)
+    assert torch.all(share == 1.0)
+
+
+def test_a_tiny_budget_merges_items():
+    # Two centroids for 256 tokens of 8 filler directions: every item shares its centroid with filler.
+    share = _shares(256, 2)
+    assert torch.all(share < 0.5)
+    assert torch.all((share >= 0) & (share <= 1))
+
+
+def test_the_share_falls_with_the_budget_at_a_fixed_length():
+    shares = [_shares(1024, n, seed=1).mean().item() for n in (4, 32, 4096)]
+    assert shares[0] < shares[1] <= shares[2] == 1.0
