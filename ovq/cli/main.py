@@ -74,11 +74,13 @@ def cmd_eval(args) -> None:
 
     from ..io import atomic_write_json
     from ..train.evaluate import evaluate_lengths, load_run, loss_by_position
-    from ..train.jobs import set_max_centroids
+    from ..train.jobs import set_chunk_size, set_max_centroids
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, job = load_run(args.run, device)
     budgets = _ints(args.max_centroids) or [None]
+    if args.chunk_size is not None and not set_chunk_size(model, args.chunk_size):
+        raise SystemExit(f"--chunk-size: the run's model ({job.model}) has no OVQ or VQ layers")
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         if job.task == "lm" or args.loss_by_position:
             from ..data import HeldOutDocuments
@@ -93,6 +95,8 @@ def cmd_eval(args) -> None:
             rows = evaluate_lengths(model, job, _ints(args.lengths), budgets, args.batches, args.batch_size, device,
                                     **_kv(args.task_arg, "--task-arg"))
     from ..bench.common import environment
+    if args.chunk_size is not None:
+        rows = [row | {"chunk_size": args.chunk_size} for row in rows]
     payload = {"run": str(args.run), "job": dataclasses.asdict(job), "environment": environment(), "results": rows}
     if args.out:
         atomic_write_json(args.out, payload)
@@ -200,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run")
     e.add_argument("--lengths", default="4096,8192,16384,32768,65536")
     e.add_argument("--max-centroids", default="", help="comma-separated N values (the budget knob)")
+    e.add_argument("--chunk-size", type=int, default=None,
+                   help="evaluate with this OVQ/VQ chunk size L instead of the trained one")
     e.add_argument("--batches", type=int, default=4)
     e.add_argument("--batch-size", type=int, default=8)
     e.add_argument("--task-arg", action="append", help="task config overrides for evaluation, name=value")

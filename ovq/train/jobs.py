@@ -95,16 +95,29 @@ def build_model(job: JobConfig, vocab_size: int | None = None) -> nn.Module:
                                                    **job.model_args)))
 
 
-def set_max_centroids(model: nn.Module, max_centroids: int) -> int:
-    """The deployment knob on a built model: every OVQ layer's N. Returns how many layers changed."""
-    layers = [m for m in model.modules() if isinstance(m, OVQAttention)]
+def _set_layer_option(model: nn.Module, layer_types: tuple, name: str, value: int) -> int:
+    """Set ``name`` on every layer of ``layer_types`` and in the model's configs; returns how many layers."""
+    check_int(name, value)
+    layers = [m for m in model.modules() if isinstance(m, layer_types)]
     for layer in layers:
-        layer.max_centroids = max_centroids
+        setattr(layer, name, value)
     for m in model.modules():  # keep configs truthful for save_pretrained
         config = getattr(m, "config", None)
-        if config is not None and hasattr(config, "max_centroids"):
-            config.max_centroids = max_centroids
+        if config is not None and hasattr(config, name):
+            setattr(config, name, value)
     return len(layers)
+
+
+def set_max_centroids(model: nn.Module, max_centroids: int) -> int:
+    """The deployment knob on a built model: every OVQ layer's N. Returns how many layers changed."""
+    return _set_layer_option(model, (OVQAttention,), "max_centroids", max_centroids)
+
+
+def set_chunk_size(model: nn.Module, chunk_size: int) -> int:
+    """Every OVQ/VQ layer's chunk size L (a test-time probe: more tokens per chunk means more chances for
+    the growth rule to open a centroid late in a sequence; ``python -m ovq.bench.capacity``). Returns how
+    many layers changed."""
+    return _set_layer_option(model, (OVQAttention, VQAttention), "chunk_size", chunk_size)
 
 
 def backbone_of(model: nn.Module) -> nn.Module:

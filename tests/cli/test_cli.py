@@ -40,6 +40,12 @@ def test_train_resume_eval_plot(tmp_path, capsys):
     assert all(0 <= r["accuracy"] <= 1 for r in rows)
     main(["plot", str(out), "--out", str(tmp_path / "fig.png")])
     assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG"
+    # the chunk size as a test-time knob, recorded with every row
+    main(["eval", str(run), "--lengths", "128", "--max-centroids", "8", "--chunk-size", "32", "--batches", "1",
+          "--task-arg", "num_queries=4", "--out", str(tmp_path / "l32.json")])
+    l32 = json.loads((tmp_path / "l32.json").read_text())["results"]
+    assert [(r["length"], r["max_centroids"], r["chunk_size"]) for r in l32] == [(128, 8, 32)]
+    assert "chunk_size" not in rows[0]
 
 
 def test_gradient_checkpointing_trains_the_same(tmp_path):
@@ -98,3 +104,17 @@ def test_two_process_data_parallel_matches_one_process(tmp_path):
         losses = _losses(tmp_path / mode)
         assert len(losses) == len(reference) == 6
         assert max(abs(x - y) for x, y in zip(losses, reference)) < 1e-4, mode
+
+
+def test_deployment_knobs_reach_every_dictionary_layer():
+    from ovq.models import OVQForCausalLM, preset_config
+    from ovq.train.jobs import set_chunk_size, set_max_centroids
+
+    model = OVQForCausalLM(preset_config("swa-ovq", "tiny", vocab_size=32, num_layers=4, chunk_size=8))
+    assert set_chunk_size(model, 16) == 2 and set_max_centroids(model, 64) == 2
+    layers = [block.mixer for block in model.model.layers if hasattr(block.mixer, "max_centroids")]
+    assert [(m.chunk_size, m.max_centroids) for m in layers] == [(16, 64), (16, 64)]
+    assert (model.config.chunk_size, model.config.max_centroids) == (16, 64)
+    assert set_chunk_size(OVQForCausalLM(preset_config("swa", "tiny", vocab_size=32)), 16) == 0
+    with pytest.raises(ValueError, match="chunk_size"):
+        set_chunk_size(model, 0)
