@@ -373,7 +373,8 @@ def table(summary: dict) -> str:
              "| --- |" + " --- |" * (len(lengths) + 1)]
     for label, info in summary["models"].items():
         rows = {r["length"]: r[metric] for r in json.loads(Path(info["lengths"]).read_text())["results"]}
-        lines.append(f"| {label} | " + " | ".join(f"{rows[n]:.3f}" for n in lengths) + f" | {_cache_mib(info)} |")
+        fmt = ".3f" if metric == "accuracy" else ".3g"  # errors span orders of magnitude
+        lines.append(f"| {label} | " + " | ".join(f"{rows[n]:{fmt}}" for n in lengths) + f" | {_cache_mib(info)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -129,6 +129,8 @@ def cmd_plot(args) -> None:
             ax.plot([r["length"] for r in sel], [r[metric] for r in sel], marker="o", label=label)
         ax.set_xlabel("evaluation length (tokens)")
         ax.set_ylabel(metric.replace("_", " "))
+        if metric == "squared_error":
+            ax.set_yscale("log")  # errors span orders of magnitude (a learned model vs predicting 0)
     ax.set_xscale("log", base=2)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
