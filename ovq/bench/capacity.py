@@ -25,13 +25,24 @@ from .common import environment, save_json
 
 
 def synthetic_keys(batch: int, length: int, dim: int, num_items: int, num_filler: int, noise: float,
-                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(unit keys [B, T, D], item positions [B, P], item directions [B, P, D])."""
+                   generator: torch.Generator, items_per_record: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(unit keys [B, T, D], item positions [B, P], item directions [B, P, D]).
+
+    ``items_per_record = R > 1`` places the items in records of R at positions s, s+2, ..., s+2(R-1) (the
+    positional-recall layout ``k v_1 k v_2 ...``: R occurrences that must stay apart to be told apart).
+    """
     filler_dirs = l2norm(torch.randn(batch, num_filler, dim, generator=generator))
     ids = torch.randint(0, num_filler, (batch, length), generator=generator)
     keys = filler_dirs.gather(1, ids[..., None].expand(-1, -1, dim))
     keys = l2norm(keys + noise / dim ** 0.5 * torch.randn(batch, length, dim, generator=generator))
-    positions = torch.rand(batch, length, generator=generator).argsort(dim=-1)[:, :num_items].sort(dim=-1).values
+    if items_per_record == 1:
+        positions = torch.rand(batch, length, generator=generator).argsort(dim=-1)[:, :num_items].sort(dim=-1).values
+    else:
+        span, records = 2 * items_per_record, num_items // items_per_record
+        if records * items_per_record != num_items or records > length // span:
+            raise ValueError(f"{num_items} items do not make whole records of {items_per_record} in {length} tokens")
+        starts = torch.rand(batch, length // span, generator=generator).argsort(dim=-1)[:, :records].sort(dim=-1).values
+        positions = (starts[..., None] * span + 2 * torch.arange(items_per_record)).flatten(1)
     item_dirs = l2norm(torch.randn(batch, num_items, dim, generator=generator))
     keys.scatter_(1, positions[..., None].expand(-1, -1, dim), item_dirs)
     return keys, positions, item_dirs
@@ -63,6 +74,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--lengths", default="4096,16384,65536")
     ap.add_argument("--centroids", default="256,1024,4096,16384")
     ap.add_argument("--items", type=int, default=16, help="planted items per sequence (the recall task's pairs)")
+    ap.add_argument("--items-per-record", type=int, default=1,
+                    help="items in records of this many, 2 tokens apart (positional recall: 2)")
     ap.add_argument("--filler-directions", type=int, default=64, help="distinct filler keys (the task's filler ids)")
     ap.add_argument("--noise", type=float, default=0.5, help="filler key noise (norm, before normalizing)")
     ap.add_argument("--dim", type=int, default=64)
@@ -75,7 +88,7 @@ def main(argv=None) -> dict:
     for length in [int(x) for x in args.lengths.split(",")]:
         gen = torch.Generator().manual_seed(args.seed)
         keys, positions, item_dirs = synthetic_keys(args.sequences, length, args.dim, args.items,
-                                                    args.filler_directions, args.noise, gen)
+                                                    args.filler_directions, args.noise, gen, args.items_per_record)
         for n in [int(x) for x in args.centroids.split(",")]:
             share = item_shares(keys, positions, item_dirs, n, args.chunk_size).flatten()
             kept, quarter = share >= 0.5, (positions * 4 // length).flatten()

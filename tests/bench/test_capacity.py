@@ -1,5 +1,6 @@
 """The capacity probe (``ovq.bench.capacity``): planted items keep a centroid when the budget allows it."""
 
+import pytest
 import torch
 
 from ovq.bench.capacity import item_shares, synthetic_keys
@@ -27,3 +28,13 @@ def test_a_tiny_budget_merges_items():
 def test_the_share_falls_with_the_budget_at_a_fixed_length():
     shares = [_shares(1024, n, seed=1).mean().item() for n in (4, 32, 4096)]
     assert shares[0] < shares[1] <= shares[2] == 1.0
+
+
+def test_records_place_their_items_two_tokens_apart():
+    keys, positions, dirs = synthetic_keys(3, 256, 16, 6, 8, 0.5, torch.Generator().manual_seed(0), items_per_record=2)
+    assert positions.shape == (3, 6)
+    assert torch.all(positions[:, 1::2] - positions[:, 0::2] == 2)           # k v1 k v2: occurrences 2 apart
+    assert torch.all(positions[:, 2::2] - positions[:, 1:-1:2] >= 2)          # records do not overlap
+    torch.testing.assert_close(keys.gather(1, positions[..., None].expand(-1, -1, 16)), dirs)
+    with pytest.raises(ValueError, match="whole records"):
+        synthetic_keys(1, 256, 16, 5, 8, 0.5, torch.Generator().manual_seed(0), items_per_record=2)
