@@ -32,6 +32,38 @@ def _compiled_info(kernel) -> dict:
         return {"info_error": repr(e)[:80]}
 
 
+def _resident_per_sm(info: dict, warps: int) -> int:
+    """Programs of a compiled kernel that fit on one SM at once (registers and shared memory), or 0."""
+    if "regs" not in info:
+        return 0
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    regs_per_sm = getattr(props, "regs_per_multiprocessor", 65536)
+    smem_per_sm = getattr(props, "shared_memory_per_multiprocessor", 0)
+    regs = -(-max(info["regs"], 1) // 8) * 8 * 32 * warps       # allocated per warp in units of 256
+    by_regs = regs_per_sm // regs
+    by_smem = smem_per_sm // (info["shared"] + 1024) if smem_per_sm else 0  # 1 KiB reserved per block
+    return min(by_regs, by_smem)
+
+
+def _two_programs_per_sm(b: int, t: int, h: int, n: int, fwd, kernel) -> list[dict]:
+    """The forward with twice the slices (2 programs per SM), only when 2 are certain to be resident
+    (the slices spin-wait on each other: a program that cannot start would hang them)."""
+    fwd()  # compile the default launch and read its resources
+    info = _compiled_info(kernel)
+    resident = _resident_per_sm(info, tc.LAUNCH["fwd"][0])
+    row = {"B": b, "T": t, "kernel": "fwd_2_per_sm", "resident_per_sm": resident} | info
+    if resident < 2:
+        return [row | {"skipped": "2 programs per SM do not fit"}]
+    tc.FWD_PROGRAMS_PER_SM = 2
+    try:
+        row |= {"slices": tc._slices(b * h, n, torch.device("cuda"))[0], "ms": _time(fwd)}
+    finally:
+        tc.FWD_PROGRAMS_PER_SM = 1
+    row["slices_default"] = tc._slices(b * h, n, torch.device("cuda"))[0]
+    print(row, flush=True)
+    return [row]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="results/kernel_variants.json")
@@ -62,6 +94,7 @@ def main(argv=None):
                         | _compiled_info(kernels.ovq_fwd_kernel))
             print(rows[-1], flush=True)
         tc.LAUNCH["fwd"], tc.ASSIGN_PRECISION = (4, 2), "bf16x3"
+        rows.extend(_two_programs_per_sm(b, t, h, n, fwd, kernels.ovq_fwd_kernel))
         # Without farthest-point picks (timing only: wrong function) -> the picks' share of the forward.
         real = tc._schedule
         tc._schedule = lambda *a: tuple((m, 0) for m, _ in real(*a))

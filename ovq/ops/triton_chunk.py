@@ -90,17 +90,23 @@ def _precisions(dtype: torch.dtype) -> tuple[str, str]:
     return read, ("ieee" if dtype == torch.float32 or interpreting() else ASSIGN_PRECISION)
 
 
+# Forward programs the slicing may place on one SM. They must all be resident at once (spin barrier), so
+# more than 1 is safe only when registers and shared memory allow it: ovq.bench.kernels checks that from
+# the compiled kernel before it times 2 (not the default until measured faster).
+FWD_PROGRAMS_PER_SM = 1
+
+
 def _slices(bh: int, capacity: int, device: torch.device) -> tuple[int, int]:
     """How many programs share one (batch, head)'s dictionary, forward and backward.
 
     The forward's slices meet at a spin barrier every chunk, so all its programs must be resident at
-    once: at most one per SM. The backward has no barrier and may oversubscribe.
+    once: at most ``FWD_PROGRAMS_PER_SM`` per SM. The backward has no barrier and may oversubscribe.
     """
     if interpreting() or device.type != "cuda":
         return 1, min(2, math.ceil(capacity / BLOCK_CENTROIDS))
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     blocks = math.ceil(capacity / BLOCK_CENTROIDS)
-    fwd = max(1, min(sms // bh, blocks, 16))
+    fwd = max(1, min((FWD_PROGRAMS_PER_SM * sms) // bh, blocks, 16 * FWD_PROGRAMS_PER_SM))
     bwd = max(1, min((2 * sms) // bh, blocks, 32))
     return fwd, bwd
 
