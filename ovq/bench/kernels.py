@@ -22,14 +22,31 @@ def _time(fn) -> float:
     return triton.testing.do_bench(fn, warmup=20, rep=100, return_mode="median")
 
 
+def _compiled(kernel) -> list:
+    """The compiled specializations of a Triton kernel on the current device, in compile order."""
+    return list(kernel.device_caches[torch.cuda.current_device()][0].values())
+
+
 def _compiled_info(kernel) -> dict:
     """Registers/spills of the most recently compiled specialization of a Triton kernel."""
     try:
-        cache = kernel.device_caches[torch.cuda.current_device()][0]
-        compiled = list(cache.values())[-1]
+        compiled = _compiled(kernel)[-1]
         return {"regs": compiled.n_regs, "spills": compiled.n_spills, "shared": compiled.metadata.shared}
     except Exception as e:  # noqa: BLE001 - the cache layout is Triton-internal; report instead of failing
         return {"info_error": repr(e)[:80]}
+
+
+def _launch_resources(kernel, warps: int, stages: int) -> dict:
+    """The most registers and shared memory any compiled specialization launched with (warps, stages)
+    needs: a bound for the residency check whatever its constexprs (the last compiled may be another
+    variant, e.g. another precision)."""
+    try:
+        same = [c for c in _compiled(kernel) if (c.metadata.num_warps, c.metadata.num_stages) == (warps, stages)]
+    except Exception as e:  # noqa: BLE001 - Triton-internal layout, as above
+        return {"info_error": repr(e)[:80]}
+    if not same:
+        return {"info_error": f"no specialization compiled with {warps} warps, {stages} stages"}
+    return {"regs": max(c.n_regs for c in same), "shared": max(c.metadata.shared for c in same)}
 
 
 def _resident_per_sm(info: dict, warps: int) -> int:
@@ -48,9 +65,10 @@ def _resident_per_sm(info: dict, warps: int) -> int:
 def _two_programs_per_sm(b: int, t: int, h: int, n: int, fwd, kernel) -> list[dict]:
     """The forward with twice the slices (2 programs per SM), only when 2 are certain to be resident
     (the slices spin-wait on each other: a program that cannot start would hang them)."""
-    fwd()  # compile the default launch and read its resources
-    info = _compiled_info(kernel)
-    resident = _resident_per_sm(info, tc.LAUNCH["fwd"][0])
+    fwd()  # compile the default launch (if not yet) and read its resources
+    warps, stages = tc.LAUNCH["fwd"]
+    info = _launch_resources(kernel, warps, stages)
+    resident = _resident_per_sm(info, warps)
     row = {"B": b, "T": t, "kernel": "fwd_2_per_sm", "resident_per_sm": resident} | info
     if resident < 2:
         return [row | {"skipped": "2 programs per SM do not fit"}]
