@@ -16,11 +16,12 @@ items *kept* (share >= 0.5, so the item still dominates what is read) and *alone
 from __future__ import annotations
 
 import argparse
+import math
 
 import torch
 
 from ..ops.dictionary import OnlineDictionary
-from ..ops.utils import l2norm
+from ..ops.utils import check_int, l2norm
 from .common import environment, save_json
 
 
@@ -31,6 +32,13 @@ def synthetic_keys(batch: int, length: int, dim: int, num_items: int, num_filler
     ``items_per_record = R > 1`` places the items in records of R at positions s, s+2, ..., s+2(R-1) (the
     positional-recall layout ``k v_1 k v_2 ...``: R occurrences that must stay apart to be told apart).
     """
+    for name, value in (("batch", batch), ("length", length), ("dim", dim), ("num_items", num_items),
+                        ("num_filler", num_filler), ("items_per_record", items_per_record)):
+        check_int(name, value)
+    if not (isinstance(noise, (int, float)) and math.isfinite(noise) and noise >= 0):
+        raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
+    if num_items > length:
+        raise ValueError(f"num_items ({num_items}) exceeds the length ({length})")
     filler_dirs = l2norm(torch.randn(batch, num_filler, dim, generator=generator))
     ids = torch.randint(0, num_filler, (batch, length), generator=generator)
     keys = filler_dirs.gather(1, ids[..., None].expand(-1, -1, dim))
@@ -52,6 +60,10 @@ def item_shares(keys: torch.Tensor, positions: torch.Tensor, item_dirs: torch.Te
                 chunk_size: int) -> torch.Tensor:
     """[B, P]: each item's share of the mean value of its nearest centroid after the sequence (1: alone)."""
     b, length, dim = keys.shape
+    check_int("max_centroids", max_centroids)
+    check_int("chunk_size", chunk_size)
+    if length % chunk_size:  # tokens past the last whole chunk are never written: items there would not count
+        raise ValueError(f"the length ({length}) must be a multiple of chunk_size ({chunk_size})")
     num_items = positions.shape[1]
     rows, items = torch.arange(b)[:, None], torch.arange(num_items)[None, :]
     values = torch.zeros(b, length, num_items + 1)

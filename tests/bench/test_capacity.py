@@ -38,3 +38,18 @@ def test_records_place_their_items_two_tokens_apart():
     torch.testing.assert_close(keys.gather(1, positions[..., None].expand(-1, -1, 16)), dirs)
     with pytest.raises(ValueError, match="whole records"):
         synthetic_keys(1, 256, 16, 5, 8, 0.5, torch.Generator().manual_seed(0), items_per_record=2)
+
+
+def test_bad_arguments_are_named():
+    gen = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match="num_items"):
+        synthetic_keys(1, 8, 4, 9, 2, 0.5, gen)
+    with pytest.raises(ValueError, match="noise"):
+        synthetic_keys(1, 64, 4, 2, 2, -1.0, gen)
+    with pytest.raises(ValueError, match="dim"):
+        synthetic_keys(1, 64, 0, 2, 2, 0.5, gen)
+    keys, positions, dirs = synthetic_keys(1, 64, 4, 2, 2, 0.5, gen)
+    with pytest.raises(ValueError, match="chunk_size"):
+        item_shares(keys, positions, dirs, 8, chunk_size=5)
+    with pytest.raises(ValueError, match="max_centroids"):
+        item_shares(keys, positions, dirs, 0, chunk_size=8)
