@@ -42,6 +42,7 @@ def _ints(text: str) -> list[int]:
 
 def cmd_train(args) -> None:
     from ..train import DistributedContext, Trainer, TrainConfig
+    from ..train.checkpoint import CHECKPOINT_NAME, load_model_weights
     from ..train.jobs import JobConfig, backbone_of, build_training
 
     job = JobConfig(task=args.task, model=args.model, size=args.size, seq_len=args.seq_len,
@@ -55,6 +56,11 @@ def cmd_train(args) -> None:
                       progress=not args.no_progress).validate()
     dist = DistributedContext.from_env(args.device)
     model, source, loss_fn, eval_fn, extra = build_training(job, dist.rank, dist.world_size, dist.device)
+    if args.init_from and (args.restart or not (Path(args.out) / CHECKPOINT_NAME).exists()):
+        source_job = load_model_weights(model, args.init_from)  # a resumed run already holds its weights
+        extra["init_from"] = {"path": str(args.init_from), "job": source_job}
+        if dist.is_main:
+            print(f"initialized from {args.init_from}")
     if args.grad_checkpointing:
         backbone_of(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     n_params = sum(p.numel() for p in model.parameters())
@@ -197,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto")
     t.add_argument("--out", required=True, help="run folder: log.jsonl, checkpoint.pt")
     t.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
+    t.add_argument("--init-from", metavar="RUN",
+                   help="start from the weights of another run (a folder or checkpoint) with a fresh optimizer, "
+                        "schedule and data: e.g. a model trained at 256 tokens continued at 4,096")
     t.add_argument("--stop-at", type=int, help="stop at this step with a checkpoint (rerun to continue): splits a "
                                                 "long run across sessions; the schedule still follows --steps")
     t.add_argument("--no-progress", action="store_true")

@@ -58,6 +58,19 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     return payload
 
 
+def load_model_weights(model, path) -> dict:
+    """Initialize ``model`` from the weights of the checkpoint at ``path`` (a run folder or file), leaving
+    the optimizer, schedule and data to start fresh: the second stage of a curriculum (e.g. train at 256
+    tokens, then continue at 4,096). Returns the source run's job config (``{}`` if it has none)."""
+    state = load_checkpoint(path)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:  # missing/unexpected keys or shape mismatches: another architecture
+        raise CheckpointError(f"checkpoint {path} holds another model than this run builds "
+                              f"(same --model, --size, --model-arg and task vocabulary needed): {e}") from e
+    return state.get("extra", {}).get("job", {})
+
+
 def rng_state() -> dict:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():

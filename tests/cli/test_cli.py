@@ -72,6 +72,32 @@ def test_language_model_pipeline(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("It is")
 
 
+def test_init_from_continues_another_runs_weights_at_a_new_length(tmp_path, capsys):
+    import torch
+
+    from ovq.train.checkpoint import load_checkpoint
+    first, second = tmp_path / "t64", tmp_path / "t128"
+    main(["train", *RECALL, "--steps", "10", "--out", str(first)])
+    # a second stage at twice the length; a vanishing lr keeps the weights where the first run left them
+    stage2 = [*RECALL, "--seq-len", "128", "--steps", "1", "--lr", "1e-12", "--warmup", "0"]
+    main(["train", *stage2, "--init-from", str(first), "--out", str(second)])
+    assert "initialized from" in capsys.readouterr().out
+    a, b = load_checkpoint(first), load_checkpoint(second)
+    assert b["step"] == 1 and b["extra"]["init_from"]["job"]["seq_len"] == 64
+    assert b["extra"]["job"]["seq_len"] == 128
+    for name, weight in a["model"].items():
+        torch.testing.assert_close(b["model"][name], weight, rtol=0, atol=1e-9)
+    # rerun: the stage resumes from its own checkpoint instead of reloading the first run's weights
+    main(["train", *stage2[:-4], "--steps", "2", "--lr", "1e-12", "--init-from", str(first), "--out", str(second)])
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "initialized from" not in out
+    # weights of another architecture fail naming the cause
+    with pytest.raises(SystemExit):
+        main(["train", *RECALL, "--model-arg", "max_centroids=32", "--size", "small", "--steps", "1",
+              "--init-from", str(first), "--out", str(tmp_path / "other")])
+    assert "another model" in capsys.readouterr().err
+
+
 def test_bad_arguments_fail_clearly(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--task", "lm", "--out", str(tmp_path / "x")])  # no --data
