@@ -83,7 +83,8 @@ def cmd_eval(args) -> None:
     from ..train.jobs import set_chunk_size, set_max_centroids
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, job = load_run(args.run, device)
+    overrides = _kv(args.model_arg, "--model-arg")
+    model, job = load_run(args.run, device, model_args=overrides)
     budgets = _ints(args.max_centroids) or [None]
     if args.chunk_size is not None and not set_chunk_size(model, args.chunk_size):
         raise SystemExit(f"--chunk-size: the run's model ({job.model}) has no OVQ or VQ layers")
@@ -103,6 +104,8 @@ def cmd_eval(args) -> None:
     from ..bench.common import environment
     if args.chunk_size is not None:
         rows = [row | {"chunk_size": args.chunk_size} for row in rows]
+    if overrides:
+        rows = [row | {"model_args": overrides} for row in rows]
     payload = {"run": str(args.run), "job": dataclasses.asdict(job), "environment": environment(), "results": rows}
     if args.out:
         atomic_write_json(args.out, payload)
@@ -220,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batches", type=int, default=4)
     e.add_argument("--batch-size", type=int, default=8)
     e.add_argument("--task-arg", action="append", help="task config overrides for evaluation, name=value")
+    e.add_argument("--model-arg", action="append",
+                   help="model config overrides that keep the weights, name=value (e.g. mamba2_chunk_size=1024)")
     e.add_argument("--loss-by-position", action="store_true")
     e.add_argument("--max-len", type=int, default=65536)
     e.add_argument("--prefill", type=int, default=4096,

@@ -5,6 +5,7 @@ These are what ``ovq eval`` runs; each returns plain dicts ready for JSON.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -15,13 +16,22 @@ from .checkpoint import load_checkpoint
 from .jobs import JobConfig, build_model, evaluate_task, set_max_centroids
 
 
-def load_run(run_dir, device="cpu"):
-    """(model in eval mode, JobConfig) from a run folder's checkpoint."""
+def load_run(run_dir, device="cpu", model_args: dict | None = None):
+    """(model in eval mode, JobConfig) from a run folder's checkpoint.
+
+    ``model_args`` override the run's model config where the weights stay valid, e.g. Mamba2's
+    ``mamba2_chunk_size`` (the same function computed in other blocks; fla's PyTorch path needs large
+    blocks at 64K) or a window size; an override that changes the weights' shapes fails."""
     state = load_checkpoint(run_dir)
     job = JobConfig(**state["extra"]["job"])
+    if model_args:
+        job = dataclasses.replace(job, model_args=job.model_args | model_args)
     vocab = state["model"].get("lm.model.embed_tokens.weight", state["model"].get("model.embed_tokens.weight"))
     model = build_model(job, vocab_size=None if vocab is None else vocab.shape[0])
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise ValueError(f"the model overrides {model_args} do not fit the weights of {run_dir}: {e}") from e
     return model.to(device).eval(), job
 
 
