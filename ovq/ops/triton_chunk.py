@@ -6,9 +6,11 @@ same state. Kernels live in :mod:`ovq.ops.kernels`. On CPU it runs under ``TRITO
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -111,6 +113,40 @@ def _slices(bh: int, capacity: int, device: torch.device) -> tuple[int, int]:
     return fwd, bwd
 
 
+class KernelResourceError(ValueError):
+    """The GPU lacks the registers or shared memory to compile the kernels for this configuration: a whole
+    chunk's L x L scores and its tokens live on chip, so a large chunk size with a large head size does not
+    fit (L = 512, D = 64 needs 246 KB of shared memory; an H200 has 227 KB)."""
+
+
+@contextlib.contextmanager
+def _on_chip(kernel: str, chunk_size: int, d: int, dv: int):
+    """Turn Triton's out-of-resources error at a launch into a :class:`KernelResourceError` naming the cause."""
+    try:
+        from triton.runtime.errors import OutOfResources
+    except ImportError:  # no Triton: nothing to translate
+        OutOfResources = ()
+    try:
+        yield
+    except OutOfResources as e:
+        raise KernelResourceError(
+            f"the {kernel} kernel does not fit on this GPU with chunk_size={chunk_size}, head sizes D={d}, "
+            f"Dv={dv} ({e}); use a smaller chunk_size (256 runs at D = 64 on an H200) or backend='torch'") from e
+
+
+def kernel_scan_or_fallback(backend: str, *args, **kwargs):
+    """:func:`triton_chunk_scan`, or ``None`` when ``backend="auto"`` and the kernels do not fit this
+    configuration on the GPU (with a warning; the caller then runs the PyTorch op). With
+    ``backend="triton"`` the :class:`KernelResourceError` propagates."""
+    try:
+        return triton_chunk_scan(*args, **kwargs)
+    except KernelResourceError as e:
+        if backend == "triton":
+            raise
+        warnings.warn(f"{e}: running the PyTorch op instead", stacklevel=3)
+        return None
+
+
 class ChunkFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qhat, khat, v, beta, sum_k0, sum_v0, count0, codebook, sched, cfg: KernelConfig, m0: int):
@@ -135,14 +171,15 @@ class ChunkFunction(torch.autograd.Function):
         xidx = torch.empty(xshape, device=v.device, dtype=torch.int32)
         barrier = torch.zeros(bh, device=v.device, dtype=torch.int32)
         if total > 0:
-            ovq_fwd_kernel[(nb, bh)](
-                qhat, khat, v, beta, sum_k, sum_v, count, codebook if cfg.static else sum_k, sched,
-                o, lse, z, xstat, xacc, xval, xidx, barrier,
-                total, n, cfg.num_heads, sched.shape[0],
-                D=d, DV=dv, L=cfg.chunk_size, BL=bl, BD=bd, BDV=bdv, BN=BLOCK_CENTROIDS, NB=nb,
-                COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, READ_PREC=cfg.read_precision,
-                ASSIGN_PREC=cfg.assign_precision, num_warps=LAUNCH["fwd"][0], num_stages=LAUNCH["fwd"][1],
-            )
+            with _on_chip("forward", cfg.chunk_size, d, dv):
+                ovq_fwd_kernel[(nb, bh)](
+                    qhat, khat, v, beta, sum_k, sum_v, count, codebook if cfg.static else sum_k, sched,
+                    o, lse, z, xstat, xacc, xval, xidx, barrier,
+                    total, n, cfg.num_heads, sched.shape[0],
+                    D=d, DV=dv, L=cfg.chunk_size, BL=bl, BD=bd, BDV=bdv, BN=BLOCK_CENTROIDS, NB=nb,
+                    COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, READ_PREC=cfg.read_precision,
+                    ASSIGN_PREC=cfg.assign_precision, num_warps=LAUNCH["fwd"][0], num_stages=LAUNCH["fwd"][1],
+                )
         ctx.save_for_backward(qhat, khat, v, beta, o, lse, z, sum_k, sum_v, count, codebook, sched)
         ctx.cfg, ctx.m0 = cfg, m0
         ctx.mark_non_differentiable(count)
@@ -165,22 +202,25 @@ class ChunkFunction(torch.autograd.Function):
         dq_local, dk_local, dv_local = (torch.zeros_like(x) for x in (qhat, khat, v))
         dbeta_local = torch.zeros(bh, chunks, device=v.device, dtype=torch.float32)
         if total > 0:
-            ovq_bwd_local_kernel[(chunks, bh)](qhat, khat, v, beta, do, lse, delta, dq_local, dk_local, dv_local,
-                                               dbeta_local, total, cfg.num_heads, chunks, **kw,
-                                               num_warps=LAUNCH["bwd_local"][0], num_stages=LAUNCH["bwd_local"][1])
+            with _on_chip("backward (local)", cfg.chunk_size, d, dv):
+                ovq_bwd_local_kernel[(chunks, bh)](qhat, khat, v, beta, do, lse, delta, dq_local, dk_local, dv_local,
+                                                   dbeta_local, total, cfg.num_heads, chunks, **kw,
+                                                   num_warps=LAUNCH["bwd_local"][0],
+                                                   num_stages=LAUNCH["bwd_local"][1])
         nb = cfg.bwd_slices
         g_k = torch.zeros_like(sum_k) if d_sum_k is None else d_sum_k.float().clone()
         g_v = torch.zeros_like(sum_v) if d_sum_v is None else d_sum_v.float().clone()
         dq_dict, dk_dict, dv_dict = (torch.zeros_like(x) for x in (qhat, khat, v))
         dbeta_dict = torch.zeros(bh, nb, device=v.device, dtype=torch.float32)
         if total > 0:
-            ovq_bwd_dict_kernel[(nb, bh)](
-                qhat, khat, v, beta, do, lse, delta, z, sched,
-                sum_k.clone(), sum_v.clone(), count.clone(), codebook if cfg.static else sum_k, g_k, g_v,
-                dq_dict, dk_dict, dv_dict, dbeta_dict, total, n, cfg.num_heads, chunks,
-                BN=BLOCK_CENTROIDS, NB=nb, COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, DETACH=cfg.detach, **kw,
-                num_warps=LAUNCH["bwd_dict"][0], num_stages=LAUNCH["bwd_dict"][1],
-            )
+            with _on_chip("backward (dictionary)", cfg.chunk_size, d, dv):
+                ovq_bwd_dict_kernel[(nb, bh)](
+                    qhat, khat, v, beta, do, lse, delta, z, sched,
+                    sum_k.clone(), sum_v.clone(), count.clone(), codebook if cfg.static else sum_k, g_k, g_v,
+                    dq_dict, dk_dict, dv_dict, dbeta_dict, total, n, cfg.num_heads, chunks,
+                    BN=BLOCK_CENTROIDS, NB=nb, COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, DETACH=cfg.detach, **kw,
+                    num_warps=LAUNCH["bwd_dict"][0], num_stages=LAUNCH["bwd_dict"][1],
+                )
         dbeta = (dbeta_local.sum(-1) + dbeta_dict.sum(-1)).view(-1, cfg.num_heads).sum(0)
         if cfg.detach:
             d_sum_k0 = d_sum_v0 = None

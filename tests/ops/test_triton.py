@@ -108,3 +108,36 @@ def test_empty_sequence():
     q, k, v = random_qkv(1, 0, 2, 16, dtype=torch.float32, device=DEVICE)
     o, state = ovq_attention(q, k, v, 1.0, chunk_size=16, max_centroids=8, output_final_state=True, backend="triton")
     assert o.shape == (1, 0, 2, 16) and isinstance(state, OVQState) and state.num_tokens == 0
+
+
+class _KernelThatDoesNotFit:
+    """Stands in for a kernel whose compilation needs more shared memory than the GPU has."""
+
+    def __getitem__(self, grid):
+        from triton.runtime.errors import OutOfResources
+
+        def launch(*args, **kwargs):
+            raise OutOfResources(246272, 232448, "shared memory")
+        return launch
+
+
+@pytest.mark.parametrize("fn", [ovq_attention, vq_attention])
+def test_a_chunk_too_large_for_the_gpu_fails_clearly_or_falls_back(fn, monkeypatch):
+    """backend="triton" names the cause; backend="auto" warns and computes the same function in PyTorch."""
+    import ovq.ops.kernels as kernels
+    import ovq.ops.ovq.chunk as ovq_chunk
+    import ovq.ops.vq.chunk as vq_chunk
+    from ovq.ops.triton_chunk import KernelResourceError
+
+    q, k, v = random_qkv(1, 20, 2, 16, dtype=torch.float32, seed=5, device=DEVICE)
+    kw = dict(chunk_size=8, output_final_state=True)
+    kw |= dict(max_centroids=6) if fn is ovq_attention else dict(codebook=torch.randn(2, 6, 16, device=DEVICE))
+    expected, _ = fn(q, k, v, 4.0, **kw, backend="torch")
+    monkeypatch.setattr(kernels, "ovq_fwd_kernel", _KernelThatDoesNotFit())
+    with pytest.raises(KernelResourceError, match="chunk_size=8, head sizes D=16"):
+        fn(q, k, v, 4.0, **kw, backend="triton")
+    for module in (ovq_chunk, vq_chunk):  # as on a GPU: auto picks the kernels for these inputs
+        monkeypatch.setattr(module, "use_triton", lambda x: True)
+    with pytest.warns(UserWarning, match="running the PyTorch op instead"):
+        o, _ = fn(q, k, v, 4.0, **kw, backend="auto")
+    torch.testing.assert_close(o, expected, rtol=0, atol=0)

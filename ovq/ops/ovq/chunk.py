@@ -8,7 +8,7 @@ from ..common import check_state, finish_output, prepare_inputs, state_for_compu
 from ..dictionary import OnlineDictionary
 from ..scan import chunk_scan
 from ..state import OVQState
-from ..triton_chunk import triton_chunk_scan, use_triton
+from ..triton_chunk import kernel_scan_or_fallback, use_triton
 from ..utils import check_backend, check_bool, check_growth, check_int
 
 
@@ -73,10 +73,11 @@ def ovq_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: float
     check_backend(backend)
     state = initial_ovq_state(q, v, initial_state, chunk_size, max_centroids, growth, growth_rate, vv.dtype)
     if backend == "triton" or (backend == "auto" and use_triton(q)):
-        o, final_state = triton_chunk_scan(qhat, khat, vv, beta_, state, count_prior=count_prior,
-                                           detach_state=detach_state, output_final_state=output_final_state,
-                                           input_dtype=q.dtype)
-        return finish_output(o, q), final_state
+        result = kernel_scan_or_fallback(backend, qhat, khat, vv, beta_, state, count_prior=count_prior,
+                                         detach_state=detach_state, output_final_state=output_final_state,
+                                         input_dtype=q.dtype)
+        if result is not None:  # None: the kernels do not fit this configuration on the GPU
+            return finish_output(result[0], q), result[1]
     dictionary = OnlineDictionary.from_state(state, detach_state)
     p = state.buffer_len
     o, final_state = chunk_scan(qhat, khat, vv, beta_, dictionary, state.buffer_k[:, :, :p], state.buffer_v[:, :, :p],

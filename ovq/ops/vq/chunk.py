@@ -8,7 +8,7 @@ from ..common import check_state, finish_output, prepare_inputs, state_for_compu
 from ..dictionary import StaticDictionary
 from ..scan import chunk_scan
 from ..state import VQState
-from ..triton_chunk import triton_chunk_scan, use_triton
+from ..triton_chunk import kernel_scan_or_fallback, use_triton
 from ..utils import check_backend, check_bool, check_int, l2norm
 
 
@@ -61,10 +61,11 @@ def vq_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: float 
     codes = prepare_codebook(codebook, q, vv.dtype)
     state = initial_vq_state(q, v, initial_state, chunk_size, codes.shape[1], vv.dtype)
     if backend == "triton" or (backend == "auto" and use_triton(q)):
-        o, final_state = triton_chunk_scan(qhat, khat, vv, beta_, state, count_prior=count_prior,
-                                           detach_state=detach_state, output_final_state=output_final_state,
-                                           codebook=codes, input_dtype=q.dtype)
-        return finish_output(o, q), final_state
+        result = kernel_scan_or_fallback(backend, qhat, khat, vv, beta_, state, count_prior=count_prior,
+                                         detach_state=detach_state, output_final_state=output_final_state,
+                                         codebook=codes, input_dtype=q.dtype)
+        if result is not None:  # None: the kernels do not fit this configuration on the GPU
+            return finish_output(result[0], q), result[1]
     p = state.buffer_len
     o, final_state = chunk_scan(qhat, khat, vv, beta_, StaticDictionary.from_state(state, codes, detach_state),
                                 state.buffer_k[:, :, :p], state.buffer_v[:, :, :p], state.num_absorbed,
