@@ -84,6 +84,12 @@ class Profile:
     data: str | None = None  # lm: the prepared corpus (python -m ovq.data.prepare)
     block: int = 1024  # lm: loss-by-position block
     per_task: dict = field(default_factory=dict)  # task -> {field: value} for that task only
+    # A first training stage: profile fields that differ from the main stage (e.g. shorter sequences, more
+    # steps); the main stage then starts from its weights (`ovq train --init-from`). Empty: one stage.
+    warm_start: dict = field(default_factory=dict)
+    # Also evaluate models with OVQ/VQ layers at these chunk sizes L (a deployment knob like N):
+    # results/<task>/<label>-chunk<L>.json.
+    eval_chunk_sizes: list[int] = field(default_factory=list)
 
 
 PROFILES = {
@@ -107,6 +113,22 @@ PROFILES = {
                                                          "eval_task_args": {"num_queries": 16}},
                                    "linear_regression": {"task_args": {"dim": 8}, "steps": 5000,
                                                          "model_args": {"window_size": 64}}}),
+    # Trained at 4,096 tokens: the h200-t256 recipe as a first stage, then 1,500 steps at 4K (from scratch at
+    # 4K nothing learned recall: docs/experiments.md); OVQ/VQ also evaluated with 256-token chunks.
+    "h200-t4096": Profile(size="small", seq_len=4096, batch_size=4, steps=1500, lr=5e-4, warmup=50,
+                          eval_lengths=[4096, 8192, 16384, 32768, 65536], eval_batches=4, eval_batch_size=4,
+                          budget_model="swa-ovq-4096", budgets=[256, 1024, 4096, 16384], models=list(MODELS),
+                          model_args={"window_size": 16}, eval_chunk_sizes=[256],
+                          warm_start={"seq_len": 256, "batch_size": 64, "steps": 3000, "lr": 2e-3, "warmup": 100},
+                          per_task={"recall": {"task_args": {"vocab_size": 256, "num_pairs": 16},
+                                               "eval_task_args": {"num_queries": 16}},
+                                    "positional_recall": {"task_args": {"vocab_size": 256, "num_pairs": 8,
+                                                                        "num_occurrences": 2},
+                                                          "eval_task_args": {"num_queries": 16}},
+                                    "linear_regression": {"task_args": {"dim": 8}, "model_args": {"window_size": 64},
+                                                          "warm_start": {"seq_len": 256, "batch_size": 64,
+                                                                         "steps": 5000, "lr": 2e-3,
+                                                                         "warmup": 100}}}),
     # A CPU check of the whole pipeline at toy size (no fla mixers: their kernels need a GPU).
     "smoke": Profile(size="tiny", seq_len=64, batch_size=16, steps=40, lr=3e-3, warmup=5, eval_lengths=[64, 128],
                      eval_batches=1, eval_batch_size=4, budget_model="swa-ovq-1024", budgets=[8, 32],
@@ -144,7 +166,11 @@ def profile_of(task: str, name: str, overrides: dict | None = None) -> Profile:
         if scope in ("", task):
             mine[field_name] = value
     profile = profiles[name]
-    return dataclasses.replace(profile, **(profile.per_task.get(task, {}) | mine))
+    profile = dataclasses.replace(profile, **(profile.per_task.get(task, {}) | mine))
+    bad = sorted(set(profile.warm_start) - fields) or sorted({"warm_start", "per_task"} & set(profile.warm_start))
+    if bad:
+        raise ValueError(f"warm_start may set profile fields other than warm_start/per_task, got {bad}")
+    return profile
 
 
 def models_of(task: str) -> dict[str, tuple[str, dict]]:
@@ -194,12 +220,39 @@ def cache_bytes_at(run: Path, length: int, device) -> dict:
             "measured": {"256": sizes[0], "512": sizes[1]}}
 
 
-def result_files(out_dir: Path, label: str, profile: Profile) -> dict[str, Path]:
-    """A job's result files: scores across lengths, the budget sweep (budget model only), the cache size."""
+def has_dictionary(task: str, label: str) -> bool:
+    """Whether the model has OVQ or VQ layers (the ones a chunk size applies to)."""
+    from .models.presets import PRESET_PATTERNS
+    return bool({"ovq", "vq"} & set(PRESET_PATTERNS[models_of(task)[label][0]]))
+
+
+def result_files(out_dir: Path, label: str, profile: Profile, task: str | None = None) -> dict[str, Path]:
+    """A job's result files: scores across lengths, the budget sweep (budget model only), the cache size,
+    and scores at other chunk sizes (models with OVQ/VQ layers, when the profile asks)."""
     files = {"lengths": out_dir / f"{label}.json", "state": out_dir / f"{label}-state.json"}
     if label == profile.budget_model:
         files["budgets"] = out_dir / f"{label}-budgets.json"
+    if task is not None and task != "lm" and has_dictionary(task, label):
+        for chunk in profile.eval_chunk_sizes:
+            files[f"chunk{chunk}"] = out_dir / f"{label}-chunk{chunk}.json"
     return files
+
+
+def _train(task: str, preset: str, profile: Profile, run_dir: Path, device: str, data: str | None,
+           model_args: dict, init_from: Path | None = None) -> None:
+    """One training stage of a job (``ovq train``); raises :class:`JobInterrupted` if it stops early."""
+    from .cli.main import main as cli
+    train_args, _ = _task_config(task, profile)
+    if _finished(run_dir, profile.steps):
+        return
+    cli(["train", "--task", task, "--model", preset, "--size", profile.size, "--seq-len", str(profile.seq_len),
+         "--batch-size", str(profile.batch_size), "--steps", str(profile.steps), "--lr", str(profile.lr),
+         "--warmup", str(profile.warmup), "--precision", profile.precision, "--log-every", "25",
+         "--ckpt-every", "100", "--device", device, "--no-progress", "--out", str(run_dir),
+         *(["--data", data] if task == "lm" else []), *(["--init-from", str(init_from)] if init_from else []),
+         *_args(train_args, "--task-arg"), *_args(model_args, "--model-arg")])
+    if not _finished(run_dir, profile.steps):
+        raise JobInterrupted(f"{run_dir}: training stopped early; rerun to continue")
 
 
 class JobInterrupted(RuntimeError):
@@ -216,33 +269,32 @@ def run_job(task: str, label: str, profile_name: str, runs_root: str = "runs", r
     data = data or profile.data
     preset, model_overrides = models_of(task)[label]
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    train_args, eval_args = _task_config(task, profile)
+    _, eval_args = _task_config(task, profile)
     run_dir, out_dir = Path(runs_root) / task / label, Path(results_root) / task
     out_dir.mkdir(parents=True, exist_ok=True)
-    if not _finished(run_dir, profile.steps):
-        cli(["train", "--task", task, "--model", preset, "--size", profile.size, "--seq-len", str(profile.seq_len),
-             "--batch-size", str(profile.batch_size), "--steps", str(profile.steps), "--lr", str(profile.lr),
-             "--warmup", str(profile.warmup), "--precision", profile.precision, "--log-every", "25",
-             "--ckpt-every", "100", "--device", device, "--no-progress", "--out", str(run_dir),
-             *(["--data", data] if task == "lm" else []),
-             *_args(train_args, "--task-arg"), *_args(profile.model_args | model_overrides, "--model-arg")])
-        if not _finished(run_dir, profile.steps):
-            raise JobInterrupted(f"{run_dir}: training stopped early; rerun to continue")
-    files = result_files(out_dir, label, profile)
+    model_args = profile.model_args | model_overrides
+    first_stage = None
+    if profile.warm_start and not _finished(run_dir, profile.steps):
+        first_stage = Path(runs_root) / task / f"{label}-stage1"
+        _train(task, preset, dataclasses.replace(profile, **profile.warm_start), first_stage, device, data,
+               model_args)
+    _train(task, preset, profile, run_dir, device, data, model_args, init_from=first_stage)
+    files = result_files(out_dir, label, profile, task)
     state = files.pop("state")
     for kind, path in files.items():
         if path.exists():
             continue
-        budgets = ["--max-centroids", ",".join(map(str, profile.budgets))] if kind == "budgets" else []
+        extra = (["--max-centroids", ",".join(map(str, profile.budgets))] if kind == "budgets" else
+                 ["--chunk-size", kind[len("chunk"):]] if kind.startswith("chunk") else [])
         if task == "lm":  # one forward per document: the training path, for every mixer
             length = str(profile.eval_lengths[-1])
             cli(["eval", str(run_dir), "--loss-by-position", "--max-len", length, "--prefill", length,
                  "--block", str(profile.block), "--data", data, "--device", device, "--out", str(path),
-                 *budgets])
+                 *extra])
         else:
             cli(["eval", str(run_dir), "--lengths", ",".join(map(str, profile.eval_lengths)),
                  "--batches", str(profile.eval_batches), "--batch-size", str(profile.eval_batch_size),
-                 "--device", device, "--out", str(path), *_args(eval_args, "--task-arg"), *budgets])
+                 "--device", device, "--out", str(path), *_args(eval_args, "--task-arg"), *extra])
     if not state.exists():
         atomic_write_json(state, cache_bytes_at(run_dir, profile.state_length, device))
     return {"run": str(run_dir), **{k: str(v) for k, v in files.items()}, "state": str(state)}
@@ -335,7 +387,7 @@ def report(task: str, profile_name: str, labels: list[str], results_root: str = 
     out_dir = Path(results_root) / task
     summary = {"task": task, "profile": dataclasses.asdict(profile), "models": {}, "missing": []}
     for label in labels:
-        files = result_files(out_dir, label, profile)
+        files = result_files(out_dir, label, profile, task)
         if not all(p.exists() for p in files.values()):
             summary["missing"].append(label)
             continue
@@ -351,6 +403,10 @@ def report(task: str, profile_name: str, labels: list[str], results_root: str = 
     if profile.budget_model in summary["models"]:
         cli(["plot", summary["models"][profile.budget_model]["budgets"], "--out", str(out_dir / "budget_sweep.png")])
     text = lm_table(summary) if task == "lm" else table(summary)
+    for chunk in profile.eval_chunk_sizes if task != "lm" else []:
+        if any(f"chunk{chunk}" in info for info in summary["models"].values()):
+            text += (f"\nEvaluated with chunk size {chunk} (models with OVQ/VQ layers; trained at their own):\n\n"
+                     + table(summary, f"chunk{chunk}"))
     if summary["missing"]:
         text += f"\nNot finished: {', '.join(summary['missing'])}.\n"
     (out_dir / "table.md").write_text(text)
@@ -363,16 +419,18 @@ def _cache_mib(info: dict) -> str:
     return f"{info['state_at']['cache_bytes'] / 2**20:,.1f}"
 
 
-def table(summary: dict) -> str:
-    """Markdown: score per model and length, and each model's cache at the profile's state length."""
-    first = json.loads(Path(next(iter(summary["models"].values()))["lengths"]).read_text())["results"]
+def table(summary: dict, kind: str = "lengths") -> str:
+    """Markdown: score per model and length, and each model's cache at the profile's state length; ``kind``
+    picks the result file (``"chunk256"``: the evaluation at another chunk size, for the models that have it)."""
+    models = {label: info for label, info in summary["models"].items() if kind in info}
+    first = json.loads(Path(next(iter(models.values()))["lengths"]).read_text())["results"]
     metric = "accuracy" if "accuracy" in first[0] else "squared_error"
     lengths = [r["length"] for r in first]
     state_len = summary["profile"]["state_length"]
     lines = ["| model | " + " | ".join(f"{metric} @ {n:,}" for n in lengths) + f" | cache MiB @ {state_len:,} |",
              "| --- |" + " --- |" * (len(lengths) + 1)]
-    for label, info in summary["models"].items():
-        rows = {r["length"]: r[metric] for r in json.loads(Path(info["lengths"]).read_text())["results"]}
+    for label, info in models.items():
+        rows = {r["length"]: r[metric] for r in json.loads(Path(info[kind]).read_text())["results"]}
         fmt = ".3f" if metric == "accuracy" else ".3g"  # errors span orders of magnitude
         lines.append(f"| {label} | " + " | ".join(f"{rows[n]:{fmt}}" for n in lengths) + f" | {_cache_mib(info)} |")
     return "\n".join(lines) + "\n"
