@@ -67,8 +67,22 @@ def load_model_weights(model, path) -> dict:
         model.load_state_dict(state["model"])
     except RuntimeError as e:  # missing/unexpected keys or shape mismatches: another architecture
         raise CheckpointError(f"checkpoint {path} holds another model than this run builds "
-                              f"(same --model, --size, --model-arg and task vocabulary needed): {e}") from e
+                              f"(same --model, --size, --model-arg and task vocabulary needed): "
+                              f"{weight_mismatch(model, state['model'])}") from e
     return state.get("extra", {}).get("job", {})
+
+
+def weight_mismatch(model, weights: dict, show: int = 3) -> str:
+    """A short account of how ``weights`` fail to fit ``model``: counts and the first few names."""
+    own = model.state_dict()
+    parts = []
+    for what, names in (("missing", [k for k in own if k not in weights]),
+                        ("unexpected", [k for k in weights if k not in own]),
+                        ("of another shape", [f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}"
+                                              for k in own if k in weights and weights[k].shape != own[k].shape])):
+        if names:
+            parts.append(f"{len(names)} {what} ({', '.join(names[:show])}{', ...' if len(names) > show else ''})")
+    return "; ".join(parts) or "the weights do not load"
 
 
 def rng_state() -> dict:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..ops.utils import check_int
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, weight_mismatch
 from .jobs import JobConfig, build_model, evaluate_task, set_max_centroids
 
 
@@ -31,7 +31,8 @@ def load_run(run_dir, device="cpu", model_args: dict | None = None):
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
-        raise ValueError(f"the model overrides {model_args} do not fit the weights of {run_dir}: {e}") from e
+        raise ValueError(f"the model overrides {model_args} do not fit the weights of {run_dir}: "
+                         f"{weight_mismatch(model, state['model'])}") from e
     return model.to(device).eval(), job
 
 
