@@ -272,13 +272,12 @@ def run_job(task: str, label: str, profile_name: str, runs_root: str = "runs", r
     _, eval_args = _task_config(task, profile)
     run_dir, out_dir = Path(runs_root) / task / label, Path(results_root) / task
     out_dir.mkdir(parents=True, exist_ok=True)
-    model_args = profile.model_args | model_overrides
     first_stage = None
     if profile.warm_start and not _finished(run_dir, profile.steps):
         first_stage = Path(runs_root) / task / f"{label}-stage1"
-        _train(task, preset, dataclasses.replace(profile, **profile.warm_start), first_stage, device, data,
-               model_args)
-    _train(task, preset, profile, run_dir, device, data, model_args, init_from=first_stage)
+        first = dataclasses.replace(profile, **profile.warm_start)  # may differ in model_args (e.g. chunk size)
+        _train(task, preset, first, first_stage, device, data, first.model_args | model_overrides)
+    _train(task, preset, profile, run_dir, device, data, profile.model_args | model_overrides, init_from=first_stage)
     files = result_files(out_dir, label, profile, task)
     state = files.pop("state")
     for kind, path in files.items():

@@ -94,20 +94,24 @@ def test_two_stage_training_and_evaluation_at_another_chunk_size(tmp_path):
     """warm_start trains a first stage (here shorter sequences) and continues from its weights; models with
     OVQ/VQ layers are also scored at each of eval_chunk_sizes, and the table shows it."""
     from ovq.train import load_checkpoint
-    overrides = {"warm_start": {"seq_len": 32, "steps": 10}, "eval_chunk_sizes": [16], "steps": 6}
+    # the second stage also trains at another chunk size (the weights do not depend on it)
+    overrides = {"warm_start": {"seq_len": 32, "steps": 10, "model_args": {"window_size": 8, "chunk_size": 8}},
+                 "model_args": {"window_size": 8, "chunk_size": 16}, "eval_chunk_sizes": [32], "steps": 6}
     summary = run("recall", "smoke", models=["swa-ovq-1024", "swa"], runs_root=str(tmp_path / "runs"),
                   results_root=str(tmp_path / "results"), device="cpu", overrides=overrides)["recall"]
     runs, out = tmp_path / "runs" / "recall", tmp_path / "results" / "recall"
     first, second = load_checkpoint(runs / "swa-ovq-1024-stage1"), load_checkpoint(runs / "swa-ovq-1024")
     assert (first["step"], first["extra"]["job"]["seq_len"]) == (10, 32)
     assert (second["step"], second["extra"]["job"]["seq_len"]) == (6, 64)
+    assert first["extra"]["job"]["model_args"] == {"window_size": 8, "chunk_size": 8, "max_centroids": 1024}
+    assert second["extra"]["job"]["model_args"]["chunk_size"] == 16
     assert second["extra"]["init_from"]["path"] == str(runs / "swa-ovq-1024-stage1")
-    rows = json.loads((out / "swa-ovq-1024-chunk16.json").read_text())["results"]
-    assert {r["chunk_size"] for r in rows} == {16} and len(rows) == len(PROFILES["smoke"].eval_lengths)
-    assert not (out / "swa-chunk16.json").exists() and "chunk16" not in summary["models"]["swa"]
+    rows = json.loads((out / "swa-ovq-1024-chunk32.json").read_text())["results"]
+    assert {r["chunk_size"] for r in rows} == {32} and len(rows) == len(PROFILES["smoke"].eval_lengths)
+    assert not (out / "swa-chunk32.json").exists() and "chunk32" not in summary["models"]["swa"]
     table = (out / "table.md").read_text()
     assert table.count("| swa-ovq-1024 |") == 2 and table.count("| swa |") == 1
-    assert "chunk size 16" in table
+    assert "chunk size 32" in table
 
 
 def test_warm_start_must_name_profile_fields():
