@@ -90,6 +90,11 @@ class Profile:
     # Also evaluate models with OVQ/VQ layers at these chunk sizes L (a deployment knob like N):
     # results/<task>/<label>-chunk<L>.json.
     eval_chunk_sizes: list[int] = field(default_factory=list)
+    # Per model: evaluation settings that keep the weights. fla's Mamba2 without mamba_ssm runs a PyTorch
+    # SSD whose inter-block step is quadratic in the number of blocks (513 GiB at 64K with 64-token blocks),
+    # so it is evaluated with 256-token blocks, one sequence at a time (the same sequences in total).
+    eval_overrides: dict = field(default_factory=lambda: {
+        "mamba2": {"model_args": {"mamba2_chunk_size": 256}, "batch_size": 1}})
 
 
 PROFILES = {
@@ -280,11 +285,15 @@ def run_job(task: str, label: str, profile_name: str, runs_root: str = "runs", r
     _train(task, preset, profile, run_dir, device, data, profile.model_args | model_overrides, init_from=first_stage)
     files = result_files(out_dir, label, profile, task)
     state = files.pop("state")
+    special = profile.eval_overrides.get(label, {})
+    batch_size = special.get("batch_size", profile.eval_batch_size)
+    batches = profile.eval_batches * profile.eval_batch_size // batch_size  # as many sequences as the others
     for kind, path in files.items():
         if path.exists():
             continue
         extra = (["--max-centroids", ",".join(map(str, profile.budgets))] if kind == "budgets" else
                  ["--chunk-size", kind[len("chunk"):]] if kind.startswith("chunk") else [])
+        extra += _args(special.get("model_args", {}), "--model-arg")
         if task == "lm":  # one forward per document: the training path, for every mixer
             length = str(profile.eval_lengths[-1])
             cli(["eval", str(run_dir), "--loss-by-position", "--max-len", length, "--prefill", length,
@@ -292,7 +301,7 @@ def run_job(task: str, label: str, profile_name: str, runs_root: str = "runs", r
                  *extra])
         else:
             cli(["eval", str(run_dir), "--lengths", ",".join(map(str, profile.eval_lengths)),
-                 "--batches", str(profile.eval_batches), "--batch-size", str(profile.eval_batch_size),
+                 "--batches", str(batches), "--batch-size", str(batch_size),
                  "--device", device, "--out", str(path), *_args(eval_args, "--task-arg"), *extra])
     if not state.exists():
         atomic_write_json(state, cache_bytes_at(run_dir, profile.state_length, device))

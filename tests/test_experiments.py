@@ -120,3 +120,16 @@ def test_warm_start_must_name_profile_fields():
         profile_of("recall", "smoke", {"warm_start": {"sequence_length": 32}})
     assert profile_of("recall", "h200-t4096").warm_start["steps"] == 3000
     assert profile_of("linear_regression", "h200-t4096").warm_start["steps"] == 5000
+
+
+def test_per_model_evaluation_settings(tmp_path):
+    """eval_overrides: a model evaluated with settings that keep its weights (fla's Mamba2 on its PyTorch path
+    needs large blocks, one sequence at a time), on as many sequences as the others."""
+    overrides = {"eval_overrides": {"swa": {"model_args": {"window_size": 4}, "batch_size": 2}}}
+    run("recall", "smoke", models=["swa"], runs_root=str(tmp_path / "runs"), results_root=str(tmp_path / "results"),
+        device="cpu", overrides=overrides)
+    rows = json.loads((tmp_path / "results" / "recall" / "swa.json").read_text())["results"]
+    smoke = PROFILES["smoke"]
+    assert {(r["batch_size"], r["batches"]) for r in rows} == {(2, smoke.eval_batches * smoke.eval_batch_size // 2)}
+    assert all(r["model_args"] == {"window_size": 4} for r in rows)
+    assert PROFILES["h200-t4096"].eval_overrides["mamba2"]["model_args"] == {"mamba2_chunk_size": 256}
