@@ -82,11 +82,46 @@ def _two_programs_per_sm(b: int, t: int, h: int, n: int, fwd, kernel) -> list[di
     return [row]
 
 
+def _cached_operands(b: int, t: int, fwd, fwd_bwd, q, k, v, n: int, kernel) -> list[dict]:
+    """The forward that keeps per-slot operands in side buffers (``FWD_CACHED_OPERANDS``): first the same
+    outputs and counts as the default forward on these inputs, then its time (forward, forward+backward)."""
+    def run():
+        with torch.no_grad():
+            return ovq_attention(q, k, v, 12.0, chunk_size=64, max_centroids=n, output_final_state=True)
+    o_ref, s_ref = run()
+    tc.FWD_CACHED_OPERANDS = True
+    try:
+        o, st = run()
+        check = {"max_abs_diff_o": (o.float() - o_ref.float()).abs().max().item(),
+                 "count_slots_differing": int((st.count != s_ref.count).sum().item())}
+        rows = []
+        for warps, stages in ((4, 2), (4, 1), (8, 1)):
+            tc.LAUNCH["fwd"] = (warps, stages)
+            rows.append({"B": b, "T": t, "kernel": "fwd_cached", "warps": warps, "stages": stages, "ms": _time(fwd)}
+                        | check | _compiled_info(kernel))
+            print(rows[-1], flush=True)
+        tc.LAUNCH["fwd"] = (4, 2)
+        rows.append({"B": b, "T": t, "kernel": "fwd+bwd_cached", "ms": _time(fwd_bwd)} | check)
+        print(rows[-1], flush=True)
+    finally:
+        tc.FWD_CACHED_OPERANDS = False
+        tc.LAUNCH["fwd"] = (4, 2)
+    return rows
+
+
+VARIANTS = ("launch", "2persm", "nopicks", "bwd", "cached")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="results/kernel_variants.json")
     ap.add_argument("--configs", default="16x4096,1x65536")
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    help=f"comma-separated subset of {VARIANTS} (the default forward is always timed)")
     args = ap.parse_args(argv)
+    chosen = set(args.variants.split(","))
+    if chosen - set(VARIANTS):
+        ap.error(f"--variants: unknown {sorted(chosen - set(VARIANTS))}; known: {VARIANTS}")
     from ..ops import kernels
     rows = []
     for cfg in args.configs.split(","):
@@ -103,7 +138,7 @@ def main(argv=None):
             ovq_attention(q, k, v, 12.0, chunk_size=64, max_centroids=n)[0].backward(grad)
 
         for warps, stages, prec in itertools.product((4, 8), (1, 2), ("bf16x3", "tf32x3", "tf32", "bf16")):
-            if prec != "bf16x3" and (warps, stages) != (4, 2):
+            if (prec != "bf16x3" or "launch" not in chosen) and (warps, stages, prec) != (4, 2, "bf16x3"):
                 continue
             tc.LAUNCH["fwd"] = (warps, stages)
             tc.ASSIGN_PRECISION = prec
@@ -112,14 +147,17 @@ def main(argv=None):
                         | _compiled_info(kernels.ovq_fwd_kernel))
             print(rows[-1], flush=True)
         tc.LAUNCH["fwd"], tc.ASSIGN_PRECISION = (4, 2), "bf16x3"
-        rows.extend(_two_programs_per_sm(b, t, h, n, fwd, kernels.ovq_fwd_kernel))
-        # Without farthest-point picks (timing only: wrong function) -> the picks' share of the forward.
-        real = tc._schedule
-        tc._schedule = lambda *a: tuple((m, 0) for m, _ in real(*a))
-        rows.append({"B": b, "T": t, "kernel": "fwd_no_picks", "ms": _time(fwd)})
-        print(rows[-1], flush=True)
-        tc._schedule = real
-        for warps, stages in itertools.product((4, 8), (1, 2)):
+        if "cached" in chosen:
+            rows.extend(_cached_operands(b, t, fwd, fwd_bwd, q, k, v, n, kernels.ovq_fwd_kernel))
+        if "2persm" in chosen:
+            rows.extend(_two_programs_per_sm(b, t, h, n, fwd, kernels.ovq_fwd_kernel))
+        if "nopicks" in chosen:  # without farthest-point picks (timing only: wrong function): the picks' share
+            real = tc._schedule
+            tc._schedule = lambda *a: tuple((m, 0) for m, _ in real(*a))
+            rows.append({"B": b, "T": t, "kernel": "fwd_no_picks", "ms": _time(fwd)})
+            print(rows[-1], flush=True)
+            tc._schedule = real
+        for warps, stages in itertools.product((4, 8), (1, 2)) if "bwd" in chosen else [(4, 2)]:
             tc.LAUNCH["bwd_dict"] = (warps, stages)
             ms = _time(fwd_bwd)
             rows.append({"B": b, "T": t, "kernel": "fwd+bwd", "bwd_warps": warps, "bwd_stages": stages, "ms": ms}

@@ -84,15 +84,37 @@ def _load_centroids(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, s_base, cb_base, n, nmask, 
 
 
 @triton.jit
+def _refresh_operands(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, crd_ptr, chi_ptr, clo_ptr, cmv_ptr, s_base, cb_base, n, nmask,
+                      offs_d, dmask, offs_dv, dvmask, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr,
+                      BDV: tl.constexpr, STATIC: tl.constexpr, READ_PREC: tl.constexpr, ASSIGN_PREC: tl.constexpr):
+    """Store the slots ``n``'s product operands (CACHED forward): the unit key direction in the read's
+    precision and in the assignment's (hi/lo bfloat16 parts for bf16x3), and the value mean in the read's;
+    exactly what the uncached loop computes from the sums, computed once per change instead of per chunk."""
+    mu, muv, cnt, inv = _load_centroids(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, s_base, cb_base, n, nmask,
+                                        offs_d, dmask, offs_dv, dvmask, D, DV, STATIC)
+    rows_d = (s_base + n)[:, None] * BD + offs_d[None, :]
+    tl.store(crd_ptr + rows_d, _operand(mu, READ_PREC), mask=nmask[:, None])
+    if ASSIGN_PREC == "bf16x3":
+        mu_hi, mu_lo = _split(mu)
+        tl.store(chi_ptr + rows_d, mu_hi, mask=nmask[:, None])
+        tl.store(clo_ptr + rows_d, mu_lo, mask=nmask[:, None])
+    else:
+        tl.store(chi_ptr + rows_d, mu, mask=nmask[:, None])
+    tl.store(cmv_ptr + (s_base + n)[:, None] * BDV + offs_dv[None, :], _operand(muv, READ_PREC), mask=nmask[:, None])
+
+
+@triton.jit
 def ovq_fwd_kernel(
     q_ptr, k_ptr, v_ptr, beta_ptr,
     sk_ptr, sv_ptr, cnt_ptr, cb_ptr, sched_ptr,
     o_ptr, lse_ptr, z_ptr,
     xstat_ptr, xacc_ptr, xval_ptr, xidx_ptr, bar_ptr,
+    crd_ptr, chi_ptr, clo_ptr, cmv_ptr,
     T, N, H, C,
     D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr,
     BL: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, BN: tl.constexpr, NB: tl.constexpr,
     COUNT_PRIOR: tl.constexpr, STATIC: tl.constexpr, READ_PREC: tl.constexpr, ASSIGN_PREC: tl.constexpr,
+    CACHED: tl.constexpr,
 ):
     s = tl.program_id(0)
     bh = tl.program_id(1)
@@ -108,6 +130,14 @@ def ovq_fwd_kernel(
     s_base = bh * N  # row offset of this bh's dictionary
     cb_base = h * N * D
     causal = offs_l[None, :] <= offs_l[:, None]
+    if CACHED:  # operands of the slots active before the first chunk (a carried state, or the codebook)
+        m_first = tl.load(sched_ptr)
+        for r0 in range(0, tl.where(m_first > s, (m_first - s + NB - 1) // NB, 0), BN):
+            r = r0 + offs_n
+            _refresh_operands(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, crd_ptr, chi_ptr, clo_ptr, cmv_ptr, s_base, cb_base,
+                              s + NB * r, r < (m_first - s + NB - 1) // NB, offs_d, dmask, offs_dv, dvmask,
+                              D, DV, BD, BDV, STATIC, READ_PREC, ASSIGN_PREC)
+        tl.debug_barrier()
     for c in range(0, C):
         t = c * L + offs_l
         tmask = in_chunk & (t < T)
@@ -137,10 +167,18 @@ def ovq_fwd_kernel(
             r = r0 + offs_n
             nmask = r < m_loc
             n = s + NB * r
-            mu, muv, cnt, inv = _load_centroids(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, s_base, cb_base, n, nmask,
-                                                offs_d, dmask, offs_dv, dvmask, D, DV, STATIC)
+            if CACHED:
+                cnt = tl.load(cnt_ptr + s_base + n, mask=nmask, other=0.0, cache_modifier=".cg")
+                rows_d = (s_base + n)[:, None] * BD + offs_d[None, :]
+                mu_rd = tl.load(crd_ptr + rows_d, mask=nmask[:, None], other=0.0, cache_modifier=".cg")
+                muv = tl.load(cmv_ptr + (s_base + n)[:, None] * BDV + offs_dv[None, :], mask=nmask[:, None],
+                              other=0.0, cache_modifier=".cg")
+            else:
+                mu, muv, cnt, inv = _load_centroids(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, s_base, cb_base, n, nmask,
+                                                    offs_d, dmask, offs_dv, dvmask, D, DV, STATIC)
+                mu_rd = _operand(mu, READ_PREC)
             readable = nmask & (cnt > 0)
-            logits = beta * _mm(q_op, tl.trans(_operand(mu, READ_PREC)), READ_PREC)
+            logits = beta * _mm(q_op, tl.trans(mu_rd), READ_PREC)
             if COUNT_PRIOR:
                 logits += tl.log(tl.maximum(cnt, 1.0))[None, :]
             logits = tl.where(readable[None, :], logits, float("-inf"))
@@ -151,7 +189,15 @@ def ovq_fwd_kernel(
             row_sum = row_sum * alpha + tl.sum(p, axis=1)
             acc = acc * alpha[:, None] + _mm(p, muv, READ_PREC)
             row_max = new_max
-            if ASSIGN_PREC == "bf16x3":
+            if CACHED:
+                if ASSIGN_PREC == "bf16x3":
+                    mu_hi = tl.load(chi_ptr + rows_d, mask=nmask[:, None], other=0.0, cache_modifier=".cg")
+                    mu_lo = tl.load(clo_ptr + rows_d, mask=nmask[:, None], other=0.0, cache_modifier=".cg")
+                    sim = _mm_split(k_hi, k_lo, tl.trans(mu_hi), tl.trans(mu_lo))
+                else:
+                    mu_as = tl.load(chi_ptr + rows_d, mask=nmask[:, None], other=0.0, cache_modifier=".cg")
+                    sim = _mm(k_hi, tl.trans(mu_as), ASSIGN_PREC)
+            elif ASSIGN_PREC == "bf16x3":
                 mu_hi, mu_lo = _split(tl.trans(mu))
                 sim = _mm_split(k_hi, k_lo, mu_hi, mu_lo)
             else:
@@ -203,6 +249,8 @@ def ovq_fwd_kernel(
 
         # ---- the write's decisions: farthest-point picks, then argmax over old and new centroids ----
         z = tl.full([BL], -1, tl.int32)
+        own = offs_l < 0  # this chunk's tokens that land in this program's slots
+        zs = tl.zeros([BL], tl.int32)
         k = tl.load(k_ptr + qk_off, mask=tmask[:, None] & dmask[None, :], other=0.0)
         v = tl.load(v_ptr + v_off, mask=tmask[:, None] & dvmask[None, :], other=0.0)
         if full & (m + n_new > 0):
@@ -233,6 +281,10 @@ def ovq_fwd_kernel(
                           mask=own[:, None] & dvmask[None, :], sem="relaxed")
             tl.atomic_add(cnt_ptr + s_base + zs, tl.full([BL], 1.0, tl.float32), mask=own, sem="relaxed")
         tl.debug_barrier()
+        if CACHED:  # the slots this chunk changed get fresh operands (a slot hit twice is written twice, alike)
+            _refresh_operands(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, crd_ptr, chi_ptr, clo_ptr, cmv_ptr, s_base, cb_base,
+                              zs, own, offs_d, dmask, offs_dv, dvmask, D, DV, BD, BDV, STATIC, READ_PREC, ASSIGN_PREC)
+            tl.debug_barrier()
 
         if writer:
             # Merge with the causal keys of the chunk itself: one softmax over everything.

@@ -77,6 +77,7 @@ class KernelConfig:
     assign_precision: str
     fwd_slices: int
     bwd_slices: int
+    cached: bool = False
 
 
 # The assignment's similarity precision for 16-bit inputs on the GPU: "bf16x3" (hi/lo bfloat16 split,
@@ -96,6 +97,12 @@ def _precisions(dtype: torch.dtype) -> tuple[str, str]:
 # more than 1 is safe only when registers and shared memory allow it: ovq.bench.kernels checks that from
 # the compiled kernel before it times 2 (not the default until measured faster).
 FWD_PROGRAMS_PER_SM = 1
+
+# The forward keeps each slot's product operands (unit key direction in the read's and the assignment's
+# precisions, value mean) in side buffers, refreshed only for the slots a chunk changes, instead of
+# normalizing and splitting every block of float32 sums in every chunk. The same values either way;
+# ovq.bench.kernels times both (not the default until measured faster on the GPU).
+FWD_CACHED_OPERANDS = False
 
 
 def _slices(bh: int, capacity: int, device: torch.device) -> tuple[int, int]:
@@ -147,6 +154,21 @@ def kernel_scan_or_fallback(backend: str, *args, **kwargs):
         return None
 
 
+def _operand_buffers(cfg: KernelConfig, bh: int, bd: int, bdv: int, device) -> tuple[torch.Tensor, ...]:
+    """Side buffers of the cached forward (read direction, assignment direction hi and lo, value mean per
+    slot, padded to the tile widths), or 1-element stand-ins when it is off."""
+    if not cfg.cached:
+        unused = torch.zeros(1, device=device)
+        return unused, unused, unused, unused
+    read = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.read_precision, torch.float32)
+    split = cfg.assign_precision == "bf16x3"
+    n = cfg.capacity
+    assign = torch.empty(bh, n, bd, device=device, dtype=torch.bfloat16 if split else torch.float32)
+    low = torch.empty_like(assign) if split else torch.zeros(1, device=device)
+    return (torch.empty(bh, n, bd, device=device, dtype=read), assign, low,
+            torch.empty(bh, n, bdv, device=device, dtype=read))
+
+
 class ChunkFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qhat, khat, v, beta, sum_k0, sum_v0, count0, codebook, sched, cfg: KernelConfig, m0: int):
@@ -170,15 +192,17 @@ class ChunkFunction(torch.autograd.Function):
         xval = torch.empty(xshape, device=v.device, dtype=torch.float32)
         xidx = torch.empty(xshape, device=v.device, dtype=torch.int32)
         barrier = torch.zeros(bh, device=v.device, dtype=torch.int32)
+        crd, chi, clo, cmv = _operand_buffers(cfg, bh, bd, bdv, v.device)
         if total > 0:
             with _on_chip("forward", cfg.chunk_size, d, dv):
                 ovq_fwd_kernel[(nb, bh)](
                     qhat, khat, v, beta, sum_k, sum_v, count, codebook if cfg.static else sum_k, sched,
-                    o, lse, z, xstat, xacc, xval, xidx, barrier,
+                    o, lse, z, xstat, xacc, xval, xidx, barrier, crd, chi, clo, cmv,
                     total, n, cfg.num_heads, sched.shape[0],
                     D=d, DV=dv, L=cfg.chunk_size, BL=bl, BD=bd, BDV=bdv, BN=BLOCK_CENTROIDS, NB=nb,
                     COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, READ_PREC=cfg.read_precision,
-                    ASSIGN_PREC=cfg.assign_precision, num_warps=LAUNCH["fwd"][0], num_stages=LAUNCH["fwd"][1],
+                    ASSIGN_PREC=cfg.assign_precision, CACHED=cfg.cached,
+                    num_warps=LAUNCH["fwd"][0], num_stages=LAUNCH["fwd"][1],
                 )
         ctx.save_for_backward(qhat, khat, v, beta, o, lse, z, sum_k, sum_v, count, codebook, sched)
         ctx.cfg, ctx.m0 = cfg, m0
@@ -256,7 +280,8 @@ def triton_chunk_scan(qhat, khat, v, beta, state: DictionaryState, *, count_prio
     sched = torch.tensor(rows, dtype=torch.int32, device=v.device).reshape(-1, 2)
     read, assign = _precisions(input_dtype)
     fwd_slices, bwd_slices = _slices(b * h, capacity, v.device)
-    cfg = KernelConfig(chunk, capacity, h, count_prior, static, detach_state, read, assign, fwd_slices, bwd_slices)
+    cfg = KernelConfig(chunk, capacity, h, count_prior, static, detach_state, read, assign, fwd_slices, bwd_slices,
+                       FWD_CACHED_OPERANDS)
     beta_h = (beta.reshape(-1).expand(h) if isinstance(beta, torch.Tensor)
               else torch.full((h,), float(beta), device=v.device)).float().contiguous()
 

@@ -15,6 +15,15 @@ pytest.importorskip("triton")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
+@pytest.fixture(autouse=True, params=[False, True], ids=["sums", "cached-operands"])
+def forward_variant(request, monkeypatch):
+    """Every test runs with both forwards: operands computed from the sums in every chunk, or kept in side
+    buffers refreshed for the slots a chunk changes (``FWD_CACHED_OPERANDS``)."""
+    import ovq.ops.triton_chunk as tc
+    monkeypatch.setattr(tc, "FWD_CACHED_OPERANDS", request.param)
+    return request.param
+
+
 def _run(fn, q, k, v, beta, do, **kw):
     o, state = fn(q, k, v, beta, **kw, output_final_state=True)
     grads = torch.autograd.grad((o.float() * do).sum(), (q, k, v, beta))
