@@ -64,6 +64,12 @@ def _mm_split(a_hi, a_lo, b_hi, b_lo):
 
 
 @triton.jit
+def _slots_in_slice(m, s, NB: tl.constexpr):
+    """How many of the active slots n < m belong to slice s (slot n is slice n % NB's)."""
+    return tl.where(m > s, (m - s + NB - 1) // NB, 0)
+
+
+@triton.jit
 def _load_centroids(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, s_base, cb_base, n, nmask, offs_d, dmask, offs_dv, dvmask,
                     D: tl.constexpr, DV: tl.constexpr, STATIC: tl.constexpr):
     """Unit key directions, value means, counts and 1/||sum_k|| for the centroid slots ``n``."""
@@ -131,11 +137,11 @@ def ovq_fwd_kernel(
     cb_base = h * N * D
     causal = offs_l[None, :] <= offs_l[:, None]
     if CACHED:  # operands of the slots active before the first chunk (a carried state, or the codebook)
-        m_first = tl.load(sched_ptr)
-        for r0 in range(0, tl.where(m_first > s, (m_first - s + NB - 1) // NB, 0), BN):
+        first_loc = _slots_in_slice(tl.load(sched_ptr), s, NB)
+        for r0 in range(0, first_loc, BN):
             r = r0 + offs_n
             _refresh_operands(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, crd_ptr, chi_ptr, clo_ptr, cmv_ptr, s_base, cb_base,
-                              s + NB * r, r < (m_first - s + NB - 1) // NB, offs_d, dmask, offs_dv, dvmask,
+                              s + NB * r, r < first_loc, offs_d, dmask, offs_dv, dvmask,
                               D, DV, BD, BDV, STATIC, READ_PREC, ASSIGN_PREC)
         tl.debug_barrier()
     for c in range(0, C):
@@ -155,7 +161,7 @@ def ovq_fwd_kernel(
         m = tl.load(sched_ptr + 2 * c)
         n_new = tl.load(sched_ptr + 2 * c + 1)
         full = (T - c * L) >= L
-        m_loc = tl.where(m > s, (m - s + NB - 1) // NB, 0)  # active slots n < m with n % NB == s
+        m_loc = _slots_in_slice(m, s, NB)
 
         # ---- one pass over this slice: partial read (online softmax) + best centroid per key ----
         row_max = tl.full([BL], float("-inf"), tl.float32)
@@ -407,7 +413,7 @@ def ovq_bwd_dict_kernel(
         do = tl.load(do_ptr + v_off, mask=tmask[:, None] & dvmask[None, :], other=0.0)
         lse = tl.load(lse_ptr + bh * T + t, mask=tmask, other=0.0)
         delta = tl.load(delta_ptr + bh * T + t, mask=tmask, other=0.0)
-        m_loc = tl.where(m > s, (m - s + NB - 1) // NB, 0)
+        m_loc = _slots_in_slice(m, s, NB)
         q_op = _operand(q, READ_PREC)
         do_op = _operand(do, READ_PREC)
         dq = tl.zeros([BL, BD], tl.float32)
