@@ -141,15 +141,23 @@ def _on_chip(kernel: str, chunk_size: int, d: int, dv: int):
             f"Dv={dv} ({e}); use a smaller chunk_size (256 runs at D = 64 on an H200) or backend='torch'") from e
 
 
-def kernel_scan_or_fallback(backend: str, *args, **kwargs):
+_DOES_NOT_FIT: set = set()  # configurations whose kernels failed to load on a device (not retried)
+
+
+def kernel_scan_or_fallback(backend: str, qhat, khat, v, beta, state: DictionaryState, **kwargs):
     """:func:`triton_chunk_scan`, or ``None`` when ``backend="auto"`` and the kernels do not fit this
-    configuration on the GPU (with a warning; the caller then runs the PyTorch op). With
+    configuration on the GPU (with a warning, once; the caller then runs the PyTorch op). With
     ``backend="triton"`` the :class:`KernelResourceError` propagates."""
+    key = (v.device, state.chunk_size, qhat.shape[-1], v.shape[-1], kwargs.get("input_dtype"),
+           kwargs.get("codebook") is not None)
+    if backend == "auto" and key in _DOES_NOT_FIT:
+        return None
     try:
-        return triton_chunk_scan(*args, **kwargs)
+        return triton_chunk_scan(qhat, khat, v, beta, state, **kwargs)
     except KernelResourceError as e:
         if backend == "triton":
             raise
+        _DOES_NOT_FIT.add(key)
         warnings.warn(f"{e}: running the PyTorch op instead", stacklevel=3)
         return None
 

@@ -4,6 +4,8 @@ On CPU these run in Triton's interpreter (TRITON_INTERPRET=1, set in conftest) a
 float32/float16; on a GPU the same tests run compiled (and the forward's multi-slice barrier path).
 """
 
+import warnings
+
 import pytest
 import torch
 from conftest import random_qkv
@@ -135,6 +137,7 @@ def test_a_chunk_too_large_for_the_gpu_fails_clearly_or_falls_back(fn, monkeypat
     """backend="triton" names the cause; backend="auto" warns and computes the same function in PyTorch."""
     import ovq.ops.kernels as kernels
     import ovq.ops.ovq.chunk as ovq_chunk
+    import ovq.ops.triton_chunk as tc
     import ovq.ops.vq.chunk as vq_chunk
     from ovq.ops.triton_chunk import KernelResourceError
 
@@ -147,6 +150,13 @@ def test_a_chunk_too_large_for_the_gpu_fails_clearly_or_falls_back(fn, monkeypat
         fn(q, k, v, 4.0, **kw, backend="triton")
     for module in (ovq_chunk, vq_chunk):  # as on a GPU: auto picks the kernels for these inputs
         monkeypatch.setattr(module, "use_triton", lambda x: True)
+    monkeypatch.setattr(tc, "_DOES_NOT_FIT", set())
     with pytest.warns(UserWarning, match="running the PyTorch op instead"):
+        o, _ = fn(q, k, v, 4.0, **kw, backend="auto")
+    torch.testing.assert_close(o, expected, rtol=0, atol=0)
+    # remembered: the next call goes straight to PyTorch (no launch, no second warning)
+    monkeypatch.setattr(kernels, "ovq_fwd_kernel", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         o, _ = fn(q, k, v, 4.0, **kw, backend="auto")
     torch.testing.assert_close(o, expected, rtol=0, atol=0)
