@@ -109,7 +109,22 @@ def _cached_operands(b: int, t: int, fwd, fwd_bwd, q, k, v, n: int, kernel) -> l
     return rows
 
 
-VARIANTS = ("launch", "2persm", "nopicks", "bwd", "cached")
+def _block_sizes(b: int, t: int, fwd, fwd_bwd, kernel) -> list[dict]:
+    """Centroid blocks of 32 and 128 slots instead of 64 (fewer, larger products per chunk vs registers),
+    with and without the cached operands."""
+    rows = []
+    try:
+        for bn, cached in itertools.product((32, 128), (False, True)):
+            tc.BLOCK_CENTROIDS, tc.FWD_CACHED_OPERANDS = bn, cached
+            rows.append({"B": b, "T": t, "kernel": "fwd_block", "BN": bn, "cached": cached, "ms": _time(fwd)}
+                        | _compiled_info(kernel))
+            print(rows[-1], flush=True)
+    finally:
+        tc.BLOCK_CENTROIDS, tc.FWD_CACHED_OPERANDS = 64, False
+    return rows
+
+
+VARIANTS = ("launch", "2persm", "nopicks", "bwd", "cached", "blocks")
 
 
 def main(argv=None):
@@ -149,6 +164,8 @@ def main(argv=None):
         tc.LAUNCH["fwd"], tc.ASSIGN_PRECISION = (4, 2), "bf16x3"
         if "cached" in chosen:
             rows.extend(_cached_operands(b, t, fwd, fwd_bwd, q, k, v, n, kernels.ovq_fwd_kernel))
+        if "blocks" in chosen:
+            rows.extend(_block_sizes(b, t, fwd, fwd_bwd, kernels.ovq_fwd_kernel))
         if "2persm" in chosen:
             rows.extend(_two_programs_per_sm(b, t, h, n, fwd, kernels.ovq_fwd_kernel))
         if "nopicks" in chosen:  # without farthest-point picks (timing only: wrong function): the picks' share

@@ -65,6 +65,21 @@ def test_ovq_kernels_match_torch(case, count_prior):
     _compare(ref, out, 1e-5, 1e-5)
 
 
+@pytest.mark.parametrize("case", CASES[::3], ids=lambda c: f"T{c[0]}-L{c[1]}-N{c[2]}")
+def test_small_centroid_blocks(case, monkeypatch):
+    """Blocks of 16 centroids: many blocks per slice, so the online softmax and the assignment's argmax run
+    across block boundaries (ties go to the lower slot) in these small cases too."""
+    import ovq.ops.triton_chunk as tc
+    monkeypatch.setattr(tc, "BLOCK_CENTROIDS", 16)
+    T, L, N, D, Dv, growth = case
+    q, k, v = random_qkv(2, T, 2, D, Dv, dtype=torch.float32, seed=T + 1, device=DEVICE, requires_grad=True)
+    beta = torch.tensor([3.0, 7.0], device=DEVICE, requires_grad=True)
+    do = torch.randn(2, T, 2, Dv, device=DEVICE)
+    kw = dict(chunk_size=L, max_centroids=N, growth=growth, growth_rate=0.5)
+    _compare(_run(ovq_attention, q, k, v, beta, do, **kw, backend="torch"),
+             _run(ovq_attention, q, k, v, beta, do, **kw, backend="triton"), 1e-5, 1e-5)
+
+
 def test_detach_state_and_carried_state_match_torch():
     q, k, v = random_qkv(1, 60, 2, 16, dtype=torch.float32, seed=3, device=DEVICE, requires_grad=True)
     beta = torch.tensor([2.0, 5.0], device=DEVICE, requires_grad=True)
