@@ -109,7 +109,7 @@ def _cached_operands(b: int, t: int, fwd, fwd_bwd, q, k, v, n: int, kernel) -> l
     return rows
 
 
-def _block_sizes(b: int, t: int, fwd, fwd_bwd, kernel) -> list[dict]:
+def _block_sizes(b: int, t: int, fwd, kernel) -> list[dict]:
     """Centroid blocks of 32 and 128 slots instead of 64 (fewer, larger products per chunk vs registers),
     with and without the cached operands."""
     rows = []
@@ -165,7 +165,7 @@ def main(argv=None):
         if "cached" in chosen:
             rows.extend(_cached_operands(b, t, fwd, fwd_bwd, q, k, v, n, kernels.ovq_fwd_kernel))
         if "blocks" in chosen:
-            rows.extend(_block_sizes(b, t, fwd, fwd_bwd, kernels.ovq_fwd_kernel))
+            rows.extend(_block_sizes(b, t, fwd, kernels.ovq_fwd_kernel))
         if "2persm" in chosen:
             rows.extend(_two_programs_per_sm(b, t, h, n, fwd, kernels.ovq_fwd_kernel))
         if "nopicks" in chosen:  # without farthest-point picks (timing only: wrong function): the picks' share
