@@ -149,7 +149,7 @@ def kernel_scan_or_fallback(backend: str, qhat, khat, v, beta, state: Dictionary
     configuration on the GPU (with a warning, once; the caller then runs the PyTorch op). With
     ``backend="triton"`` the :class:`KernelResourceError` propagates."""
     key = (v.device, state.chunk_size, qhat.shape[-1], v.shape[-1], kwargs.get("input_dtype"),
-           kwargs.get("codebook") is not None)
+           kwargs.get("codebook") is not None, torch.is_grad_enabled())  # a backward may not fit where a forward does
     if backend == "auto" and key in _DOES_NOT_FIT:
         return None
     try:
@@ -219,50 +219,78 @@ class ChunkFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do, d_sum_k, d_sum_v, _d_count):
-        from .kernels import ovq_bwd_dict_kernel, ovq_bwd_local_kernel
+        return _backward(ctx.saved_tensors, ctx.cfg, ctx.m0, do, d_sum_k, d_sum_v)
 
-        qhat, khat, v, beta, o, lse, z, sum_k, sum_v, count, codebook, sched = ctx.saved_tensors
-        cfg = ctx.cfg
-        bh, total, d = khat.shape
-        dv = v.shape[-1]
-        n = cfg.capacity
-        chunks = sched.shape[0]
-        do = do.contiguous().float()
-        delta = (do * o).sum(-1)
-        bl, bd, bdv = _pow2(cfg.chunk_size), _pow2(d), _pow2(dv)
-        kw = dict(D=d, DV=dv, L=cfg.chunk_size, BL=bl, BD=bd, BDV=bdv, READ_PREC=cfg.read_precision)
-        dq_local, dk_local, dv_local = (torch.zeros_like(x) for x in (qhat, khat, v))
-        dbeta_local = torch.zeros(bh, chunks, device=v.device, dtype=torch.float32)
-        if total > 0:
-            with _on_chip("backward (local)", cfg.chunk_size, d, dv):
-                ovq_bwd_local_kernel[(chunks, bh)](qhat, khat, v, beta, do, lse, delta, dq_local, dk_local, dv_local,
-                                                   dbeta_local, total, cfg.num_heads, chunks, **kw,
-                                                   num_warps=LAUNCH["bwd_local"][0],
-                                                   num_stages=LAUNCH["bwd_local"][1])
-        nb = cfg.bwd_slices
-        g_k = torch.zeros_like(sum_k) if d_sum_k is None else d_sum_k.float().clone()
-        g_v = torch.zeros_like(sum_v) if d_sum_v is None else d_sum_v.float().clone()
-        dq_dict, dk_dict, dv_dict = (torch.zeros_like(x) for x in (qhat, khat, v))
-        dbeta_dict = torch.zeros(bh, nb, device=v.device, dtype=torch.float32)
-        if total > 0:
-            with _on_chip("backward (dictionary)", cfg.chunk_size, d, dv):
-                ovq_bwd_dict_kernel[(nb, bh)](
-                    qhat, khat, v, beta, do, lse, delta, z, sched,
-                    sum_k.clone(), sum_v.clone(), count.clone(), codebook if cfg.static else sum_k, g_k, g_v,
-                    dq_dict, dk_dict, dv_dict, dbeta_dict, total, n, cfg.num_heads, chunks,
-                    BN=BLOCK_CENTROIDS, NB=nb, COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, DETACH=cfg.detach, **kw,
-                    num_warps=LAUNCH["bwd_dict"][0], num_stages=LAUNCH["bwd_dict"][1],
-                )
-        dbeta = (dbeta_local.sum(-1) + dbeta_dict.sum(-1)).view(-1, cfg.num_heads).sum(0)
-        if cfg.detach:
-            d_sum_k0 = d_sum_v0 = None
-        else:
-            if not cfg.static:  # slots opened during this call did not exist in the initial state
-                g_k[:, ctx.m0:] = 0
-                g_v[:, ctx.m0:] = 0
-            d_sum_k0, d_sum_v0 = (None if cfg.static else g_k), g_v
-        return (dq_local + dq_dict, dk_local + dk_dict, dv_local + dv_dict, dbeta,
-                d_sum_k0, d_sum_v0, None, None, None, None, None)
+
+def _backward(saved, cfg: KernelConfig, m0: int, do, d_sum_k, d_sum_v) -> tuple:
+    """The gradients of :class:`ChunkFunction` (its saved tensors, config and incoming gradients)."""
+    from .kernels import ovq_bwd_dict_kernel, ovq_bwd_local_kernel
+
+    qhat, khat, v, beta, o, lse, z, sum_k, sum_v, count, codebook, sched = saved
+    bh, total, d = khat.shape
+    dv = v.shape[-1]
+    n = cfg.capacity
+    chunks = sched.shape[0]
+    do = do.contiguous().float()
+    delta = (do * o).sum(-1)
+    bl, bd, bdv = _pow2(cfg.chunk_size), _pow2(d), _pow2(dv)
+    kw = dict(D=d, DV=dv, L=cfg.chunk_size, BL=bl, BD=bd, BDV=bdv, READ_PREC=cfg.read_precision)
+    dq_local, dk_local, dv_local = (torch.zeros_like(x) for x in (qhat, khat, v))
+    dbeta_local = torch.zeros(bh, chunks, device=v.device, dtype=torch.float32)
+    if total > 0:
+        with _on_chip("backward (local)", cfg.chunk_size, d, dv):
+            ovq_bwd_local_kernel[(chunks, bh)](qhat, khat, v, beta, do, lse, delta, dq_local, dk_local, dv_local,
+                                               dbeta_local, total, cfg.num_heads, chunks, **kw,
+                                               num_warps=LAUNCH["bwd_local"][0],
+                                               num_stages=LAUNCH["bwd_local"][1])
+    nb = cfg.bwd_slices
+    g_k = torch.zeros_like(sum_k) if d_sum_k is None else d_sum_k.float().clone()
+    g_v = torch.zeros_like(sum_v) if d_sum_v is None else d_sum_v.float().clone()
+    dq_dict, dk_dict, dv_dict = (torch.zeros_like(x) for x in (qhat, khat, v))
+    dbeta_dict = torch.zeros(bh, nb, device=v.device, dtype=torch.float32)
+    if total > 0:
+        with _on_chip("backward (dictionary)", cfg.chunk_size, d, dv):
+            ovq_bwd_dict_kernel[(nb, bh)](
+                qhat, khat, v, beta, do, lse, delta, z, sched,
+                sum_k.clone(), sum_v.clone(), count.clone(), codebook if cfg.static else sum_k, g_k, g_v,
+                dq_dict, dk_dict, dv_dict, dbeta_dict, total, n, cfg.num_heads, chunks,
+                BN=BLOCK_CENTROIDS, NB=nb, COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, DETACH=cfg.detach, **kw,
+                num_warps=LAUNCH["bwd_dict"][0], num_stages=LAUNCH["bwd_dict"][1],
+            )
+    dbeta = (dbeta_local.sum(-1) + dbeta_dict.sum(-1)).view(-1, cfg.num_heads).sum(0)
+    if cfg.detach:
+        d_sum_k0 = d_sum_v0 = None
+    else:
+        if not cfg.static:  # slots opened during this call did not exist in the initial state
+            g_k[:, m0:] = 0
+            g_v[:, m0:] = 0
+        d_sum_k0, d_sum_v0 = (None if cfg.static else g_k), g_v
+    return (dq_local + dq_dict, dk_local + dk_dict, dv_local + dv_dict, dbeta,
+            d_sum_k0, d_sum_v0, None, None, None, None, None)
+
+
+_BACKWARD_FITS: dict = {}  # (device, config, D, Dv, launch settings) -> whether the backward kernels load there
+
+
+def backward_fits(cfg: KernelConfig, d: int, dv: int, device: torch.device) -> bool:
+    """Whether this configuration's backward kernels load on ``device``, found once by running them on one
+    chunk of zeros (what they compile to depends on the tile sizes and options, not on T, N or the batch).
+    Asked before a forward that will need a backward, so a chunk too large for the backward is known while
+    the PyTorch op can still take over, not halfway through ``loss.backward()``."""
+    key = (device, cfg, d, dv, BLOCK_CENTROIDS, LAUNCH["bwd_local"], LAUNCH["bwd_dict"])
+    if key not in _BACKWARD_FITS:
+        L, n, h = cfg.chunk_size, cfg.capacity, cfg.num_heads
+        zeros = lambda *shape, dtype=torch.float32: torch.zeros(*shape, device=device, dtype=dtype)  # noqa: E731
+        codebook = zeros(h * n * d) if cfg.static else zeros(1)
+        saved = (zeros(h, L, d), zeros(h, L, d), zeros(h, L, dv), zeros(h), zeros(h, L, dv), zeros(h, L),
+                 zeros(h, L, dtype=torch.int32) - 1, zeros(h, n, d), zeros(h, n, dv), zeros(h, n), codebook,
+                 zeros(1, 2, dtype=torch.int32))  # one sequence of h heads, one chunk, no centroid yet
+        try:
+            _backward(saved, cfg, 0, zeros(h, L, dv), None, None)
+            _BACKWARD_FITS[key] = True
+        except KernelResourceError:
+            _BACKWARD_FITS[key] = False
+    return _BACKWARD_FITS[key]
 
 
 def triton_chunk_scan(qhat, khat, v, beta, state: DictionaryState, *, count_prior: bool, detach_state: bool,
@@ -292,6 +320,12 @@ def triton_chunk_scan(qhat, khat, v, beta, state: DictionaryState, *, count_prio
                        FWD_CACHED_OPERANDS)
     beta_h = (beta.reshape(-1).expand(h) if isinstance(beta, torch.Tensor)
               else torch.full((h,), float(beta), device=v.device)).float().contiguous()
+    needs_grad = torch.is_grad_enabled() and any(
+        isinstance(x, torch.Tensor) and x.requires_grad
+        for x in (qhat, khat, v, beta, state.sum_v, None if static else state.sum_k))
+    if needs_grad and not backward_fits(cfg, d, dv, v.device):
+        raise KernelResourceError(f"the backward kernels do not fit on this GPU with chunk_size={chunk}, head "
+                                  f"sizes D={d}, Dv={dv}; use a smaller chunk_size or backend='torch'")
 
     def flat(x):
         return x.reshape(b * h, *x.shape[2:]).float().contiguous()

@@ -175,3 +175,32 @@ def test_a_chunk_too_large_for_the_gpu_fails_clearly_or_falls_back(fn, monkeypat
         warnings.simplefilter("error")
         o, _ = fn(q, k, v, 4.0, **kw, backend="auto")
     torch.testing.assert_close(o, expected, rtol=0, atol=0)
+
+
+def test_a_backward_that_does_not_fit_is_known_before_the_forward(monkeypatch):
+    """The backward kernels are tried once per configuration on one chunk of zeros; when they do not load,
+    a forward that needs gradients goes to PyTorch under backend="auto" (same gradients) and fails naming
+    the cause under "triton", while a forward without gradients still uses the kernels."""
+    import ovq.ops.kernels as kernels
+    import ovq.ops.ovq.chunk as ovq_chunk
+    import ovq.ops.triton_chunk as tc
+    from ovq.ops.triton_chunk import KernelResourceError
+
+    q, k, v = random_qkv(1, 20, 2, 16, dtype=torch.float32, seed=7, device=DEVICE, requires_grad=True)
+    beta = torch.tensor([2.0, 6.0], device=DEVICE, requires_grad=True)
+    do = torch.randn(1, 20, 2, 16, device=DEVICE)
+    kw = dict(chunk_size=8, max_centroids=6)
+    expected = _run(ovq_attention, q, k, v, beta, do, **kw, backend="torch")
+    monkeypatch.setattr(tc, "_BACKWARD_FITS", {})
+    monkeypatch.setattr(tc, "_DOES_NOT_FIT", set())
+    monkeypatch.setattr(kernels, "ovq_bwd_dict_kernel", _KernelThatDoesNotFit())
+    with pytest.raises(KernelResourceError, match="backward kernels do not fit"):
+        ovq_attention(q, k, v, beta, **kw, backend="triton")
+    assert list(tc._BACKWARD_FITS.values()) == [False]
+    with torch.no_grad():  # no backward needed: the forward kernel runs
+        o, _ = ovq_attention(q, k, v, beta, **kw, backend="triton")
+    torch.testing.assert_close(o, expected[0], rtol=1e-5, atol=1e-6)
+    monkeypatch.setattr(ovq_chunk, "use_triton", lambda x: True)
+    with pytest.warns(UserWarning, match="running the PyTorch op instead"):
+        got = _run(ovq_attention, q, k, v, beta, do, **kw, backend="auto")
+    _compare(expected, got, 1e-12, 1e-12, state_atol=0)
