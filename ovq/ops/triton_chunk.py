@@ -6,7 +6,6 @@ same state. Kernels live in :mod:`ovq.ops.kernels`. On CPU it runs under ``TRITO
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import os
@@ -126,19 +125,24 @@ class KernelResourceError(ValueError):
     fit (L = 512, D = 64 needs 246 KB of shared memory; an H200 has 227 KB)."""
 
 
-@contextlib.contextmanager
-def _on_chip(kernel: str, chunk_size: int, d: int, dv: int):
-    """Turn Triton's out-of-resources error at a launch into a :class:`KernelResourceError` naming the cause."""
+def _launch(name: str, kernel, grid, chunk_size: int, d: int, dv: int, *args, **constexprs) -> None:
+    """Launch ``kernel`` with the settings ``LAUNCH[name]``. If it does not load for lack of shared memory
+    or registers, retry without software pipelining (``num_stages=1`` holds one stage of buffers instead of
+    two); if that fails too, raise a :class:`KernelResourceError` naming the cause."""
     try:
         from triton.runtime.errors import OutOfResources
     except ImportError:  # no Triton: nothing to translate
         OutOfResources = ()
-    try:
-        yield
-    except OutOfResources as e:
-        raise KernelResourceError(
-            f"the {kernel} kernel does not fit on this GPU with chunk_size={chunk_size}, head sizes D={d}, "
-            f"Dv={dv} ({e}); use a smaller chunk_size (256 runs at D = 64 on an H200) or backend='torch'") from e
+    warps, stages = LAUNCH[name]
+    for attempt in dict.fromkeys([stages, 1]):  # the configured stages, then 1
+        try:
+            kernel[grid](*args, **constexprs, num_warps=warps, num_stages=attempt)
+            return
+        except OutOfResources as e:
+            error = e
+    raise KernelResourceError(
+        f"the {name} kernel does not fit on this GPU with chunk_size={chunk_size}, head sizes D={d}, Dv={dv} "
+        f"({error}); use a smaller chunk_size (256 runs at D = 64 on an H200) or backend='torch'") from error
 
 
 _DOES_NOT_FIT: set = set()  # configurations whose kernels failed to load on a device (not retried)
@@ -202,16 +206,13 @@ class ChunkFunction(torch.autograd.Function):
         barrier = torch.zeros(bh, device=v.device, dtype=torch.int32)
         crd, chi, clo, cmv = _operand_buffers(cfg, bh, bd, bdv, v.device)
         if total > 0:
-            with _on_chip("forward", cfg.chunk_size, d, dv):
-                ovq_fwd_kernel[(nb, bh)](
+            _launch("fwd", ovq_fwd_kernel, (nb, bh), cfg.chunk_size, d, dv,
                     qhat, khat, v, beta, sum_k, sum_v, count, codebook if cfg.static else sum_k, sched,
                     o, lse, z, xstat, xacc, xval, xidx, barrier, crd, chi, clo, cmv,
                     total, n, cfg.num_heads, sched.shape[0],
                     D=d, DV=dv, L=cfg.chunk_size, BL=bl, BD=bd, BDV=bdv, BN=BLOCK_CENTROIDS, NB=nb,
                     COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, READ_PREC=cfg.read_precision,
-                    ASSIGN_PREC=cfg.assign_precision, CACHED=cfg.cached,
-                    num_warps=LAUNCH["fwd"][0], num_stages=LAUNCH["fwd"][1],
-                )
+                    ASSIGN_PREC=cfg.assign_precision, CACHED=cfg.cached)
         ctx.save_for_backward(qhat, khat, v, beta, o, lse, z, sum_k, sum_v, count, codebook, sched)
         ctx.cfg, ctx.m0 = cfg, m0
         ctx.mark_non_differentiable(count)
@@ -238,25 +239,20 @@ def _backward(saved, cfg: KernelConfig, m0: int, do, d_sum_k, d_sum_v) -> tuple:
     dq_local, dk_local, dv_local = (torch.zeros_like(x) for x in (qhat, khat, v))
     dbeta_local = torch.zeros(bh, chunks, device=v.device, dtype=torch.float32)
     if total > 0:
-        with _on_chip("backward (local)", cfg.chunk_size, d, dv):
-            ovq_bwd_local_kernel[(chunks, bh)](qhat, khat, v, beta, do, lse, delta, dq_local, dk_local, dv_local,
-                                               dbeta_local, total, cfg.num_heads, chunks, **kw,
-                                               num_warps=LAUNCH["bwd_local"][0],
-                                               num_stages=LAUNCH["bwd_local"][1])
+        _launch("bwd_local", ovq_bwd_local_kernel, (chunks, bh), cfg.chunk_size, d, dv,
+                qhat, khat, v, beta, do, lse, delta, dq_local, dk_local, dv_local, dbeta_local,
+                total, cfg.num_heads, chunks, **kw)
     nb = cfg.bwd_slices
     g_k = torch.zeros_like(sum_k) if d_sum_k is None else d_sum_k.float().clone()
     g_v = torch.zeros_like(sum_v) if d_sum_v is None else d_sum_v.float().clone()
     dq_dict, dk_dict, dv_dict = (torch.zeros_like(x) for x in (qhat, khat, v))
     dbeta_dict = torch.zeros(bh, nb, device=v.device, dtype=torch.float32)
     if total > 0:
-        with _on_chip("backward (dictionary)", cfg.chunk_size, d, dv):
-            ovq_bwd_dict_kernel[(nb, bh)](
+        _launch("bwd_dict", ovq_bwd_dict_kernel, (nb, bh), cfg.chunk_size, d, dv,
                 qhat, khat, v, beta, do, lse, delta, z, sched,
                 sum_k.clone(), sum_v.clone(), count.clone(), codebook if cfg.static else sum_k, g_k, g_v,
                 dq_dict, dk_dict, dv_dict, dbeta_dict, total, n, cfg.num_heads, chunks,
-                BN=BLOCK_CENTROIDS, NB=nb, COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, DETACH=cfg.detach, **kw,
-                num_warps=LAUNCH["bwd_dict"][0], num_stages=LAUNCH["bwd_dict"][1],
-            )
+                BN=BLOCK_CENTROIDS, NB=nb, COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, DETACH=cfg.detach, **kw)
     dbeta = (dbeta_local.sum(-1) + dbeta_dict.sum(-1)).view(-1, cfg.num_heads).sum(0)
     if cfg.detach:
         d_sum_k0 = d_sum_v0 = None

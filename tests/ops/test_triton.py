@@ -147,6 +147,38 @@ class _KernelThatDoesNotFit:
         return launch
 
 
+class _KernelThatFitsOnlyUnpipelined:
+    """Wraps a kernel: a launch with num_stages > 1 fails for lack of shared memory, num_stages=1 runs."""
+
+    def __init__(self, kernel):
+        self.kernel, self.stages = kernel, []
+
+    def __getitem__(self, grid):
+        from triton.runtime.errors import OutOfResources
+
+        def launch(*args, num_stages, **kwargs):
+            self.stages.append(num_stages)
+            if num_stages > 1:
+                raise OutOfResources(246272, 232448, "shared memory")
+            return self.kernel[grid](*args, num_stages=num_stages, **kwargs)
+        return launch
+
+
+def test_a_launch_that_does_not_fit_is_retried_without_pipelining(monkeypatch):
+    import ovq.ops.kernels as kernels
+    import ovq.ops.triton_chunk as tc
+
+    monkeypatch.setitem(tc.LAUNCH, "fwd", (4, 2))
+    q, k, v = random_qkv(1, 20, 2, 16, dtype=torch.float32, seed=8, device=DEVICE)
+    kw = dict(chunk_size=8, max_centroids=6, output_final_state=True)
+    expected, _ = ovq_attention(q, k, v, 4.0, **kw, backend="torch")
+    wrapped = _KernelThatFitsOnlyUnpipelined(kernels.ovq_fwd_kernel)
+    monkeypatch.setattr(kernels, "ovq_fwd_kernel", wrapped)
+    o, _ = ovq_attention(q, k, v, 4.0, **kw, backend="triton")
+    assert wrapped.stages == [2, 1]
+    torch.testing.assert_close(o, expected, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("fn", [ovq_attention, vq_attention])
 def test_a_chunk_too_large_for_the_gpu_fails_clearly_or_falls_back(fn, monkeypatch):
     """backend="triton" names the cause; backend="auto" warns and computes the same function in PyTorch."""
