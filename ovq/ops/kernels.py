@@ -90,6 +90,46 @@ def _load_centroids(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, s_base, cb_base, n, nmask, 
 
 
 @triton.jit
+def _key_operands(k, ASSIGN_PREC: tl.constexpr):
+    """The chunk's keys as the assignment's left operands: hi/lo bfloat16 parts for bf16x3, else k twice."""
+    if ASSIGN_PREC == "bf16x3":
+        return _split(k)
+    else:
+        return k, k
+
+
+@triton.jit
+def _direct_sim(k_hi, k_lo, mu, ASSIGN_PREC: tl.constexpr):
+    """Keys x unit directions ``mu`` [BN, BD] (computed from the sums) at the assignment's precision."""
+    if ASSIGN_PREC == "bf16x3":
+        mu_hi, mu_lo = _split(tl.trans(mu))
+        return _mm_split(k_hi, k_lo, mu_hi, mu_lo)
+    else:
+        return _mm(k_hi, tl.trans(mu), ASSIGN_PREC)
+
+
+@triton.jit
+def _cached_sim(k_hi, k_lo, chi_ptr, clo_ptr, rows_d, nmask, ASSIGN_PREC: tl.constexpr):
+    """Keys x unit directions read from the cached-operand buffers (hi/lo parts for bf16x3)."""
+    mu_hi = tl.load(chi_ptr + rows_d, mask=nmask[:, None], other=0.0, cache_modifier=".cg")
+    if ASSIGN_PREC == "bf16x3":
+        mu_lo = tl.load(clo_ptr + rows_d, mask=nmask[:, None], other=0.0, cache_modifier=".cg")
+        return _mm_split(k_hi, k_lo, tl.trans(mu_hi), tl.trans(mu_lo))
+    else:
+        return _mm(k_hi, tl.trans(mu_hi), ASSIGN_PREC)
+
+
+@triton.jit
+def _track_best(sim, nmask, r0, s, NB: tl.constexpr, best_val, best_idx):
+    """Fold one block's similarities (slots s + NB * (r0 + j)) into each key's best slot so far."""
+    sim = tl.where(nmask[None, :], sim, float("-inf"))
+    blk_max = tl.max(sim, axis=1)
+    blk_arg = tl.argmax(sim, axis=1, tie_break_left=True)
+    better = blk_max > best_val  # strict: an earlier block holds lower slots, which win ties
+    return tl.where(better, blk_max, best_val), tl.where(better, s + NB * (r0 + blk_arg), best_idx)
+
+
+@triton.jit
 def _refresh_operands(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, crd_ptr, chi_ptr, clo_ptr, cmv_ptr, s_base, cb_base, n, nmask,
                       offs_d, dmask, offs_dv, dvmask, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr,
                       BDV: tl.constexpr, STATIC: tl.constexpr, READ_PREC: tl.constexpr, ASSIGN_PREC: tl.constexpr):
@@ -120,7 +160,7 @@ def ovq_fwd_kernel(
     D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr,
     BL: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, BN: tl.constexpr, NB: tl.constexpr,
     COUNT_PRIOR: tl.constexpr, STATIC: tl.constexpr, READ_PREC: tl.constexpr, ASSIGN_PREC: tl.constexpr,
-    CACHED: tl.constexpr,
+    CACHED: tl.constexpr, TWO_PASS: tl.constexpr,
 ):
     s = tl.program_id(0)
     bh = tl.program_id(1)
@@ -154,16 +194,14 @@ def ovq_fwd_kernel(
         # Operands for the centroid loop, cast once; the float32 q, k, v are reloaded after it, which keeps
         # the loop's live registers low enough for two programs per SM.
         q_op = _operand(q, READ_PREC)
-        if ASSIGN_PREC == "bf16x3":
-            k_hi, k_lo = _split(k)
-        else:
-            k_hi, k_lo = k, k
+        if not TWO_PASS:
+            k_hi, k_lo = _key_operands(k, ASSIGN_PREC)
         m = tl.load(sched_ptr + 2 * c)
         n_new = tl.load(sched_ptr + 2 * c + 1)
         full = (T - c * L) >= L
         m_loc = _slots_in_slice(m, s, NB)
 
-        # ---- one pass over this slice: partial read (online softmax) + best centroid per key ----
+        # ---- one pass over this slice: partial read (online softmax) + best centroid per key (or two) ----
         row_max = tl.full([BL], float("-inf"), tl.float32)
         row_sum = tl.zeros([BL], tl.float32)
         acc = tl.zeros([BL, BDV], tl.float32)
@@ -195,25 +233,27 @@ def ovq_fwd_kernel(
             row_sum = row_sum * alpha + tl.sum(p, axis=1)
             acc = acc * alpha[:, None] + _mm(p, muv, READ_PREC)
             row_max = new_max
-            if CACHED:
-                if ASSIGN_PREC == "bf16x3":
-                    mu_hi = tl.load(chi_ptr + rows_d, mask=nmask[:, None], other=0.0, cache_modifier=".cg")
-                    mu_lo = tl.load(clo_ptr + rows_d, mask=nmask[:, None], other=0.0, cache_modifier=".cg")
-                    sim = _mm_split(k_hi, k_lo, tl.trans(mu_hi), tl.trans(mu_lo))
+            if not TWO_PASS:
+                if CACHED:
+                    sim = _cached_sim(k_hi, k_lo, chi_ptr, clo_ptr, rows_d, nmask, ASSIGN_PREC)
                 else:
-                    mu_as = tl.load(chi_ptr + rows_d, mask=nmask[:, None], other=0.0, cache_modifier=".cg")
-                    sim = _mm(k_hi, tl.trans(mu_as), ASSIGN_PREC)
-            elif ASSIGN_PREC == "bf16x3":
-                mu_hi, mu_lo = _split(tl.trans(mu))
-                sim = _mm_split(k_hi, k_lo, mu_hi, mu_lo)
-            else:
-                sim = _mm(k_hi, tl.trans(mu), ASSIGN_PREC)
-            sim = tl.where(nmask[None, :], sim, float("-inf"))
-            blk_max = tl.max(sim, axis=1)
-            blk_arg = tl.argmax(sim, axis=1, tie_break_left=True)
-            better = blk_max > best_val  # strict: an earlier block holds lower slots, which win ties
-            best_val = tl.where(better, blk_max, best_val)
-            best_idx = tl.where(better, s + NB * (r0 + blk_arg), best_idx)
+                    sim = _direct_sim(k_hi, k_lo, mu, ASSIGN_PREC)
+                best_val, best_idx = _track_best(sim, nmask, r0, s, NB, best_val, best_idx)
+        if TWO_PASS:  # the write's similarities in a second pass: fewer values live in each loop
+            k = tl.load(k_ptr + qk_off, mask=tmask[:, None] & dmask[None, :], other=0.0)
+            k_hi, k_lo = _key_operands(k, ASSIGN_PREC)
+            for r0 in range(0, m_loc, BN):
+                r = r0 + offs_n
+                nmask = r < m_loc
+                n = s + NB * r
+                if CACHED:
+                    rows_d = (s_base + n)[:, None] * BD + offs_d[None, :]
+                    sim = _cached_sim(k_hi, k_lo, chi_ptr, clo_ptr, rows_d, nmask, ASSIGN_PREC)
+                else:
+                    mu, muv, cnt, inv = _load_centroids(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, s_base, cb_base, n, nmask,
+                                                        offs_d, dmask, offs_dv, dvmask, D, DV, STATIC)
+                    sim = _direct_sim(k_hi, k_lo, mu, ASSIGN_PREC)
+                best_val, best_idx = _track_best(sim, nmask, r0, s, NB, best_val, best_idx)
 
         writer = s == (c % NB)  # the program that merges the reads and writes o for this chunk
         if NB > 1:

@@ -77,6 +77,7 @@ class KernelConfig:
     fwd_slices: int
     bwd_slices: int
     cached: bool = False
+    two_pass: bool = False
 
 
 # The assignment's similarity precision for 16-bit inputs on the GPU: "bf16x3" (hi/lo bfloat16 split,
@@ -102,6 +103,10 @@ FWD_PROGRAMS_PER_SM = 1
 # normalizing and splitting every block of float32 sums in every chunk. The same values either way;
 # ovq.bench.kernels times both (not the default until measured faster on the GPU).
 FWD_CACHED_OPERANDS = False
+# The forward's two jobs per block (the read's online softmax, the write's best centroid per key) in two
+# loops over the slice instead of one: fewer values live at once (the compiled forward spills registers),
+# and with cached operands the two loops read disjoint buffers. Timed by ovq.bench.kernels; off until faster.
+FWD_TWO_PASS = False
 
 
 def _slices(bh: int, capacity: int, device: torch.device) -> tuple[int, int]:
@@ -212,7 +217,7 @@ class ChunkFunction(torch.autograd.Function):
                     total, n, cfg.num_heads, sched.shape[0],
                     D=d, DV=dv, L=cfg.chunk_size, BL=bl, BD=bd, BDV=bdv, BN=BLOCK_CENTROIDS, NB=nb,
                     COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, READ_PREC=cfg.read_precision,
-                    ASSIGN_PREC=cfg.assign_precision, CACHED=cfg.cached)
+                    ASSIGN_PREC=cfg.assign_precision, CACHED=cfg.cached, TWO_PASS=cfg.two_pass)
         ctx.save_for_backward(qhat, khat, v, beta, o, lse, z, sum_k, sum_v, count, codebook, sched)
         ctx.cfg, ctx.m0 = cfg, m0
         ctx.mark_non_differentiable(count)
@@ -313,7 +318,7 @@ def triton_chunk_scan(qhat, khat, v, beta, state: DictionaryState, *, count_prio
     read, assign = _precisions(input_dtype)
     fwd_slices, bwd_slices = _slices(b * h, capacity, v.device)
     cfg = KernelConfig(chunk, capacity, h, count_prior, static, detach_state, read, assign, fwd_slices, bwd_slices,
-                       FWD_CACHED_OPERANDS)
+                       FWD_CACHED_OPERANDS, FWD_TWO_PASS)
     beta_h = (beta.reshape(-1).expand(h) if isinstance(beta, torch.Tensor)
               else torch.full((h,), float(beta), device=v.device)).float().contiguous()
     needs_grad = torch.is_grad_enabled() and any(

@@ -17,12 +17,15 @@ pytest.importorskip("triton")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@pytest.fixture(autouse=True, params=[False, True], ids=["sums", "cached-operands"])
+@pytest.fixture(autouse=True, params=[(False, False), (True, False), (True, True)],
+                ids=["sums", "cached-operands", "cached-two-pass"])
 def forward_variant(request, monkeypatch):
-    """Every test runs with both forwards: operands computed from the sums in every chunk, or kept in side
-    buffers refreshed for the slots a chunk changes (``FWD_CACHED_OPERANDS``)."""
+    """Every test runs with each forward: operands computed from the sums in every chunk, or kept in side
+    buffers refreshed for the slots a chunk changes (``FWD_CACHED_OPERANDS``), and that with the read and
+    the write's similarities in two loops (``FWD_TWO_PASS``)."""
     import ovq.ops.triton_chunk as tc
-    monkeypatch.setattr(tc, "FWD_CACHED_OPERANDS", request.param)
+    monkeypatch.setattr(tc, "FWD_CACHED_OPERANDS", request.param[0])
+    monkeypatch.setattr(tc, "FWD_TWO_PASS", request.param[1])
     return request.param
 
 
