@@ -300,23 +300,26 @@ def ovq_fwd_kernel(
         k = tl.load(k_ptr + qk_off, mask=tmask[:, None] & dmask[None, :], other=0.0)
         v = tl.load(v_ptr + v_off, mask=tmask[:, None] & dvmask[None, :], other=0.0)
         if full & (m + n_new > 0):
-            if ASSIGN_PREC == "bf16x3":
-                k_hi, k_lo = _split(k)
-                gram = _mm_split(k_hi, k_lo, tl.trans(k_hi), tl.trans(k_lo))
-            else:
-                gram = _mm(k, tl.trans(k), ASSIGN_PREC)
-            sim_pick = tl.where(in_chunk, best_val, float("inf"))  # padding rows are never picked
-            order = tl.full([BL], -1, tl.int32)
-            for i in range(0, n_new):
-                j = tl.argmin(tl.where(order >= 0, float("inf"), sim_pick), axis=0, tie_break_left=True)
-                order = tl.where(offs_l == j, i, order)
-                row_j = tl.sum(tl.where(offs_l[:, None] == j, gram, 0.0), axis=0)
-                sim_pick = tl.maximum(sim_pick, row_j)
-            picked = order >= 0
-            g = tl.where(picked[None, :], gram, float("-inf"))
-            new_val = tl.max(g, axis=1)
-            new_ord = tl.min(tl.where(picked[None, :] & (g == new_val[:, None]), order[None, :], 2147483647), axis=1)
-            z = tl.where(picked, m + order, tl.where(new_val > best_val, m + new_ord, best_idx))
+            z = best_idx
+            if n_new > 0:  # most chunks of a long sequence open none: no Gram matrix, no picks
+                if ASSIGN_PREC == "bf16x3":
+                    k_hi, k_lo = _split(k)
+                    gram = _mm_split(k_hi, k_lo, tl.trans(k_hi), tl.trans(k_lo))
+                else:
+                    gram = _mm(k, tl.trans(k), ASSIGN_PREC)
+                sim_pick = tl.where(in_chunk, best_val, float("inf"))  # padding rows are never picked
+                order = tl.full([BL], -1, tl.int32)
+                for i in range(0, n_new):
+                    j = tl.argmin(tl.where(order >= 0, float("inf"), sim_pick), axis=0, tie_break_left=True)
+                    order = tl.where(offs_l == j, i, order)
+                    row_j = tl.sum(tl.where(offs_l[:, None] == j, gram, 0.0), axis=0)
+                    sim_pick = tl.maximum(sim_pick, row_j)
+                picked = order >= 0
+                g = tl.where(picked[None, :], gram, float("-inf"))
+                new_val = tl.max(g, axis=1)
+                new_ord = tl.min(tl.where(picked[None, :] & (g == new_val[:, None]), order[None, :], 2147483647),
+                                 axis=1)
+                z = tl.where(picked, m + order, tl.where(new_val > best_val, m + new_ord, best_idx))
             z = tl.where(in_chunk, z, -1)
             own = in_chunk & ((z % NB) == s)
             zs = tl.where(own, z, 0)
