@@ -95,6 +95,8 @@ class Profile:
     # so it is evaluated with 256-token blocks, one sequence at a time (the same sequences in total).
     eval_overrides: dict = field(default_factory=lambda: {
         "mamba2": {"model_args": {"mamba2_chunk_size": 256}, "batch_size": 1}})
+    # Per model: extra `ovq train` flags that do not change the recipe, e.g. {"mamba2": ["--compile"]}.
+    train_flags: dict = field(default_factory=dict)
 
 
 PROFILES = {
@@ -244,7 +246,7 @@ def result_files(out_dir: Path, label: str, profile: Profile, task: str | None =
 
 
 def _train(task: str, preset: str, profile: Profile, run_dir: Path, device: str, data: str | None,
-           model_args: dict, init_from: Path | None = None) -> None:
+           model_args: dict, init_from: Path | None = None, flags: list[str] = ()) -> None:
     """One training stage of a job (``ovq train``); raises :class:`JobInterrupted` if it stops early."""
     from .cli.main import main as cli
     train_args, _ = _task_config(task, profile)
@@ -255,7 +257,7 @@ def _train(task: str, preset: str, profile: Profile, run_dir: Path, device: str,
          "--warmup", str(profile.warmup), "--precision", profile.precision, "--log-every", "25",
          "--ckpt-every", "100", "--device", device, "--no-progress", "--out", str(run_dir),
          *(["--data", data] if task == "lm" else []), *(["--init-from", str(init_from)] if init_from else []),
-         *_args(train_args, "--task-arg"), *_args(model_args, "--model-arg")])
+         *_args(train_args, "--task-arg"), *_args(model_args, "--model-arg"), *flags])
     if not _finished(run_dir, profile.steps):
         raise JobInterrupted(f"{run_dir}: training stopped early; rerun to continue")
 
@@ -281,8 +283,10 @@ def run_job(task: str, label: str, profile_name: str, runs_root: str = "runs", r
     if profile.warm_start and not _finished(run_dir, profile.steps):
         first_stage = Path(runs_root) / task / f"{label}-stage1"
         first = dataclasses.replace(profile, **profile.warm_start)  # may differ in model_args (e.g. chunk size)
-        _train(task, preset, first, first_stage, device, data, first.model_args | model_overrides)
-    _train(task, preset, profile, run_dir, device, data, profile.model_args | model_overrides, init_from=first_stage)
+        _train(task, preset, first, first_stage, device, data, first.model_args | model_overrides,
+               flags=profile.train_flags.get(label, []))
+    _train(task, preset, profile, run_dir, device, data, profile.model_args | model_overrides, init_from=first_stage,
+           flags=profile.train_flags.get(label, []))
     files = result_files(out_dir, label, profile, task)
     state = files.pop("state")
     special = profile.eval_overrides.get(label, {})

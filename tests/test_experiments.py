@@ -133,3 +133,17 @@ def test_per_model_evaluation_settings(tmp_path):
     assert {(r["batch_size"], r["batches"]) for r in rows} == {(2, smoke.eval_batches * smoke.eval_batch_size // 2)}
     assert all(r["model_args"] == {"window_size": 4} for r in rows)
     assert PROFILES["h200-t4096"].eval_overrides["mamba2"]["model_args"] == {"mamba2_chunk_size": 256}
+
+
+def test_per_model_training_flags(tmp_path, monkeypatch):
+    """train_flags reach `ovq train` for that model only (e.g. --compile for fla's slow Mamba2 path)."""
+    import ovq.cli.main as cli
+    calls = []
+    real = cli.main
+    monkeypatch.setattr(cli, "main", lambda argv: (calls.append(list(argv)), real(argv))[1])
+    overrides = {"train_flags": {"swa": ["--grad-clip", "0.5"]}}
+    for label in ("swa", "swa-attn"):
+        run("recall", "smoke", models=[label], runs_root=str(tmp_path / "runs"),
+            results_root=str(tmp_path / "results"), device="cpu", overrides=overrides)
+    trains = {c[c.index("--model") + 1]: c for c in calls if c[0] == "train"}
+    assert trains["swa"][-2:] == ["--grad-clip", "0.5"] and "0.5" not in trains["swa-attn"]
