@@ -92,22 +92,27 @@ def _forward_variants(b: int, t: int, fwd, fwd_bwd, q, k, v, n: int, kernel) -> 
     o_ref, s_ref = run()
     rows = []
     try:
-        for bn, cached, two_pass in ((64, True, False), (64, True, True), (64, False, True),
-                                     (128, True, True), (128, True, False), (32, True, True)):
+        for bn, cached, two_pass, warps in ((64, True, False, 4), (64, True, True, 4), (64, False, True, 4),
+                                            (64, True, True, 8), (128, True, True, 4), (128, True, True, 8),
+                                            (128, True, False, 4), (32, True, True, 4)):
             tc.BLOCK_CENTROIDS, tc.FWD_CACHED_OPERANDS, tc.FWD_TWO_PASS = bn, cached, two_pass
+            tc.LAUNCH["fwd"] = (warps, 2)
             o, st = run()
             rows.append({"B": b, "T": t, "kernel": "fwd_variant", "BN": bn, "cached": cached, "two_pass": two_pass,
+                         "warps": warps,
                          "max_abs_diff_o": (o.float() - o_ref.float()).abs().max().item(),
                          "count_slots_differing": int((st.count != s_ref.count).sum().item()), "ms": _time(fwd)}
                         | _compiled_info(kernel))
             print(rows[-1], flush=True)
         best = min(rows, key=lambda r: r["ms"])
         tc.BLOCK_CENTROIDS, tc.FWD_CACHED_OPERANDS, tc.FWD_TWO_PASS = best["BN"], best["cached"], best["two_pass"]
+        tc.LAUNCH["fwd"] = (best["warps"], 2)
         rows.append({"B": b, "T": t, "kernel": "fwd+bwd_best_forward", "BN": best["BN"], "cached": best["cached"],
-                     "two_pass": best["two_pass"], "ms": _time(fwd_bwd)})
+                     "two_pass": best["two_pass"], "warps": best["warps"], "ms": _time(fwd_bwd)})
         print(rows[-1], flush=True)
     finally:
         tc.BLOCK_CENTROIDS, tc.FWD_CACHED_OPERANDS, tc.FWD_TWO_PASS = 64, False, False
+        tc.LAUNCH["fwd"] = (4, 2)
     return rows
 
 
