@@ -1,0 +1,28 @@
+"""``python -m ovq.bench.kernels`` plumbing on CPU (timing and compiled-kernel info stubbed): each forward
+variant is checked against the default before it is timed, and the module's settings are restored after."""
+
+import torch
+
+import ovq.bench.kernels as bench
+import ovq.ops.triton_chunk as tc
+
+
+def test_forward_variants_check_each_variant_and_restore_the_defaults(monkeypatch):
+    monkeypatch.setattr(bench, "_time", lambda fn: (fn(), 1.0)[1])
+    monkeypatch.setattr(bench, "_compiled_info", lambda kernel: {})
+    q, k, v = (torch.randn(1, 130, 2, 16) for _ in range(3))
+
+    def fwd():
+        with torch.no_grad():
+            bench.ovq_attention(q, k, v, 12.0, chunk_size=64, max_centroids=64)
+
+    def fwd_bwd():
+        bench.ovq_attention(q.clone().requires_grad_(), k, v, 12.0, chunk_size=64, max_centroids=64)[0].sum().backward()
+
+    defaults = (tc.BLOCK_CENTROIDS, tc.FWD_CACHED_OPERANDS, tc.FWD_TWO_PASS, tc.LAUNCH["fwd"])
+    rows = bench._forward_variants(1, 130, fwd, fwd_bwd, q, k, v, 64, None)
+    variants = [r for r in rows if r["kernel"] == "fwd_variant"]
+    assert len({(r["BN"], r["cached"], r["two_pass"], r["warps"]) for r in variants}) == len(variants) >= 6
+    assert all(r["max_abs_diff_o"] == 0 and r["count_slots_differing"] == 0 for r in variants)  # CPU: one op
+    assert rows[-1]["kernel"] == "fwd+bwd_best_forward"
+    assert (tc.BLOCK_CENTROIDS, tc.FWD_CACHED_OPERANDS, tc.FWD_TWO_PASS, tc.LAUNCH["fwd"]) == defaults
