@@ -135,6 +135,13 @@ def test_per_model_evaluation_settings(tmp_path):
     assert PROFILES["h200-t4096"].eval_overrides["mamba2"]["model_args"] == {"mamba2_chunk_size": 256}
 
 
+def test_the_two_layer_attention_baseline_joins_only_the_new_profile():
+    from ovq.experiments import MODELS
+    assert MODELS["swa-attn-2l"] == ("swa-attn", {"num_layers": 2})
+    assert "swa-attn-2l" in PROFILES["h200-t4096"].models
+    assert "swa-attn-2l" not in PROFILES["h200-t256"].models  # the published recipe keeps its model list
+
+
 def test_per_model_training_flags(tmp_path, monkeypatch):
     """train_flags reach `ovq train` for that model only (e.g. --compile for fla's slow Mamba2 path)."""
     import ovq.cli.main as cli
