@@ -20,6 +20,7 @@ printed by ``python -m ovq.models.presets`` (counted on the meta device, nothing
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 
 import torch
@@ -56,6 +57,12 @@ def preset_config(name: str, size: str = "20m", **overrides) -> OVQLMConfig:
     dims = PRESET_SIZES[size] | {k: overrides.pop(k) for k in ("hidden_size", "num_layers", "num_heads") if k in overrides}
     if "mixers" in overrides:
         raise ValueError("a preset fixes mixers; build OVQLMConfig(mixers=...) directly for another pattern")
+    # Hugging Face configs keep unknown keywords as attributes: a misspelled override would be ignored.
+    known = set(inspect.signature(OVQLMConfig.__init__).parameters) - {"self", "kwargs"}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown model config field(s) {unknown}; OVQLMConfig takes {sorted(known)} "
+                         "and num_layers")
     pattern = PRESET_PATTERNS[name]
     mixers = [pattern[i % len(pattern)] for i in range(dims["num_layers"])]
     defaults = dict(attn_rope=True) if name == "attn" else {}

@@ -57,6 +57,8 @@ def test_presets_build_the_named_patterns():
         preset_config("swa", "1b")
     with pytest.raises(ValueError, match="a preset fixes mixers"):
         preset_config("swa", mixers=["ovq"])
+    with pytest.raises(ValueError, match=r"unknown model config field\(s\) \['windowsize'\]"):
+        preset_config("swa", "tiny", windowsize=4)  # a typo is not silently kept as an attribute
 
 
 def test_preset_sizes_span_20m_to_150m_parameters():
