@@ -31,8 +31,9 @@ def load_run(run_dir, device="cpu", model_args: dict | None = None):
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
-        raise ValueError(f"the model overrides {model_args} do not fit the weights of {run_dir}: "
-                         f"{weight_mismatch(model, state['model'])}") from e
+        cause = (f"the model overrides {model_args} do not fit" if model_args
+                 else "the model its job builds does not fit")
+        raise ValueError(f"{cause} the weights of {run_dir}: {weight_mismatch(model, state['model'])}") from e
     return model.to(device).eval(), job
 
 
