@@ -70,19 +70,26 @@ def _slots_in_slice(m, s, NB: tl.constexpr):
 
 
 @triton.jit
-def _load_centroids(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, s_base, cb_base, n, nmask, offs_d, dmask, offs_dv, dvmask,
-                    D: tl.constexpr, DV: tl.constexpr, STATIC: tl.constexpr):
-    """Unit key directions, value means, counts and 1/||sum_k|| for the centroid slots ``n``."""
-    cnt = tl.load(cnt_ptr + s_base + n, mask=nmask, other=0.0, cache_modifier=".cg")
+def _load_directions(sk_ptr, cb_ptr, s_base, cb_base, n, nmask, offs_d, dmask, D: tl.constexpr, STATIC: tl.constexpr):
+    """Unit key directions of the slots ``n`` (codes, or normalized key sums) and 1/||sum_k|| (1 for codes)."""
     if STATIC:
         mu = tl.load(cb_ptr + cb_base + n[:, None] * D + offs_d[None, :], mask=nmask[:, None] & dmask[None, :],
                      other=0.0)
-        inv = tl.full(cnt.shape, 1.0, tl.float32)
+        inv = tl.full(n.shape, 1.0, tl.float32)
     else:
         sk = tl.load(sk_ptr + s_base * D + n[:, None] * D + offs_d[None, :], mask=nmask[:, None] & dmask[None, :],
                      other=0.0, cache_modifier=".cg")
         inv = 1.0 / tl.maximum(tl.sqrt(tl.sum(sk * sk, axis=1)), EPS)
         mu = sk * inv[:, None]
+    return mu, inv
+
+
+@triton.jit
+def _load_centroids(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, s_base, cb_base, n, nmask, offs_d, dmask, offs_dv, dvmask,
+                    D: tl.constexpr, DV: tl.constexpr, STATIC: tl.constexpr):
+    """Unit key directions, value means, counts and 1/||sum_k|| for the centroid slots ``n``."""
+    cnt = tl.load(cnt_ptr + s_base + n, mask=nmask, other=0.0, cache_modifier=".cg")
+    mu, inv = _load_directions(sk_ptr, cb_ptr, s_base, cb_base, n, nmask, offs_d, dmask, D, STATIC)
     sv = tl.load(sv_ptr + s_base * DV + n[:, None] * DV + offs_dv[None, :], mask=nmask[:, None] & dvmask[None, :],
                  other=0.0, cache_modifier=".cg")
     muv = sv / tl.maximum(cnt, 1.0)[:, None]
@@ -90,33 +97,38 @@ def _load_centroids(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, s_base, cb_base, n, nmask, 
 
 
 @triton.jit
-def _key_operands(k, ASSIGN_PREC: tl.constexpr):
-    """The chunk's keys as the assignment's left operands: hi/lo bfloat16 parts for bf16x3, else k twice."""
+def _assign_operands(x, ASSIGN_PREC: tl.constexpr):
+    """An operand of the assignment's products: hi/lo bfloat16 parts for bf16x3, else x twice."""
     if ASSIGN_PREC == "bf16x3":
-        return _split(k)
+        return _split(x)
     else:
-        return k, k
+        return x, x
+
+
+@triton.jit
+def _assign_mm(a_hi, a_lo, b_hi, b_lo, ASSIGN_PREC: tl.constexpr):
+    """a @ b at the assignment's precision, from operands as ``_assign_operands`` gives them."""
+    if ASSIGN_PREC == "bf16x3":
+        return _mm_split(a_hi, a_lo, b_hi, b_lo)
+    else:
+        return _mm(a_hi, b_hi, ASSIGN_PREC)
 
 
 @triton.jit
 def _direct_sim(k_hi, k_lo, mu, ASSIGN_PREC: tl.constexpr):
     """Keys x unit directions ``mu`` [BN, BD] (computed from the sums) at the assignment's precision."""
-    if ASSIGN_PREC == "bf16x3":
-        mu_hi, mu_lo = _split(tl.trans(mu))
-        return _mm_split(k_hi, k_lo, mu_hi, mu_lo)
-    else:
-        return _mm(k_hi, tl.trans(mu), ASSIGN_PREC)
+    mu_hi, mu_lo = _assign_operands(tl.trans(mu), ASSIGN_PREC)
+    return _assign_mm(k_hi, k_lo, mu_hi, mu_lo, ASSIGN_PREC)
 
 
 @triton.jit
 def _cached_sim(k_hi, k_lo, chi_ptr, clo_ptr, rows_d, nmask, ASSIGN_PREC: tl.constexpr):
     """Keys x unit directions read from the cached-operand buffers (hi/lo parts for bf16x3)."""
     mu_hi = tl.load(chi_ptr + rows_d, mask=nmask[:, None], other=0.0, cache_modifier=".cg")
+    mu_lo = mu_hi
     if ASSIGN_PREC == "bf16x3":
         mu_lo = tl.load(clo_ptr + rows_d, mask=nmask[:, None], other=0.0, cache_modifier=".cg")
-        return _mm_split(k_hi, k_lo, tl.trans(mu_hi), tl.trans(mu_lo))
-    else:
-        return _mm(k_hi, tl.trans(mu_hi), ASSIGN_PREC)
+    return _assign_mm(k_hi, k_lo, tl.trans(mu_hi), tl.trans(mu_lo), ASSIGN_PREC)
 
 
 @triton.jit
@@ -195,7 +207,7 @@ def ovq_fwd_kernel(
         # the loop's live registers low enough for two programs per SM.
         q_op = _operand(q, READ_PREC)
         if not TWO_PASS:
-            k_hi, k_lo = _key_operands(k, ASSIGN_PREC)
+            k_hi, k_lo = _assign_operands(k, ASSIGN_PREC)
         m = tl.load(sched_ptr + 2 * c)
         n_new = tl.load(sched_ptr + 2 * c + 1)
         full = (T - c * L) >= L
@@ -241,7 +253,7 @@ def ovq_fwd_kernel(
                 best_val, best_idx = _track_best(sim, nmask, r0, s, NB, best_val, best_idx)
         if TWO_PASS:  # the write's similarities in a second pass: fewer values live in each loop
             k = tl.load(k_ptr + qk_off, mask=tmask[:, None] & dmask[None, :], other=0.0)
-            k_hi, k_lo = _key_operands(k, ASSIGN_PREC)
+            k_hi, k_lo = _assign_operands(k, ASSIGN_PREC)
             for r0 in range(0, m_loc, BN):
                 r = r0 + offs_n
                 nmask = r < m_loc
@@ -249,9 +261,8 @@ def ovq_fwd_kernel(
                 if CACHED:
                     rows_d = (s_base + n)[:, None] * BD + offs_d[None, :]
                     sim = _cached_sim(k_hi, k_lo, chi_ptr, clo_ptr, rows_d, nmask, ASSIGN_PREC)
-                else:
-                    mu, muv, cnt, inv = _load_centroids(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, s_base, cb_base, n, nmask,
-                                                        offs_d, dmask, offs_dv, dvmask, D, DV, STATIC)
+                else:  # the directions alone: values and counts served the first pass
+                    mu, inv = _load_directions(sk_ptr, cb_ptr, s_base, cb_base, n, nmask, offs_d, dmask, D, STATIC)
                     sim = _direct_sim(k_hi, k_lo, mu, ASSIGN_PREC)
                 best_val, best_idx = _track_best(sim, nmask, r0, s, NB, best_val, best_idx)
 
@@ -302,11 +313,8 @@ def ovq_fwd_kernel(
         if full & (m + n_new > 0):
             z = best_idx
             if n_new > 0:  # most chunks of a long sequence open none: no Gram matrix, no picks
-                if ASSIGN_PREC == "bf16x3":
-                    k_hi, k_lo = _split(k)
-                    gram = _mm_split(k_hi, k_lo, tl.trans(k_hi), tl.trans(k_lo))
-                else:
-                    gram = _mm(k, tl.trans(k), ASSIGN_PREC)
+                k_hi, k_lo = _assign_operands(k, ASSIGN_PREC)
+                gram = _assign_mm(k_hi, k_lo, tl.trans(k_hi), tl.trans(k_lo), ASSIGN_PREC)
                 sim_pick = tl.where(in_chunk, best_val, float("inf"))  # padding rows are never picked
                 order = tl.full([BL], -1, tl.int32)
                 for i in range(0, n_new):
