@@ -182,6 +182,11 @@ def profile_of(task: str, name: str, overrides: dict | None = None) -> Profile:
     bad = sorted(set(profile.warm_start) - fields) or sorted({"warm_start", "per_task"} & set(profile.warm_start))
     if bad:
         raise ValueError(f"warm_start may set profile fields other than warm_start/per_task, got {bad}")
+    sequences = profile.eval_batches * profile.eval_batch_size
+    for label, special in profile.eval_overrides.items():
+        if set(special) - {"model_args", "batch_size"} or sequences % special.get("batch_size", 1):
+            raise ValueError(f"eval_overrides[{label!r}] = {special}: it may set model_args and a batch_size that "
+                             f"divides the {sequences} evaluation sequences")
     return profile
 
 
@@ -238,23 +243,25 @@ def has_dictionary(task: str, label: str) -> bool:
     return bool({"ovq", "vq"} & set(PRESET_PATTERNS[models_of(task)[label][0]]))
 
 
-def result_files(out_dir: Path, label: str, profile: Profile, task: str | None = None) -> dict[str, Path]:
+def result_files(out_dir: Path, label: str, profile: Profile, task: str) -> dict[str, Path]:
     """A job's result files: scores across lengths, the budget sweep (budget model only), the cache size,
     and scores at other chunk sizes (models with OVQ/VQ layers, when the profile asks)."""
     files = {"lengths": out_dir / f"{label}.json", "state": out_dir / f"{label}-state.json"}
     if label == profile.budget_model:
         files["budgets"] = out_dir / f"{label}-budgets.json"
-    if task is not None and task != "lm" and has_dictionary(task, label):
+    if task != "lm" and has_dictionary(task, label):
         for chunk in profile.eval_chunk_sizes:
             files[f"chunk{chunk}"] = out_dir / f"{label}-chunk{chunk}.json"
     return files
 
 
-def _train(task: str, preset: str, profile: Profile, run_dir: Path, device: str, data: str | None,
-           model_args: dict, init_from: Path | None = None, flags: list[str] = ()) -> None:
+def _train(task: str, label: str, profile: Profile, run_dir: Path, device: str, data: str | None,
+           init_from: Path | None = None) -> None:
     """One training stage of a job (``ovq train``); raises :class:`JobInterrupted` if it stops early."""
     from .cli.main import main as cli
     train_args, _ = _task_config(task, profile)
+    preset, model_overrides = models_of(task)[label]
+    model_args, flags = profile.model_args | model_overrides, profile.train_flags.get(label, [])
     if _finished(run_dir, profile.steps):
         return
     cli(["train", "--task", task, "--model", preset, "--size", profile.size, "--seq-len", str(profile.seq_len),
@@ -279,7 +286,6 @@ def run_job(task: str, label: str, profile_name: str, runs_root: str = "runs", r
 
     profile = profile_of(task, profile_name, overrides)
     data = data or profile.data
-    preset, model_overrides = models_of(task)[label]
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     _, eval_args = _task_config(task, profile)
     run_dir, out_dir = Path(runs_root) / task / label, Path(results_root) / task
@@ -287,11 +293,9 @@ def run_job(task: str, label: str, profile_name: str, runs_root: str = "runs", r
     first_stage = None
     if profile.warm_start and not _finished(run_dir, profile.steps):
         first_stage = Path(runs_root) / task / f"{label}-stage1"
-        first = dataclasses.replace(profile, **profile.warm_start)  # may differ in model_args (e.g. chunk size)
-        _train(task, preset, first, first_stage, device, data, first.model_args | model_overrides,
-               flags=profile.train_flags.get(label, []))
-    _train(task, preset, profile, run_dir, device, data, profile.model_args | model_overrides, init_from=first_stage,
-           flags=profile.train_flags.get(label, []))
+        # the first stage's own fields, model_args included (e.g. another chunk size)
+        _train(task, label, dataclasses.replace(profile, **profile.warm_start), first_stage, device, data)
+    _train(task, label, profile, run_dir, device, data, init_from=first_stage)
     files = result_files(out_dir, label, profile, task)
     state = files.pop("state")
     special = profile.eval_overrides.get(label, {})

@@ -118,6 +118,10 @@ def test_warm_start_must_name_profile_fields():
     from ovq.experiments import profile_of
     with pytest.raises(ValueError, match="warm_start may set profile fields"):
         profile_of("recall", "smoke", {"warm_start": {"sequence_length": 32}})
+    with pytest.raises(ValueError, match=r"eval_overrides\['swa'\].*divides the 4 evaluation sequences"):
+        profile_of("recall", "smoke", {"eval_overrides": {"swa": {"batch_size": 3}}})
+    with pytest.raises(ValueError, match=r"eval_overrides\['swa'\]"):
+        profile_of("recall", "smoke", {"eval_overrides": {"swa": {"batches": 2}}})
     assert profile_of("recall", "h200-t4096").warm_start["steps"] == 3000
     assert profile_of("linear_regression", "h200-t4096").warm_start["steps"] == 5000
 
