@@ -91,6 +91,7 @@ def _forward_variants(b: int, t: int, fwd, fwd_bwd, q, k, v, n: int, kernel) -> 
             return ovq_attention(q, k, v, 12.0, chunk_size=64, max_centroids=n, output_final_state=True)
     o_ref, s_ref = run()
     rows = []
+    before = tc.BLOCK_CENTROIDS, tc.FWD_CACHED_OPERANDS, tc.FWD_TWO_PASS, tc.LAUNCH["fwd"]
     try:
         for bn, cached, two_pass, warps in ((64, True, False, 4), (64, True, True, 4), (64, False, True, 4),
                                             (64, True, True, 8), (128, True, True, 4), (128, True, True, 8),
@@ -111,8 +112,7 @@ def _forward_variants(b: int, t: int, fwd, fwd_bwd, q, k, v, n: int, kernel) -> 
                      "two_pass": best["two_pass"], "warps": best["warps"], "ms": _time(fwd_bwd)})
         print(rows[-1], flush=True)
     finally:
-        tc.BLOCK_CENTROIDS, tc.FWD_CACHED_OPERANDS, tc.FWD_TWO_PASS = 64, False, False
-        tc.LAUNCH["fwd"] = (4, 2)
+        tc.BLOCK_CENTROIDS, tc.FWD_CACHED_OPERANDS, tc.FWD_TWO_PASS, tc.LAUNCH["fwd"] = before
     return rows
 
 
