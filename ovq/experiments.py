@@ -182,6 +182,11 @@ def profile_of(task: str, name: str, overrides: dict | None = None) -> Profile:
     bad = sorted(set(profile.warm_start) - fields) or sorted({"warm_start", "per_task"} & set(profile.warm_start))
     if bad:
         raise ValueError(f"warm_start may set profile fields other than warm_start/per_task, got {bad}")
+    for label, flags in profile.train_flags.items():
+        if not (isinstance(flags, list) and all(isinstance(f, str) for f in flags)):
+            raise ValueError(f"train_flags[{label!r}] must be a list of ovq train arguments, got {flags!r}")
+    if not all(isinstance(c, int) and c >= 1 for c in profile.eval_chunk_sizes):
+        raise ValueError(f"eval_chunk_sizes must be chunk sizes >= 1, got {profile.eval_chunk_sizes!r}")
     sequences = profile.eval_batches * profile.eval_batch_size
     for label, special in profile.eval_overrides.items():
         if set(special) - {"model_args", "batch_size"} or sequences % special.get("batch_size", 1):

@@ -122,6 +122,10 @@ def test_warm_start_must_name_profile_fields():
         profile_of("recall", "smoke", {"eval_overrides": {"swa": {"batch_size": 3}}})
     with pytest.raises(ValueError, match=r"eval_overrides\['swa'\]"):
         profile_of("recall", "smoke", {"eval_overrides": {"swa": {"batches": 2}}})
+    with pytest.raises(ValueError, match=r"train_flags\['mamba2'\] must be a list"):
+        profile_of("recall", "smoke", {"train_flags": {"mamba2": "--compile"}})
+    with pytest.raises(ValueError, match="eval_chunk_sizes must be chunk sizes >= 1"):
+        profile_of("recall", "smoke", {"eval_chunk_sizes": [0]})
     assert profile_of("recall", "h200-t4096").warm_start["steps"] == 3000
     assert profile_of("linear_regression", "h200-t4096").warm_start["steps"] == 5000
 
