@@ -512,8 +512,12 @@ def run(tasks: str | list[str], profile_name: str = "h200", models: list[str] | 
     jobs = [(t, labels[t][i]) for i in range(max(map(len, labels.values()))) for t in tasks if i < len(labels[t])]
     failed = []
     if not report_only:
-        if devices and (len(devices) > 1 or slots > 1):
-            codes = run_parallel(jobs, profile_name, devices, slots, runs_root, results_root, deadline, data, overrides)
+        # A deadline needs jobs in subprocesses (SIGTERM checkpoints training and stops an evaluation), also
+        # on one device: in this process an evaluation at 64K would run on past it.
+        if deadline is not None or (devices and (len(devices) > 1 or slots > 1)):
+            queue_devices = devices or [device or ("cuda" if torch.cuda.is_available() else "cpu")]
+            codes = run_parallel(jobs, profile_name, queue_devices, slots, runs_root, results_root, deadline, data,
+                                 overrides)
             failed = [job for job, code in codes.items() if code != 0]
         else:
             for task, label in jobs:

@@ -42,6 +42,14 @@ def test_parallel_queue_stops_at_the_deadline_and_a_rerun_finishes(tmp_path):
     assert '"step": 40' in log
 
 
+def test_deadline_stops_a_single_device_run_too(tmp_path):
+    """With one device the jobs still run in subprocesses under a deadline, so an evaluation cannot run past it."""
+    kw = dict(models=["swa"], runs_root=str(tmp_path / "runs"), results_root=str(tmp_path / "results"), device="cpu")
+    assert run("recall", "smoke", deadline=0.5, **kw)["recall"]["missing"] == ["swa"]
+    assert (tmp_path / "runs" / "recall" / "swa.log").exists()  # it ran as a queued subprocess
+    assert not run("recall", "smoke", **kw)["recall"]["missing"]
+
+
 def test_smoke_lm_pipeline(tmp_path):
     prepare_sample(tmp_path / "data")
     summary = run("lm", "smoke", runs_root=str(tmp_path / "runs"), results_root=str(tmp_path / "results"),
