@@ -102,6 +102,10 @@ class Profile:
         "mamba2": {"model_args": {"mamba2_chunk_size": 256}, "batch_size": 1}})
     # Per model: extra `ovq train` flags that do not change the recipe, e.g. {"mamba2": ["--compile"]}.
     train_flags: dict = field(default_factory=dict)
+    # Also score every model with these task settings at ``sweep_lengths`` (results/<task>/<label>-sweep.json),
+    # e.g. {"num_pairs": [16, 32, 64]}: the recall tasks' capacity axis, beside the length axis.
+    eval_sweeps: dict = field(default_factory=dict)
+    sweep_lengths: list[int] = field(default_factory=list)
 
 
 PROFILES = {
@@ -126,17 +130,22 @@ PROFILES = {
                                    "linear_regression": {"task_args": {"dim": 8}, "steps": 5000,
                                                          "model_args": {"window_size": 64}}}),
     # Trained at 4,096 tokens: the h200-t256 recipe as a first stage, then 1,500 steps at 4K (from scratch at
-    # 4K nothing learned recall: docs/experiments.md); OVQ/VQ also evaluated with 256-token chunks.
+    # 4K nothing learned recall: docs/experiments.md); OVQ/VQ also evaluated with 256-token chunks, and every
+    # model with more key-value pairs than it was trained on (the capacity axis; 96 and 95 keys exist).
     "h200-t4096": Profile(size="small", seq_len=4096, batch_size=4, steps=1500, lr=5e-4, warmup=50,
                           eval_lengths=[4096, 8192, 16384, 32768, 65536], eval_batches=4, eval_batch_size=4,
                           budget_model="swa-ovq-4096", budgets=[256, 1024, 4096, 16384], models=list(MODELS),
                           model_args={"window_size": 16}, eval_chunk_sizes=[256],
                           warm_start={"seq_len": 256, "batch_size": 64, "steps": 3000, "lr": 2e-3, "warmup": 100},
                           per_task={"recall": {"task_args": {"vocab_size": 256, "num_pairs": 16},
-                                               "eval_task_args": {"num_queries": 16}},
+                                               "eval_task_args": {"num_queries": 16},
+                                               "eval_sweeps": {"num_pairs": [16, 32, 64, 96]},
+                                               "sweep_lengths": [4096, 16384]},
                                     "positional_recall": {"task_args": {"vocab_size": 256, "num_pairs": 8,
                                                                         "num_occurrences": 2},
-                                                          "eval_task_args": {"num_queries": 16}},
+                                                          "eval_task_args": {"num_queries": 16},
+                                                          "eval_sweeps": {"num_pairs": [8, 16, 32, 64]},
+                                                          "sweep_lengths": [4096, 16384]},
                                     "linear_regression": {"task_args": {"dim": 8}, "model_args": {"window_size": 64},
                                                           "warm_start": {"seq_len": 256, "batch_size": 64,
                                                                          "steps": 5000, "lr": 2e-3,
@@ -147,7 +156,8 @@ PROFILES = {
                      models=["swa-ovq-1024", "swa-attn", "swa-vq-1024", "swa"], precision="fp32",
                      model_args={"window_size": 8, "chunk_size": 8},
                      task_args={"vocab_size": 64, "num_pairs": 4, "num_filler_tokens": 8, "dim": 4},
-                     eval_task_args={"num_queries": 4}, state_length=4096),
+                     eval_task_args={"num_queries": 4}, state_length=4096,
+                     per_task={"recall": {"eval_sweeps": {"num_pairs": [4, 8]}, "sweep_lengths": [64, 128]}}),
 }
 LM_PROFILES = {
     # ~60M parameters trained at 4K on the offline books (5M training tokens: ~2.6 epochs), loss to 64K.
@@ -187,6 +197,10 @@ def profile_of(task: str, name: str, overrides: dict | None = None) -> Profile:
             raise ValueError(f"train_flags[{label!r}] must be a list of ovq train arguments, got {flags!r}")
     if not all(isinstance(c, int) and c >= 1 for c in profile.eval_chunk_sizes):
         raise ValueError(f"eval_chunk_sizes must be chunk sizes >= 1, got {profile.eval_chunk_sizes!r}")
+    if bool(profile.eval_sweeps) != bool(profile.sweep_lengths) or not all(
+            isinstance(v, list) and v for v in profile.eval_sweeps.values()):
+        raise ValueError(f"eval_sweeps ({profile.eval_sweeps!r}) needs sweep_lengths ({profile.sweep_lengths!r}) "
+                         "and a non-empty list of values per task setting")
     sequences = profile.eval_batches * profile.eval_batch_size
     for label, special in profile.eval_overrides.items():
         if set(special) - {"model_args", "batch_size"} or sequences % special.get("batch_size", 1):
@@ -257,6 +271,8 @@ def result_files(out_dir: Path, label: str, profile: Profile, task: str) -> dict
     if task != "lm" and has_dictionary(task, label):
         for chunk in profile.eval_chunk_sizes:
             files[f"chunk{chunk}"] = out_dir / f"{label}-chunk{chunk}.json"
+    if task != "lm" and profile.eval_sweeps:
+        files["sweep"] = out_dir / f"{label}-sweep.json"
     return files
 
 
@@ -318,7 +334,12 @@ def run_job(task: str, label: str, profile_name: str, runs_root: str = "runs", r
                  "--block", str(profile.block), "--data", data, "--device", device, "--out", str(path),
                  *extra])
         else:
-            cli(["eval", str(run_dir), "--lengths", ",".join(map(str, profile.eval_lengths)),
+            lengths = profile.eval_lengths
+            if kind == "sweep":
+                lengths = profile.sweep_lengths
+                extra += [f for name, values in profile.eval_sweeps.items()
+                          for f in ("--task-sweep", f"{name}={','.join(map(str, values))}")]
+            cli(["eval", str(run_dir), "--lengths", ",".join(map(str, lengths)),
                  "--batches", str(batches), "--batch-size", str(batch_size),
                  "--device", device, "--out", str(path), *_args(eval_args, "--task-arg"), *extra])
     if not state.exists():
@@ -433,6 +454,11 @@ def report(task: str, profile_name: str, labels: list[str], results_root: str = 
         if any(f"chunk{chunk}" in info for info in summary["models"].values()):
             text += (f"\nEvaluated with chunk size {chunk} (models with OVQ/VQ layers; trained at their own):\n\n"
                      + table(summary, f"chunk{chunk}"))
+    if any("sweep" in info for info in summary["models"].values()):
+        sweep = next(iter(profile.eval_sweeps))
+        cli(["plot", *[m["sweep"] for m in summary["models"].values()], "--x", sweep,
+             "--out", str(out_dir / f"accuracy_vs_{sweep}.png")])
+        text += f"\nThe same models with other task settings ({profile.eval_sweeps}):\n\n" + sweep_table(summary)
     if summary["missing"]:
         text += f"\nNot finished: {', '.join(summary['missing'])}.\n"
     (out_dir / "table.md").write_text(text)
@@ -459,6 +485,26 @@ def table(summary: dict, kind: str = "lengths") -> str:
         rows = {r["length"]: r[metric] for r in json.loads(Path(info[kind]).read_text())["results"]}
         fmt = ".3f" if metric == "accuracy" else ".3g"  # errors span orders of magnitude
         lines.append(f"| {label} | " + " | ".join(f"{rows[n]:{fmt}}" for n in lengths) + f" | {_cache_mib(info)} |")
+    return "\n".join(lines) + "\n"
+
+
+def sweep_table(summary: dict) -> str:
+    """Markdown: score per model at each (length, swept task settings) of the ``-sweep.json`` results."""
+    models = {label: info for label, info in summary["models"].items() if "sweep" in info}
+    first = json.loads(Path(next(iter(models.values()))["sweep"]).read_text())["results"]
+    metric = "accuracy" if "accuracy" in first[0] else "squared_error"
+    swept = list(summary["profile"]["eval_sweeps"])
+
+    def column(row):
+        return (row["length"], *(row["task_args"][k] for k in swept))
+
+    columns = list(dict.fromkeys(column(r) for r in first))
+    heads = [" ".join([f"{k}={v}" for k, v in zip(swept, col[1:])] + [f"@ {col[0]:,}"]) for col in columns]
+    lines = ["| model | " + " | ".join(heads) + " |", "| --- |" + " --- |" * len(columns)]
+    fmt = ".3f" if metric == "accuracy" else ".3g"
+    for label, info in models.items():
+        scores = {column(r): r[metric] for r in json.loads(Path(info["sweep"]).read_text())["results"]}
+        lines.append(f"| {label} | " + " | ".join(f"{scores[c]:{fmt}}" if c in scores else "—" for c in columns) + " |")
     return "\n".join(lines) + "\n"
 
 

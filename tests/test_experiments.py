@@ -19,6 +19,12 @@ def test_smoke_recall_pipeline(tmp_path):
     assert summary["models"]["swa"]["environment"]["commit"]  # each result says where it was measured
     budgets = json.loads((out / "swa-ovq-1024-budgets.json").read_text())["results"]
     assert sorted({r["max_centroids"] for r in budgets}) == PROFILES["smoke"].budgets
+    # the capacity sweep: every model at each (length, number of pairs), in a plot and a second table
+    sweep = json.loads((out / "swa-sweep.json").read_text())["results"]
+    assert [(r["length"], r["task_args"]["num_pairs"]) for r in sweep] == [(64, 4), (64, 8), (128, 4), (128, 8)]
+    assert all(r["task_args"]["num_queries"] == 4 for r in sweep)  # the evaluation settings still apply
+    assert (out / "accuracy_vs_num_pairs.png").exists()
+    assert "| model | num_pairs=4 @ 64 | num_pairs=8 @ 64 | num_pairs=4 @ 128 | num_pairs=8 @ 128 |" in table
     sizes = {m: info["state_at"] for m, info in summary["models"].items()}
     assert sizes["swa-attn"]["bytes_per_token"] > 0  # a KV cache grows
     assert sizes["swa-ovq-1024"]["bytes_per_token"] == 0 == sizes["swa"]["bytes_per_token"]  # flat caches
@@ -118,7 +124,8 @@ def test_two_stage_training_and_evaluation_at_another_chunk_size(tmp_path):
     assert {r["chunk_size"] for r in rows} == {32} and len(rows) == len(PROFILES["smoke"].eval_lengths)
     assert not (out / "swa-chunk32.json").exists() and "chunk32" not in summary["models"]["swa"]
     table = (out / "table.md").read_text()
-    assert table.count("| swa-ovq-1024 |") == 2 and table.count("| swa |") == 1
+    # rows: lengths, chunk 32 (OVQ only), the capacity sweep (every model)
+    assert table.count("| swa-ovq-1024 |") == 3 and table.count("| swa |") == 2
     assert "chunk size 32" in table
 
 
@@ -132,6 +139,10 @@ def test_warm_start_must_name_profile_fields():
         profile_of("recall", "smoke", {"eval_overrides": {"swa": {"batches": 2}}})
     with pytest.raises(ValueError, match=r"train_flags\['mamba2'\] must be a list"):
         profile_of("recall", "smoke", {"train_flags": {"mamba2": "--compile"}})
+    with pytest.raises(ValueError, match="needs sweep_lengths"):
+        profile_of("recall", "smoke", {"eval_sweeps": {"num_pairs": [4]}, "sweep_lengths": []})
+    with pytest.raises(ValueError, match="non-empty list of values"):
+        profile_of("recall", "smoke", {"eval_sweeps": {"num_pairs": 4}})
     with pytest.raises(ValueError, match="eval_chunk_sizes must be chunk sizes >= 1"):
         profile_of("recall", "smoke", {"eval_chunk_sizes": [0]})
     assert profile_of("recall", "h200-t4096").warm_start["steps"] == 3000

@@ -33,6 +33,17 @@ def _kv(pairs: list[str] | None, what: str) -> dict:
     return out
 
 
+def _sweep(pairs: list[str] | None) -> dict:
+    """``["num_pairs=16,32"]`` -> ``{"num_pairs": [16, 32]}`` (each value parsed as by ``_kv``)."""
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair or not pair.split("=", 1)[1]:
+            raise SystemExit(f"--task-sweep must look like name=v1,v2,..., got {pair!r}")
+        key, values = pair.split("=", 1)
+        out[key] = [_kv([f"{key}={v}"], "--task-sweep")[key] for v in values.split(",")]
+    return out
+
+
 def _ints(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x]
@@ -100,7 +111,7 @@ def cmd_eval(args) -> None:
                              **loss_by_position(model, docs, block=args.block, prefill=args.prefill, device=device)})
         else:
             rows = evaluate_lengths(model, job, _ints(args.lengths), budgets, args.batches, args.batch_size, device,
-                                    **_kv(args.task_arg, "--task-arg"))
+                                    task_sweep=_sweep(args.task_sweep), **_kv(args.task_arg, "--task-arg"))
     from ..bench.common import environment
     if args.chunk_size is not None:
         rows = [row | {"chunk_size": args.chunk_size} for row in rows]
@@ -132,11 +143,9 @@ def cmd_plot(args) -> None:
             ax.set_ylabel("loss (nats/token)")
             continue
         metric = "accuracy" if "accuracy" in rows[0] else "squared_error"
-        for n in sorted({r["max_centroids"] for r in rows}, key=lambda x: -1 if x is None else x):
-            sel = sorted((r for r in rows if r["max_centroids"] == n), key=lambda r: r["length"])
-            label = name + ("" if n is None else f" N={n}")
-            ax.plot([r["length"] for r in sel], [r[metric] for r in sel], marker="o", label=label)
-        ax.set_xlabel("evaluation length (tokens)")
+        for label, sel in _plot_lines(rows, args.x, name).items():
+            ax.plot([x for x, _ in sel], [y[metric] for _, y in sel], marker="o", label=label)
+        ax.set_xlabel("evaluation length (tokens)" if args.x == "length" else f"{args.x} (evaluation)")
         ax.set_ylabel(metric.replace("_", " "))
         if metric == "squared_error":
             ax.set_yscale("log")  # errors span orders of magnitude (a learned model vs predicting 0)
@@ -147,6 +156,30 @@ def cmd_plot(args) -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=150)
     print(f"saved {args.out}")
+
+
+def _plot_lines(rows: list[dict], x: str, name: str) -> dict[str, list[tuple]]:
+    """Rows of task scores -> {line label: [(x, row)] sorted by x}: one line per budget N and per value of
+    every other setting that varies (the length, when x is a task setting such as num_pairs)."""
+    def x_of(row):
+        if x == "length":
+            return row["length"]
+        if x not in row.get("task_args", {}):
+            raise SystemExit(f"--x {x}: the results have no task setting {x!r} (evaluate with --task-sweep {x}=...)")
+        return row["task_args"][x]
+
+    def others(row):
+        parts = [] if row["max_centroids"] is None else [f"N={row['max_centroids']}"]
+        if x != "length" and len({r["length"] for r in rows}) > 1:
+            parts.append(f"T={row['length']}")
+        varying = {k for k in row.get("task_args", {}) if len({str(r.get("task_args", {}).get(k)) for r in rows}) > 1}
+        parts += [f"{k}={row['task_args'][k]}" for k in sorted(varying - {x})]
+        return " ".join([name, *parts])
+
+    lines: dict[str, list[tuple]] = {}
+    for row in sorted(rows, key=lambda r: (-1 if r["max_centroids"] is None else r["max_centroids"], x_of(r))):
+        lines.setdefault(others(row), []).append((x_of(row), row))
+    return lines
 
 
 def cmd_generate(args) -> None:
@@ -223,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batches", type=int, default=4)
     e.add_argument("--batch-size", type=int, default=8)
     e.add_argument("--task-arg", action="append", help="task config overrides for evaluation, name=value")
+    e.add_argument("--task-sweep", action="append", metavar="NAME=V1,V2,...",
+                   help="also score each of these task settings at every length, e.g. num_pairs=16,32,64 "
+                        "(the recall tasks' capacity axis; repeatable: every combination)")
     e.add_argument("--model-arg", action="append",
                    help="model config overrides that keep the weights, name=value (e.g. mamba2_chunk_size=1024)")
     e.add_argument("--loss-by-position", action="store_true")
@@ -237,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plot", help="PNG of eval results (accuracy vs length, or loss by position)")
     p.add_argument("inputs", nargs="+")
+    p.add_argument("--x", default="length", help="x axis of task scores: length, or a swept task setting "
+                                                  "(e.g. num_pairs)")
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_plot)
 

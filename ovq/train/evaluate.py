@@ -6,6 +6,7 @@ These are what ``ovq eval`` runs; each returns plain dicts ready for JSON.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 
 import torch
@@ -39,17 +40,27 @@ def load_run(run_dir, device="cpu", model_args: dict | None = None):
 
 @torch.no_grad()
 def evaluate_lengths(model, job: JobConfig, lengths, budgets=(None,), batches: int = 4, batch_size: int = 8,
-                     device="cpu", **task_overrides) -> list[dict]:
-    """Score at every (length, N): accuracy for recall tasks, squared error / d for regression."""
+                     device="cpu", task_sweep: dict | None = None, **task_overrides) -> list[dict]:
+    """Score at every (length, N): accuracy for recall tasks, squared error / d for regression.
+
+    ``task_sweep`` ({name: [values]}) also scores every combination of those task settings, e.g.
+    ``{"num_pairs": [16, 64]}``: the capacity axis of the recall tasks at each length. Rows name the task
+    settings they override (``task_args``)."""
+    names = list(task_sweep or {})
+    combos = [dict(zip(names, values)) for values in itertools.product(*(task_sweep or {}).values())]
     rows = []
     for n in budgets:
         if n is not None:
             set_max_centroids(model, n)
         for length in lengths:
-            task = job.make_task(seq_len=length, **task_overrides)
-            row = {"task": job.task, "model": job.model, "length": length, "max_centroids": n, "batches": batches,
-                   "batch_size": batch_size, **evaluate_task(model, task, batch_size, batches, job.seed, device)}
-            rows.append(row)
+            for combo in combos:
+                settings = task_overrides | combo
+                task = job.make_task(seq_len=length, **settings)
+                row = {"task": job.task, "model": job.model, "length": length, "max_centroids": n,
+                       "batches": batches, "batch_size": batch_size,
+                       **({"task_args": settings} if settings else {}),
+                       **evaluate_task(model, task, batch_size, batches, job.seed, device)}
+                rows.append(row)
     return rows
 
 

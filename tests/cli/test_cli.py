@@ -46,6 +46,19 @@ def test_train_resume_eval_plot(tmp_path, capsys):
     l32 = json.loads((tmp_path / "l32.json").read_text())["results"]
     assert [(r["length"], r["max_centroids"], r["chunk_size"]) for r in l32] == [(128, 8, 32)]
     assert "chunk_size" not in rows[0]
+    # the capacity axis: each number of pairs at each length, rows naming their task settings, plotted against P
+    sweep = tmp_path / "pairs.json"
+    main(["eval", str(run), "--lengths", "64,128", "--batches", "1", "--task-arg", "num_queries=2",
+          "--task-sweep", "num_pairs=2,4", "--out", str(sweep)])
+    rows = json.loads(sweep.read_text())["results"]
+    assert [(r["length"], r["task_args"]) for r in rows] == [
+        (n, {"num_queries": 2, "num_pairs": p}) for n in (64, 128) for p in (2, 4)]
+    main(["plot", str(sweep), "--x", "num_pairs", "--out", str(tmp_path / "pairs.png")])
+    assert (tmp_path / "pairs.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit, match="no task setting 'num_filler_tokens'"):
+        main(["plot", str(sweep), "--x", "num_filler_tokens", "--out", str(tmp_path / "bad.png")])
+    with pytest.raises(SystemExit, match="--task-sweep must look like"):
+        main(["eval", str(run), "--task-sweep", "num_pairs", "--out", str(tmp_path / "bad.json")])
 
 
 def test_gradient_checkpointing_trains_the_same(tmp_path):
