@@ -1,0 +1,273 @@
+"""Shared memory, registers and spills of the ovq Triton kernels compiled for an H200 (sm_90), without a GPU.
+
+Why: whether a chunk size L fits on chip, and how much a kernel spills, decide its speed; this answers both
+on any machine with Triton (3.6; it uses Triton's binder and compile stages, internals that may move).
+
+Two phases:
+  1. record (a subprocess under TRITON_INTERPRET=1): run a small ``ovq_attention(..., backend="triton")`` forward
+     and backward on CPU with ``ovq.ops.triton_chunk._launch`` wrapped, and write down every kernel launch
+     (kernel name, launch name, positional argument kinds/dtypes, constexprs) as JSON.
+  2. compile (this process, no interpreter): for each kernel and each (L, num_stages), bind the recorded argument
+     list with Triton's own specialization binder for the CUDA backend (so the signature, constexprs and
+     divisibility attributes are what a real launch would produce), override the constexprs with the H200 values
+     (D = Dv = 64, READ_PREC="bf16", ASSIGN_PREC="bf16x3", NB from the H200's SM count), compile with
+     ``triton.compile`` for GPUTarget("cuda", 90, 32) and read ``metadata.shared``; registers and spills come
+     from running the bundled ptxas -v on the produced PTX with the flags Triton uses (make_cubin) (and registers are
+     cross-checked with the bundled cuobjdump -res-usage on Triton's cubin).
+
+Usage:  python -m ovq.bench.resources [--L 64 128 256] [--stages 1 2] [--json out.json]
+(minutes per kernel and L on a 2-core CPU; ptxas on the L = 512 kernels takes much longer)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+H200_SHARED = 232_448
+H200_SMS = 132
+
+
+# ----------------------------------------------------------------------------------------------------- record
+def record(path: str) -> None:
+    assert os.environ.get("TRITON_INTERPRET") == "1"
+    sys.path.insert(0, REPO)
+    import torch
+
+    import ovq.ops.triton_chunk as tc
+    from ovq.ops import ovq_attention
+
+    launches = []
+    real_launch = tc._launch
+
+    def spy(name, kernel, grid, chunk_size, d, dv, *args, **constexprs):
+        kinds = []
+        for a in args:
+            if isinstance(a, torch.Tensor):
+                kinds.append({"tensor": str(a.dtype).replace("torch.", "")})
+            elif isinstance(a, bool):
+                kinds.append({"bool": a})
+            elif isinstance(a, int):
+                kinds.append({"int": a})
+            elif isinstance(a, float):
+                kinds.append({"float": a})
+            else:
+                raise TypeError(f"{name}: unexpected argument {type(a)}")
+        fn = getattr(kernel, "fn", kernel)
+        launches.append({"name": name, "kernel": fn.__name__, "args": kinds,
+                         "constexprs": {k: v for k, v in constexprs.items()}, "launch": list(tc.LAUNCH[name])})
+        return real_launch(name, kernel, grid, chunk_size, d, dv, *args, **constexprs)
+
+    tc._launch = spy
+    g = torch.Generator().manual_seed(0)
+    B, T, H, D = 1, 40, 2, 16
+    q, k, v = (torch.randn(B, T, H, D, generator=g).to(torch.bfloat16).requires_grad_() for _ in range(3))
+    beta = torch.tensor([3.0, 5.0], requires_grad=True)
+    o, _ = ovq_attention(q, k, v, beta, chunk_size=16, max_centroids=24, backend="triton")
+    o.float().sum().backward()
+    seen, out = set(), []
+    for rec in launches:  # backward_fits runs the backward once on zeros first: keep one record per kernel
+        if rec["kernel"] not in seen:
+            seen.add(rec["kernel"])
+            out.append(rec)
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1)
+
+
+# ---------------------------------------------------------------------------------------------------- compile
+def pow2(x: int) -> int:
+    return max(16, 1 << max(0, (x - 1).bit_length()))
+
+
+def tool(name: str) -> str:
+    import triton
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+
+
+def run_ptxas(rows, timeout, jobs):
+    """ptxas -v (flags as Triton's make_cubin) on each saved PTX, ``jobs`` at a time, smallest L first."""
+    import concurrent.futures as cf
+
+    todo = sorted((r for r in rows if "ptx" in r), key=lambda r: (r["L"], r["kernel"], r["num_stages"]))
+
+    def one(r):
+        cmd = [tool("ptxas"), "-lineinfo", "-v", "--gpu-name=sm_90a", r["ptx"], "-o", r["ptx"] + ".cubin"]
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return r, None
+        return r, p.stderr + p.stdout
+
+    with cf.ThreadPoolExecutor(jobs) as ex:
+        for r, log in ex.map(one, todo):
+            if log is None:
+                r["ptxas"] = f"timed out after {timeout} s"
+            else:
+                get = lambda pat: int(m.group(1)) if (m := re.search(pat, log)) else None  # noqa: E731,B023
+                r.update(regs=get(r"Used (\d+) registers"), spill_stores=get(r"(\d+) bytes spill stores"),
+                         spill_loads=get(r"(\d+) bytes spill loads"), stack=get(r"(\d+) bytes stack frame"),
+                         static_smem=get(r"(\d+) bytes smem") or 0, ptxas_log=log.strip())
+                if os.path.exists(r["ptx"] + ".cubin"):
+                    with open(r["ptx"] + ".cubin", "rb") as f:
+                        r["cuobjdump_regs"] = cuobjdump_regs(f.read())
+            print(f"ptxas {r['kernel']:22s} L={r['L']:4d} stages={r['num_stages']}: regs={r.get('regs')} "
+                  f"spills(st/ld)={r.get('spill_stores')}/{r.get('spill_loads')} {r.get('ptxas', '')}", flush=True)
+
+
+def cuobjdump_regs(cubin: bytes) -> int | None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        r = subprocess.run([tool("cuobjdump"), "-res-usage", path], capture_output=True, text=True)
+    m = re.search(r"REG:(\d+)", r.stdout)
+    return int(m.group(1)) if m else None
+
+
+def compile_all(records, Ls, stages_list, ints, nb_fwd, nb_bwd, ptx_dir, warps_override=None):
+    import torch
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    sys.path.insert(0, REPO)
+    import ovq.ops.kernels as K
+
+    target = GPUTarget("cuda", 90, 32)
+    backend = make_backend(target)
+    # Stop after PTX: the shared memory Triton asks at launch (metadata.shared) is fixed by then, and ptxas on the
+    # large, spilling kernels takes many minutes; ptxas runs afterwards on the saved PTX (see run_ptxas). The
+    # cubin stage is replaced by a stub, so this uses its own Triton cache directory (never the real one).
+    import triton.compiler.compiler as tcc
+
+    class PtxOnly(type(backend)):
+        def add_stages(self, stages, options, language):
+            super().add_stages(stages, options, language)
+            stages["cubin"] = lambda src, metadata: b""
+
+    backend = PtxOnly(target)
+    tcc.make_backend = lambda t: backend
+    rows = []
+    for rec in records:
+        kernel = getattr(K, rec["kernel"])
+        names = [p.name for p in kernel.params]
+        n_pos = len(rec["args"])
+        warps = warps_override or rec["launch"][0]
+        for L in Ls:
+            for stages in stages_list:
+                args = []
+                for name, kind in zip(names[:n_pos], rec["args"]):
+                    if "tensor" in kind:  # small CPU tensors: only dtype and 16-byte alignment matter to the binder
+                        t = torch.empty(64, dtype=getattr(torch, kind["tensor"]))
+                        assert t.data_ptr() % 16 == 0
+                        args.append(t)
+                    elif "int" in kind:
+                        args.append(ints(name, L))
+                    else:
+                        args.append(next(iter(kind.values())))
+                cx = dict(rec["constexprs"])
+                cx.update(D=64, DV=64, L=L, BL=pow2(L), BD=64, BDV=64, READ_PREC="bf16")
+                if "ASSIGN_PREC" in cx:
+                    cx["ASSIGN_PREC"] = "bf16x3"
+                if "NB" in cx:
+                    cx["NB"] = nb_fwd if rec["name"] == "fwd" else nb_bwd
+                kwargs = dict(cx, num_warps=warps, num_stages=stages, debug=False)
+                binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+                bound, spec, opts = binder(*args, **kwargs)
+                options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, spec, opts)
+                row = {"kernel": rec["kernel"], "L": L, "num_warps": warps, "num_stages": stages,
+                       "signature": {k: v for k, v in signature.items() if v != "constexpr"},
+                       "constexprs": {k: v for k, v in cx.items()}, "ints": {n: ints(n, L) for n, k in
+                                                                            zip(names, rec["args"]) if "int" in k}}
+                try:
+                    c = triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=target,
+                                       options=options.__dict__)
+                except Exception as e:  # noqa: BLE001 - report and go on
+                    row["error"] = f"{type(e).__name__}: {str(e)[:400]}"
+                    rows.append(row)
+                    print(f"{rec['kernel']} L={L} stages={stages}: {row['error']}", flush=True)
+                    continue
+                row.update(shared=c.metadata.shared, fits=c.metadata.shared <= H200_SHARED)
+                ptx_path = os.path.join(ptx_dir, f"{rec['kernel']}_L{L}_w{warps}_s{stages}.ptx")
+                with open(ptx_path, "w") as f:
+                    f.write(c.asm["ptx"])
+                row["ptx"] = ptx_path
+                rows.append(row)
+                print(f"{rec['kernel']:22s} L={L:4d} warps={warps} stages={stages}: shared={c.metadata.shared:7d} "
+                      f"fits={row['fits']}", flush=True)
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--record", help=argparse.SUPPRESS)  # internal: phase 1, run under TRITON_INTERPRET=1
+    ap.add_argument("--L", type=int, nargs="+", default=[64, 128, 256, 512])
+    ap.add_argument("--stages", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--warps", type=int, default=None, help="override triton_chunk.LAUNCH's num_warps")
+    ap.add_argument("--kernels", nargs="+", help="only these kernels (e.g. ovq_bwd_local_kernel)")
+    ap.add_argument("--T", type=int, default=4096, help="sequence length the int arguments assume")
+    ap.add_argument("--N", type=int, default=1024, help="capacity (max_centroids)")
+    ap.add_argument("--H", type=int, default=8, help="heads")
+    ap.add_argument("--BH", type=int, default=16, help="batch x heads (sets the slice counts NB)")
+    ap.add_argument("--ptxas-timeout", type=int, default=600, help="seconds per ptxas run (0: skip registers)")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="ptxas runs at once")
+    ap.add_argument("--json", default="kernel_resources_sm90.json")
+    a = ap.parse_args()
+    if a.record:
+        record(a.record)
+        return
+
+    # the PTX-only backend must never write into (or read stubs from) the user's Triton cache
+    scratch = tempfile.mkdtemp(prefix="ovq_sm90_")  # PTX files and a private Triton cache (stub cubins)
+    os.environ["TRITON_CACHE_DIR"] = os.path.join(scratch, "triton_cache")
+    with tempfile.TemporaryDirectory() as tmp:
+        rec_path = os.path.join(tmp, "launches.json")
+        env = dict(os.environ, TRITON_INTERPRET="1")
+        subprocess.run([sys.executable, "-m", "ovq.bench.resources", "--record", rec_path], env=env, check=True,
+                       cwd=REPO)
+        with open(rec_path) as f:
+            records = json.load(f)
+    if a.kernels:
+        records = [r for r in records if r["kernel"] in a.kernels]
+    print("recorded launches:", [(r["kernel"], r["launch"]) for r in records], flush=True)
+
+    def ints(name, L):  # the int arguments' values in the assumed H200 call (they only matter for specialization)
+        return {"T": a.T, "N": a.N, "H": a.H, "C": math.ceil(a.T / L)}[name]
+
+    blocks = math.ceil(a.N / 64)
+    nb_fwd = max(1, min(H200_SMS // a.BH, blocks, 16))  # triton_chunk._slices with FWD_PROGRAMS_PER_SM = 1
+    nb_bwd = max(1, min(2 * H200_SMS // a.BH, blocks, 32))
+    print(f"NB fwd={nb_fwd} bwd={nb_bwd}; ints T={a.T} N={a.N} H={a.H}", flush=True)
+    ptx_dir = os.path.join(scratch, "ptx")
+    os.makedirs(ptx_dir, exist_ok=True)
+    rows = compile_all(records, a.L, a.stages, ints, nb_fwd, nb_bwd, ptx_dir, a.warps)
+    with open(a.json, "w") as f:
+        json.dump(rows, f, indent=1, default=str)
+    if a.ptxas_timeout > 0:
+        run_ptxas(rows, a.ptxas_timeout, a.jobs)
+    with open(a.json, "w") as f:
+        json.dump(rows, f, indent=1, default=str)
+    print(f"\n{'kernel':22s} {'L':>4s} {'warps':>5s} {'stages':>6s} {'shared':>8s} {'regs':>5s} {'spill st/ld':>12s}"
+          f" {'fits 232448':>11s}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['kernel']:22s} {r['L']:4d} {r['num_warps']:5d} {r['num_stages']:6d} ERROR {r['error'][:80]}")
+            continue
+        print(f"{r['kernel']:22s} {r['L']:4d} {r['num_warps']:5d} {r['num_stages']:6d} {r['shared']:8d} "
+              f"{str(r.get('regs', '?')):>5s} {str(r.get('spill_stores', '?')) + '/' + str(r.get('spill_loads', '?')):>12s}"
+              f" {str(r['fits']):>11s}")
+    print(f"\nfull rows (signature, constexprs, ptxas logs): {a.json}")
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
