@@ -116,7 +116,27 @@ def _forward_variants(b: int, t: int, fwd, fwd_bwd, q, k, v, n: int, kernel) -> 
     return rows
 
 
-VARIANTS = ("launch", "2persm", "nopicks", "bwd", "forward")
+def _chunk_sizes(b: int, t: int, q, k, v, n: int, kernel) -> list[dict]:
+    """The forward at chunk sizes L = 64, 128, 256 (a deployment knob: L = 256 lifts 64K recall) with 4 and
+    8 warps: compiled for the H200 on a CPU the 4-warp forward spills ~26 KB per thread at L = 256 and ~6 KB
+    with 8 warps (``python -m ovq.bench.resources``); this measures what that costs."""
+    rows, before = [], tc.LAUNCH["fwd"]
+    try:
+        for chunk, warps in itertools.product((64, 128, 256), (4, 8)):
+            tc.LAUNCH["fwd"] = (warps, 2)
+
+            def fwd():
+                with torch.no_grad():
+                    ovq_attention(q, k, v, 12.0, chunk_size=chunk, max_centroids=n)
+            rows.append({"B": b, "T": t, "kernel": "fwd_chunk", "L": chunk, "warps": warps, "ms": _time(fwd)}
+                        | _compiled_info(kernel))
+            print(rows[-1], flush=True)
+    finally:
+        tc.LAUNCH["fwd"] = before
+    return rows
+
+
+VARIANTS = ("launch", "2persm", "nopicks", "bwd", "forward", "chunk")
 
 
 def main(argv=None):
@@ -156,6 +176,8 @@ def main(argv=None):
         tc.LAUNCH["fwd"], tc.ASSIGN_PRECISION = (4, 2), "bf16x3"
         if "forward" in chosen:
             rows.extend(_forward_variants(b, t, fwd, fwd_bwd, q, k, v, n, kernels.ovq_fwd_kernel))
+        if "chunk" in chosen:
+            rows.extend(_chunk_sizes(b, t, q, k, v, n, kernels.ovq_fwd_kernel))
         if "2persm" in chosen:
             rows.extend(_two_programs_per_sm(b, t, h, n, fwd, kernels.ovq_fwd_kernel))
         if "nopicks" in chosen:  # without farthest-point picks (timing only: wrong function): the picks' share

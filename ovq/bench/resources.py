@@ -214,6 +214,8 @@ def main():
     ap.add_argument("--stages", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--warps", type=int, default=None, help="override triton_chunk.LAUNCH's num_warps")
     ap.add_argument("--kernels", nargs="+", help="only these kernels (e.g. ovq_bwd_local_kernel)")
+    ap.add_argument("--constexpr", nargs="+", default=[], metavar="NAME=VALUE",
+                    help="override a kernel constexpr, e.g. CACHED=True TWO_PASS=True (the forward's variants)")
     ap.add_argument("--T", type=int, default=4096, help="sequence length the int arguments assume")
     ap.add_argument("--N", type=int, default=1024, help="capacity (max_centroids)")
     ap.add_argument("--H", type=int, default=8, help="heads")
@@ -249,6 +251,10 @@ def main():
     print(f"NB fwd={nb_fwd} bwd={nb_bwd}; ints T={a.T} N={a.N} H={a.H}", flush=True)
     ptx_dir = os.path.join(scratch, "ptx")
     os.makedirs(ptx_dir, exist_ok=True)
+    import ast
+    forced = {k: ast.literal_eval(v) for k, v in (c.split("=", 1) for c in a.constexpr)}
+    for rec in records:
+        rec["constexprs"].update({k: v for k, v in forced.items() if k in rec["constexprs"]})
     rows = compile_all(records, a.L, a.stages, ints, nb_fwd, nb_bwd, ptx_dir, a.warps)
     with open(a.json, "w") as f:
         json.dump(rows, f, indent=1, default=str)
