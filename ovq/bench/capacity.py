@@ -21,7 +21,7 @@ import math
 import torch
 
 from ..ops.dictionary import OnlineDictionary
-from ..ops.utils import check_int, l2norm
+from ..ops.utils import GROWTH_RULES, check_growth, check_int, l2norm
 from .common import environment, save_json
 
 
@@ -57,7 +57,7 @@ def synthetic_keys(batch: int, length: int, dim: int, num_items: int, num_filler
 
 
 def item_shares(keys: torch.Tensor, positions: torch.Tensor, item_dirs: torch.Tensor, max_centroids: int,
-                chunk_size: int) -> torch.Tensor:
+                chunk_size: int, growth: str = "saturating", growth_rate: float = 1.0) -> torch.Tensor:
     """[B, P]: each item's share of the mean value of its nearest centroid after the sequence (1: alone)."""
     b, length, dim = keys.shape
     check_int("max_centroids", max_centroids)
@@ -71,7 +71,7 @@ def item_shares(keys: torch.Tensor, positions: torch.Tensor, item_dirs: torch.Te
     values[rows, positions] = 0.0
     values[rows, positions, items] = 1.0         # item i: one-hot i
     dictionary = OnlineDictionary(keys.new_zeros(b, 1, 0, dim), keys.new_zeros(b, 1, 0, num_items + 1),
-                                  keys.new_zeros(b, 1, 0), max_centroids, "saturating", 1.0)
+                                  keys.new_zeros(b, 1, 0), max_centroids, growth, growth_rate)
     for end in range(chunk_size, length + 1, chunk_size):
         dictionary = dictionary.write(keys[:, None, end - chunk_size:end], values[:, None, end - chunk_size:end], end)
     directions = l2norm(dictionary.sum_k[:, 0])                            # [B, m, D]
@@ -92,17 +92,26 @@ def main(argv=None) -> dict:
     ap.add_argument("--noise", type=float, default=0.5, help="filler key noise (norm, before normalizing)")
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--chunk-size", type=int, default=64)
+    ap.add_argument("--growth", default="saturating", choices=GROWTH_RULES,
+                    help="the growth rule (a deployment setting, like N and L)")
+    ap.add_argument("--growth-rate", type=float, default=1.0,
+                    help="linear growth: centroids per token, M(t) = min(N, r t); r = N / T fills N at length T")
     ap.add_argument("--sequences", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="results/capacity_cpu.json")
     args = ap.parse_args(argv)
+    try:
+        check_growth(args.growth, args.growth_rate)
+    except (TypeError, ValueError) as e:
+        ap.error(str(e))
     rows = []
     for length in [int(x) for x in args.lengths.split(",")]:
         gen = torch.Generator().manual_seed(args.seed)
         keys, positions, item_dirs = synthetic_keys(args.sequences, length, args.dim, args.items,
                                                     args.filler_directions, args.noise, gen, args.items_per_record)
         for n in [int(x) for x in args.centroids.split(",")]:
-            share = item_shares(keys, positions, item_dirs, n, args.chunk_size).flatten()
+            share = item_shares(keys, positions, item_dirs, n, args.chunk_size, args.growth,
+                                args.growth_rate).flatten()
             kept, quarter = share >= 0.5, (positions * 4 // length).flatten()
             by_quarter = [kept[quarter == i].float().mean().item() for i in range(4)]
             rows.append({"length": length, "N": n, "kept": kept.float().mean().item(),

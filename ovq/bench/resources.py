@@ -67,6 +67,11 @@ def record(path: str) -> None:
         return real_launch(name, kernel, grid, chunk_size, d, dv, *args, **constexprs)
 
     tc._launch = spy
+    # launch as on a GPU: its precisions (so buffers get the GPU's dtypes) and the asked module settings
+    gpu_read = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+    tc._precisions = lambda dtype: (gpu_read.get(dtype, "ieee"), "ieee" if dtype == torch.float32 else tc.ASSIGN_PRECISION)
+    for name, value in json.loads(os.environ.get("OVQ_RESOURCES_SET", "{}")).items():
+        setattr(tc, name, value)
     g = torch.Generator().manual_seed(0)
     B, T, H, D = 1, 40, 2, 16
     q, k, v = (torch.randn(B, T, H, D, generator=g).to(torch.bfloat16).requires_grad_() for _ in range(3))
@@ -176,8 +181,6 @@ def compile_all(records, Ls, stages_list, ints, nb_fwd, nb_bwd, ptx_dir, warps_o
                         args.append(next(iter(kind.values())))
                 cx = dict(rec["constexprs"])
                 cx.update(D=64, DV=64, L=L, BL=pow2(L), BD=64, BDV=64, READ_PREC="bf16")
-                if "ASSIGN_PREC" in cx:
-                    cx["ASSIGN_PREC"] = "bf16x3"
                 if "NB" in cx:
                     cx["NB"] = nb_fwd if rec["name"] == "fwd" else nb_bwd
                 kwargs = dict(cx, num_warps=warps, num_stages=stages, debug=False)
@@ -192,7 +195,11 @@ def compile_all(records, Ls, stages_list, ints, nb_fwd, nb_bwd, ptx_dir, warps_o
                     c = triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=target,
                                        options=options.__dict__)
                 except Exception as e:  # noqa: BLE001 - report and go on
-                    row["error"] = f"{type(e).__name__}: {str(e)[:400]}"
+                    causes, cause = [], e.__cause__  # Triton nests the real error in __cause__
+                    while cause is not None:
+                        causes.append(f"{type(cause).__name__}: {str(cause)[-600:]}")
+                        cause = cause.__cause__
+                    row["error"] = " <- ".join([f"{type(e).__name__}: {str(e)[-1500:]}", *causes])
                     rows.append(row)
                     print(f"{rec['kernel']} L={L} stages={stages}: {row['error']}", flush=True)
                     continue
@@ -214,8 +221,9 @@ def main():
     ap.add_argument("--stages", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--warps", type=int, default=None, help="override triton_chunk.LAUNCH's num_warps")
     ap.add_argument("--kernels", nargs="+", help="only these kernels (e.g. ovq_bwd_local_kernel)")
-    ap.add_argument("--constexpr", nargs="+", default=[], metavar="NAME=VALUE",
-                    help="override a kernel constexpr, e.g. CACHED=True TWO_PASS=True (the forward's variants)")
+    ap.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE",
+                    help="ovq.ops.triton_chunk settings for the recorded launch, e.g. FWD_CACHED_OPERANDS=True "
+                         "FWD_TWO_PASS=True (the forward's variants)")
     ap.add_argument("--T", type=int, default=4096, help="sequence length the int arguments assume")
     ap.add_argument("--N", type=int, default=1024, help="capacity (max_centroids)")
     ap.add_argument("--H", type=int, default=8, help="heads")
@@ -233,7 +241,9 @@ def main():
     os.environ["TRITON_CACHE_DIR"] = os.path.join(scratch, "triton_cache")
     with tempfile.TemporaryDirectory() as tmp:
         rec_path = os.path.join(tmp, "launches.json")
-        env = dict(os.environ, TRITON_INTERPRET="1")
+        import ast
+        settings = {k: ast.literal_eval(v) for k, v in (c.split("=", 1) for c in a.set)}
+        env = dict(os.environ, TRITON_INTERPRET="1", OVQ_RESOURCES_SET=json.dumps(settings))
         subprocess.run([sys.executable, "-m", "ovq.bench.resources", "--record", rec_path], env=env, check=True,
                        cwd=REPO)
         with open(rec_path) as f:
@@ -251,10 +261,6 @@ def main():
     print(f"NB fwd={nb_fwd} bwd={nb_bwd}; ints T={a.T} N={a.N} H={a.H}", flush=True)
     ptx_dir = os.path.join(scratch, "ptx")
     os.makedirs(ptx_dir, exist_ok=True)
-    import ast
-    forced = {k: ast.literal_eval(v) for k, v in (c.split("=", 1) for c in a.constexpr)}
-    for rec in records:
-        rec["constexprs"].update({k: v for k, v in forced.items() if k in rec["constexprs"]})
     rows = compile_all(records, a.L, a.stages, ints, nb_fwd, nb_bwd, ptx_dir, a.warps)
     with open(a.json, "w") as f:
         json.dump(rows, f, indent=1, default=str)

@@ -53,3 +53,19 @@ def test_bad_arguments_are_named():
         item_shares(keys, positions, dirs, 8, chunk_size=5)
     with pytest.raises(ValueError, match="max_centroids"):
         item_shares(keys, positions, dirs, 0, chunk_size=8)
+
+
+def test_linear_growth_at_rate_one_keeps_every_item_alone():
+    # M(t) = t (N >= T): every token founds its own centroid, so OVQ is attention and nothing merges.
+    keys, positions, dirs = synthetic_keys(2, 256, 16, 4, 8, 0.5, torch.Generator().manual_seed(0))
+    share = item_shares(keys, positions, dirs, 256, chunk_size=8, growth="linear", growth_rate=1.0)
+    assert torch.all(share == 1.0)
+    # a rate that opens nothing before the last chunk leaves every item merged into filler
+    share = item_shares(keys, positions, dirs, 256, chunk_size=8, growth="linear", growth_rate=1 / 256)
+    assert torch.all(share < 1.0)
+
+
+def test_cli_rejects_a_bad_growth_rate(tmp_path):
+    from ovq.bench.capacity import main
+    with pytest.raises(SystemExit):
+        main(["--growth", "linear", "--growth-rate", "0", "--out", str(tmp_path / "x.json")])
