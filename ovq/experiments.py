@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -93,8 +94,13 @@ class Profile:
     # steps); the main stage then starts from its weights (`ovq train --init-from`). Empty: one stage.
     warm_start: dict = field(default_factory=dict)
     # Also evaluate models with OVQ/VQ layers at these chunk sizes L (a deployment knob like N):
-    # results/<task>/<label>-chunk<L>.json.
+    # results/<task>/<label>-chunk<L>.json. Shorthand for eval_variants {"chunk<L>": {"chunk_size": L}}.
     eval_chunk_sizes: list[int] = field(default_factory=list)
+    # Also evaluate models with OVQ/VQ layers with other model settings that keep the weights (deployment
+    # knobs), name -> model args: results/<task>/<label>-<name>.json; e.g. {"linear16": {"growth": "linear",
+    # "growth_rate": 1 / 16}}, a dictionary that grows evenly to N over 16·N tokens (VQ has no growth rule:
+    # its row repeats its plain evaluation).
+    eval_variants: dict = field(default_factory=dict)
     # Per model: evaluation settings that keep the weights. fla's Mamba2 without mamba_ssm runs a PyTorch
     # SSD whose inter-block step is quadratic in the number of blocks (513 GiB at 64K with 64-token blocks),
     # so it is evaluated with 256-token blocks, one sequence at a time (the same sequences in total).
@@ -136,6 +142,9 @@ PROFILES = {
                           eval_lengths=[4096, 8192, 16384, 32768, 65536], eval_batches=4, eval_batch_size=4,
                           budget_model="swa-ovq-4096", budgets=[256, 1024, 4096, 16384], models=list(MODELS),
                           model_args={"window_size": 16}, eval_chunk_sizes=[256],
+                          # linear growth at r = N / 64K: every chunk to 64K opens N·L/64K centroids
+                          # (the capacity probe keeps every item alone at 64K with it: docs/experiments.md)
+                          eval_variants={"linear16": {"growth": "linear", "growth_rate": 1 / 16}},
                           warm_start={"seq_len": 256, "batch_size": 64, "steps": 3000, "lr": 2e-3, "warmup": 100},
                           per_task={"recall": {"task_args": {"vocab_size": 256, "num_pairs": 16},
                                                "eval_task_args": {"num_queries": 16},
@@ -197,6 +206,11 @@ def profile_of(task: str, name: str, overrides: dict | None = None) -> Profile:
             raise ValueError(f"train_flags[{label!r}] must be a list of ovq train arguments, got {flags!r}")
     if not all(isinstance(c, int) and c >= 1 for c in profile.eval_chunk_sizes):
         raise ValueError(f"eval_chunk_sizes must be chunk sizes >= 1, got {profile.eval_chunk_sizes!r}")
+    for name, args in profile.eval_variants.items():
+        if not (isinstance(name, str) and re.fullmatch(r"[a-z0-9_]+", name) and name not in RESULT_KINDS
+                and isinstance(args, dict) and args):
+            raise ValueError(f"eval_variants: {name!r}: {args!r} must be a lowercase name (letters, digits, _; not "
+                             f"one of {RESULT_KINDS}) for a non-empty dict of model args")
     if bool(profile.eval_sweeps) != bool(profile.sweep_lengths) or not all(
             isinstance(v, list) and v for v in profile.eval_sweeps.values()):
         raise ValueError(f"eval_sweeps ({profile.eval_sweeps!r}) needs sweep_lengths ({profile.sweep_lengths!r}) "
@@ -262,6 +276,14 @@ def has_dictionary(task: str, label: str) -> bool:
     return bool({"ovq", "vq"} & set(PRESET_PATTERNS[models_of(task)[label][0]]))
 
 
+RESULT_KINDS = ("lengths", "state", "budgets", "sweep")  # a job's result files besides its eval variants
+
+
+def eval_variants(profile: Profile) -> dict[str, dict]:
+    """Evaluation-time model settings for the models with OVQ/VQ layers: name -> model args."""
+    return {f"chunk{c}": {"chunk_size": c} for c in profile.eval_chunk_sizes} | profile.eval_variants
+
+
 def result_files(out_dir: Path, label: str, profile: Profile, task: str) -> dict[str, Path]:
     """A job's result files: scores across lengths, the budget sweep (budget model only), the cache size,
     and scores at other chunk sizes (models with OVQ/VQ layers, when the profile asks)."""
@@ -269,8 +291,8 @@ def result_files(out_dir: Path, label: str, profile: Profile, task: str) -> dict
     if label == profile.budget_model:
         files["budgets"] = out_dir / f"{label}-budgets.json"
     if task != "lm" and has_dictionary(task, label):
-        for chunk in profile.eval_chunk_sizes:
-            files[f"chunk{chunk}"] = out_dir / f"{label}-chunk{chunk}.json"
+        for name in eval_variants(profile):
+            files[name] = out_dir / f"{label}-{name}.json"
     if task != "lm" and profile.eval_sweeps:
         files["sweep"] = out_dir / f"{label}-sweep.json"
     return files
@@ -325,9 +347,8 @@ def run_job(task: str, label: str, profile_name: str, runs_root: str = "runs", r
     for kind, path in files.items():
         if path.exists():
             continue
-        extra = (["--max-centroids", ",".join(map(str, profile.budgets))] if kind == "budgets" else
-                 ["--chunk-size", kind[len("chunk"):]] if kind.startswith("chunk") else [])
-        extra += _args(special.get("model_args", {}), "--model-arg")
+        extra = ["--max-centroids", ",".join(map(str, profile.budgets))] if kind == "budgets" else []
+        extra += _args(special.get("model_args", {}) | eval_variants(profile).get(kind, {}), "--model-arg")
         if task == "lm":  # one forward per document: the training path, for every mixer
             length = str(profile.eval_lengths[-1])
             cli(["eval", str(run_dir), "--loss-by-position", "--max-len", length, "--prefill", length,
@@ -450,10 +471,11 @@ def report(task: str, profile_name: str, labels: list[str], results_root: str = 
     if profile.budget_model in summary["models"]:
         cli(["plot", summary["models"][profile.budget_model]["budgets"], "--out", str(out_dir / "budget_sweep.png")])
     text = lm_table(summary) if task == "lm" else table(summary)
-    for chunk in profile.eval_chunk_sizes if task != "lm" else []:
-        if any(f"chunk{chunk}" in info for info in summary["models"].values()):
-            text += (f"\nEvaluated with chunk size {chunk} (models with OVQ/VQ layers; trained at their own):\n\n"
-                     + table(summary, f"chunk{chunk}"))
+    for name, args in eval_variants(profile).items() if task != "lm" else []:
+        if any(name in info for info in summary["models"].values()):
+            settings = ", ".join(f"{k} = {v}" for k, v in args.items())
+            text += (f"\nEvaluated with {settings} (`{name}`; models with OVQ/VQ layers, trained with their own):"
+                     "\n\n" + table(summary, name))
     if any("sweep" in info for info in summary["models"].values()):
         sweep = next(iter(profile.eval_sweeps))
         cli(["plot", *[m["sweep"] for m in summary["models"].values()], "--x", sweep,

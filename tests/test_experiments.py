@@ -110,7 +110,8 @@ def test_two_stage_training_and_evaluation_at_another_chunk_size(tmp_path):
     from ovq.train import load_checkpoint
     # the second stage also trains at another chunk size (the weights do not depend on it)
     overrides = {"warm_start": {"seq_len": 32, "steps": 10, "model_args": {"window_size": 8, "chunk_size": 8}},
-                 "model_args": {"window_size": 8, "chunk_size": 16}, "eval_chunk_sizes": [32], "steps": 6}
+                 "model_args": {"window_size": 8, "chunk_size": 16}, "eval_chunk_sizes": [32], "steps": 6,
+                 "eval_variants": {"linear": {"growth": "linear", "growth_rate": 0.25}}}
     summary = run("recall", "smoke", models=["swa-ovq-1024", "swa"], runs_root=str(tmp_path / "runs"),
                   results_root=str(tmp_path / "results"), device="cpu", overrides=overrides)["recall"]
     runs, out = tmp_path / "runs" / "recall", tmp_path / "results" / "recall"
@@ -121,12 +122,16 @@ def test_two_stage_training_and_evaluation_at_another_chunk_size(tmp_path):
     assert second["extra"]["job"]["model_args"]["chunk_size"] == 16
     assert second["extra"]["init_from"]["path"] == str(runs / "swa-ovq-1024-stage1")
     rows = json.loads((out / "swa-ovq-1024-chunk32.json").read_text())["results"]
-    assert {r["chunk_size"] for r in rows} == {32} and len(rows) == len(PROFILES["smoke"].eval_lengths)
+    assert all(r["model_args"] == {"chunk_size": 32} for r in rows) and len(rows) == len(PROFILES["smoke"].eval_lengths)
     assert not (out / "swa-chunk32.json").exists() and "chunk32" not in summary["models"]["swa"]
+    # another deployment setting (the growth rule), the same weights
+    rows = json.loads((out / "swa-ovq-1024-linear.json").read_text())["results"]
+    assert all(r["model_args"] == {"growth": "linear", "growth_rate": 0.25} for r in rows)
+    assert not (out / "swa-linear.json").exists()
     table = (out / "table.md").read_text()
-    # rows: lengths, chunk 32 (OVQ only), the capacity sweep (every model)
-    assert table.count("| swa-ovq-1024 |") == 3 and table.count("| swa |") == 2
-    assert "chunk size 32" in table
+    # rows: lengths, chunk 32 and linear growth (OVQ only), the capacity sweep (every model)
+    assert table.count("| swa-ovq-1024 |") == 4 and table.count("| swa |") == 2
+    assert "Evaluated with chunk_size = 32 (`chunk32`" in table and "growth = linear, growth_rate = 0.25" in table
 
 
 def test_warm_start_must_name_profile_fields():
@@ -143,6 +148,9 @@ def test_warm_start_must_name_profile_fields():
         profile_of("recall", "smoke", {"eval_sweeps": {"num_pairs": [4]}, "sweep_lengths": []})
     with pytest.raises(ValueError, match="non-empty list of values"):
         profile_of("recall", "smoke", {"eval_sweeps": {"num_pairs": 4}})
+    for bad in ({"Chunk-1": {"chunk_size": 8}}, {"sweep": {"chunk_size": 8}}, {"linear": {}}):
+        with pytest.raises(ValueError, match="eval_variants"):
+            profile_of("recall", "smoke", {"eval_variants": bad})
     with pytest.raises(ValueError, match="eval_chunk_sizes must be chunk sizes >= 1"):
         profile_of("recall", "smoke", {"eval_chunk_sizes": [0]})
     assert profile_of("recall", "h200-t4096").warm_start["steps"] == 3000
