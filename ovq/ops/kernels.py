@@ -11,9 +11,10 @@ streams its slice of the dictionary once per chunk and computes, in the same pas
   - the write's similarities: each key's best centroid in the slice.
 With NB > 1 the programs of one bh swap these partial results through a small double-buffered
 exchange and a spin barrier (they must be co-resident: the launcher keeps the grid within the SM
-count). Every program then finishes the assignment (farthest-point picks on the chunk's Gram matrix,
-argmax including the new centroids) identically, scatters the tokens that land in its own slice, and
-one program per chunk merges the partial reads with the causal in-chunk attention and writes o.
+count). Every program then finishes the assignment (farthest-point picks, argmax including the new
+centroids) identically, scatters the tokens that land in its own slice, and one program per chunk merges
+the partial reads with the causal in-chunk attention (64 keys at a time) and writes o. No tile is L x L,
+so the chunk size is bounded by the [L, D] tiles alone.
 
 Backward: ``ovq_bwd_local_kernel`` (in-chunk attention, parallel over chunks) and
 ``ovq_bwd_dict_kernel`` (a reverse scan per (bh, slice) that recovers each chunk's dictionary by
@@ -172,7 +173,7 @@ def ovq_fwd_kernel(
     D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr,
     BL: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, BN: tl.constexpr, NB: tl.constexpr,
     COUNT_PRIOR: tl.constexpr, STATIC: tl.constexpr, READ_PREC: tl.constexpr, ASSIGN_PREC: tl.constexpr,
-    CACHED: tl.constexpr, TWO_PASS: tl.constexpr,
+    CACHED: tl.constexpr, TWO_PASS: tl.constexpr, KB: tl.constexpr,
 ):
     s = tl.program_id(0)
     bh = tl.program_id(1)
@@ -187,7 +188,6 @@ def ovq_fwd_kernel(
     in_chunk = offs_l < L
     s_base = bh * N  # row offset of this bh's dictionary
     cb_base = h * N * D
-    causal = offs_l[None, :] <= offs_l[:, None]
     if CACHED:  # operands of the slots active before the first chunk (a carried state, or the codebook)
         first_loc = _slots_in_slice(tl.load(sched_ptr), s, NB)
         for r0 in range(0, first_loc, BN):
@@ -312,21 +312,23 @@ def ovq_fwd_kernel(
         v = tl.load(v_ptr + v_off, mask=tmask[:, None] & dvmask[None, :], other=0.0)
         if full & (m + n_new > 0):
             z = best_idx
-            if n_new > 0:  # most chunks of a long sequence open none: no Gram matrix, no picks
-                k_hi, k_lo = _assign_operands(k, ASSIGN_PREC)
-                gram = _assign_mm(k_hi, k_lo, tl.trans(k_hi), tl.trans(k_lo), ASSIGN_PREC)
+            if n_new > 0:  # most chunks of a long sequence open none: no picks
+                # Farthest-point picks without an L x L Gram matrix (it would not fit on chip for large L):
+                # each pick's similarities to every key, float32, also give each key's best new centroid
+                # (the first pick wins ties, as the lowest index does in the op's argmax).
                 sim_pick = tl.where(in_chunk, best_val, float("inf"))  # padding rows are never picked
                 order = tl.full([BL], -1, tl.int32)
+                new_val = tl.full([BL], float("-inf"), tl.float32)
+                new_ord = tl.zeros([BL], tl.int32)
                 for i in range(0, n_new):
                     j = tl.argmin(tl.where(order >= 0, float("inf"), sim_pick), axis=0, tie_break_left=True)
                     order = tl.where(offs_l == j, i, order)
-                    row_j = tl.sum(tl.where(offs_l[:, None] == j, gram, 0.0), axis=0)
+                    k_j = tl.load(k_ptr + (bh * T + c * L + j) * D + offs_d, mask=dmask, other=0.0)
+                    row_j = tl.sum(k * k_j[None, :], axis=1)
                     sim_pick = tl.maximum(sim_pick, row_j)
+                    new_ord = tl.where(row_j > new_val, i, new_ord)
+                    new_val = tl.maximum(new_val, row_j)
                 picked = order >= 0
-                g = tl.where(picked[None, :], gram, float("-inf"))
-                new_val = tl.max(g, axis=1)
-                new_ord = tl.min(tl.where(picked[None, :] & (g == new_val[:, None]), order[None, :], 2147483647),
-                                 axis=1)
                 z = tl.where(picked, m + order, tl.where(new_val > best_val, m + new_ord, best_idx))
             z = tl.where(in_chunk, z, -1)
             own = in_chunk & ((z % NB) == s)
@@ -344,16 +346,27 @@ def ovq_fwd_kernel(
             tl.debug_barrier()
 
         if writer:
-            # Merge with the causal keys of the chunk itself: one softmax over everything.
+            # Merge with the causal keys of the chunk itself: one softmax over everything, KB keys at a time
+            # (an L x L score tile would not fit on chip for large L).
             q = tl.load(q_ptr + qk_off, mask=tmask[:, None] & dmask[None, :], other=0.0)
-            s_loc = beta * _mm(q, tl.trans(k), READ_PREC)
-            s_loc = tl.where(causal & tmask[None, :], s_loc, float("-inf"))
-            new_max = tl.maximum(row_max, tl.max(s_loc, axis=1))
-            safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)
-            alpha = tl.exp(row_max - safe_max)
-            p = tl.exp(s_loc - safe_max[:, None])
-            row_sum = row_sum * alpha + tl.sum(p, axis=1)
-            acc = acc * alpha[:, None] + _mm(p, v, READ_PREC)
+            for kb in range(0, BL, KB):
+                offs_kb = kb + tl.arange(0, KB)
+                t_kb = c * L + offs_kb
+                kb_mask = (offs_kb < L) & (t_kb < T)
+                k_blk = tl.load(k_ptr + (bh * T + t_kb)[:, None] * D + offs_d[None, :],
+                                mask=kb_mask[:, None] & dmask[None, :], other=0.0)
+                v_blk = tl.load(v_ptr + (bh * T + t_kb)[:, None] * DV + offs_dv[None, :],
+                                mask=kb_mask[:, None] & dvmask[None, :], other=0.0)
+                s_loc = beta * _mm(q, tl.trans(k_blk), READ_PREC)
+                s_loc = tl.where((offs_kb[None, :] <= offs_l[:, None]) & kb_mask[None, :], s_loc, float("-inf"))
+                new_max = tl.maximum(row_max, tl.max(s_loc, axis=1))
+                safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)
+                alpha = tl.exp(row_max - safe_max)
+                p = tl.exp(s_loc - safe_max[:, None])
+                row_sum = row_sum * alpha + tl.sum(p, axis=1)
+                acc = acc * alpha[:, None] + _mm(p, v_blk, READ_PREC)
+                row_max = new_max
+            safe_max = tl.where(row_max == float("-inf"), 0.0, row_max)
             row_sum = tl.where(row_sum > 0, row_sum, 1.0)
             tl.store(o_ptr + v_off, acc / row_sum[:, None], mask=tmask[:, None] & dvmask[None, :])
             tl.store(lse_ptr + bh * T + t, safe_max + tl.log(row_sum), mask=tmask)

@@ -19,6 +19,9 @@ from .state import DictionaryState, OVQState, VQState
 from .utils import new_centroid_count
 
 BLOCK_CENTROIDS = 64
+# Keys per step of the forward's in-chunk attention (an L x L tile would not fit on chip for large L);
+# tests lower it to cover several steps at small L.
+LOCAL_BLOCK = 64
 # Launch settings (num_warps, num_stages) per kernel; ovq.bench.kernels overrides them to compare.
 LAUNCH = {"fwd": (4, 2), "bwd_local": (4, 1), "bwd_dict": (4, 2)}
 
@@ -217,7 +220,8 @@ class ChunkFunction(torch.autograd.Function):
                     total, n, cfg.num_heads, sched.shape[0],
                     D=d, DV=dv, L=cfg.chunk_size, BL=bl, BD=bd, BDV=bdv, BN=BLOCK_CENTROIDS, NB=nb,
                     COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, READ_PREC=cfg.read_precision,
-                    ASSIGN_PREC=cfg.assign_precision, CACHED=cfg.cached, TWO_PASS=cfg.two_pass)
+                    ASSIGN_PREC=cfg.assign_precision, CACHED=cfg.cached, TWO_PASS=cfg.two_pass,
+                    KB=min(bl, LOCAL_BLOCK))
         ctx.save_for_backward(qhat, khat, v, beta, o, lse, z, sum_k, sum_v, count, codebook, sched)
         ctx.cfg, ctx.m0 = cfg, m0
         ctx.mark_non_differentiable(count)

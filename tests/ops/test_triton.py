@@ -83,6 +83,20 @@ def test_small_centroid_blocks(case, monkeypatch):
              _run(ovq_attention, q, k, v, beta, do, **kw, backend="triton"), 1e-5, 1e-5)
 
 
+@pytest.mark.parametrize("growth", ["saturating", "linear"])
+def test_in_chunk_attention_in_several_key_blocks(growth, monkeypatch):
+    """Keys of a chunk taken 16 at a time (LOCAL_BLOCK; 64 on the GPU): the in-chunk softmax runs across key
+    blocks, with a chunk (L = 40) that is not a whole number of blocks and many picks per chunk (linear)."""
+    import ovq.ops.triton_chunk as tc
+    monkeypatch.setattr(tc, "LOCAL_BLOCK", 16)
+    q, k, v = random_qkv(2, 100, 2, 16, 8, dtype=torch.float32, seed=5, device=DEVICE, requires_grad=True)
+    beta = torch.tensor([3.0, 7.0], device=DEVICE, requires_grad=True)
+    do = torch.randn(2, 100, 2, 8, device=DEVICE)
+    kw = dict(chunk_size=40, max_centroids=48, growth=growth, growth_rate=0.5)
+    _compare(_run(ovq_attention, q, k, v, beta, do, **kw, backend="torch"),
+             _run(ovq_attention, q, k, v, beta, do, **kw, backend="triton"), 1e-5, 1e-5)
+
+
 def test_detach_state_and_carried_state_match_torch():
     q, k, v = random_qkv(1, 60, 2, 16, dtype=torch.float32, seed=3, device=DEVICE, requires_grad=True)
     beta = torch.tensor([2.0, 5.0], device=DEVICE, requires_grad=True)
