@@ -379,9 +379,10 @@ def ovq_bwd_local_kernel(
     dq_ptr, dk_ptr, dv_ptr, dbeta_ptr,
     T, H, C,
     D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr,
-    BL: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, READ_PREC: tl.constexpr,
+    BL: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, READ_PREC: tl.constexpr, KB: tl.constexpr,
 ):
-    """Gradients of the in-chunk (causal, local) part of the softmax, one program per (chunk, bh)."""
+    """Gradients of the in-chunk (causal, local) part of the softmax, one program per (chunk, bh); the
+    chunk's keys KB at a time (no L x L tile)."""
     c = tl.program_id(0)
     bh = tl.program_id(1)
     beta = tl.load(beta_ptr + bh % H)
@@ -395,20 +396,30 @@ def ovq_bwd_local_kernel(
     qk_off = (bh * T + t)[:, None] * D + offs_d[None, :]
     v_off = (bh * T + t)[:, None] * DV + offs_dv[None, :]
     q = tl.load(q_ptr + qk_off, mask=tmask[:, None] & dmask[None, :], other=0.0)
-    k = tl.load(k_ptr + qk_off, mask=tmask[:, None] & dmask[None, :], other=0.0)
-    v = tl.load(v_ptr + v_off, mask=tmask[:, None] & dvmask[None, :], other=0.0)
     do = tl.load(do_ptr + v_off, mask=tmask[:, None] & dvmask[None, :], other=0.0)
     lse = tl.load(lse_ptr + bh * T + t, mask=tmask, other=0.0)
     delta = tl.load(delta_ptr + bh * T + t, mask=tmask, other=0.0)
-    raw = _mm(q, tl.trans(k), READ_PREC)
-    valid = (offs_l[None, :] <= offs_l[:, None]) & tmask[None, :] & tmask[:, None]
-    p = tl.where(valid, tl.exp(beta * raw - lse[:, None]), 0.0)
-    dp = _mm(do, tl.trans(v), READ_PREC)
-    ds = p * (dp - delta[:, None])
-    tl.store(dq_ptr + qk_off, beta * _mm(ds, k, READ_PREC), mask=tmask[:, None] & dmask[None, :])
-    tl.store(dk_ptr + qk_off, beta * _mm(tl.trans(ds), q, READ_PREC), mask=tmask[:, None] & dmask[None, :])
-    tl.store(dv_ptr + v_off, _mm(tl.trans(p), do, READ_PREC), mask=tmask[:, None] & dvmask[None, :])
-    tl.store(dbeta_ptr + bh * C + c, tl.sum(tl.sum(ds * raw, axis=1), axis=0))
+    dq = tl.zeros([BL, BD], tl.float32)
+    dbeta = tl.zeros([BL], tl.float32)
+    for kb in range(0, BL, KB):
+        offs_kb = kb + tl.arange(0, KB)
+        t_kb = c * L + offs_kb
+        kb_mask = (offs_kb < L) & (t_kb < T)
+        kb_off = (bh * T + t_kb)[:, None] * D + offs_d[None, :]
+        vb_off = (bh * T + t_kb)[:, None] * DV + offs_dv[None, :]
+        k = tl.load(k_ptr + kb_off, mask=kb_mask[:, None] & dmask[None, :], other=0.0)
+        v = tl.load(v_ptr + vb_off, mask=kb_mask[:, None] & dvmask[None, :], other=0.0)
+        raw = _mm(q, tl.trans(k), READ_PREC)
+        valid = (offs_kb[None, :] <= offs_l[:, None]) & kb_mask[None, :] & tmask[:, None]
+        p = tl.where(valid, tl.exp(beta * raw - lse[:, None]), 0.0)
+        dp = _mm(do, tl.trans(v), READ_PREC)
+        ds = p * (dp - delta[:, None])
+        dq += beta * _mm(ds, k, READ_PREC)
+        dbeta += tl.sum(ds * raw, axis=1)
+        tl.store(dk_ptr + kb_off, beta * _mm(tl.trans(ds), q, READ_PREC), mask=kb_mask[:, None] & dmask[None, :])
+        tl.store(dv_ptr + vb_off, _mm(tl.trans(p), do, READ_PREC), mask=kb_mask[:, None] & dvmask[None, :])
+    tl.store(dq_ptr + qk_off, dq, mask=tmask[:, None] & dmask[None, :])
+    tl.store(dbeta_ptr + bh * C + c, tl.sum(dbeta, axis=0))
 
 
 @triton.jit

@@ -19,7 +19,7 @@ from .state import DictionaryState, OVQState, VQState
 from .utils import new_centroid_count
 
 BLOCK_CENTROIDS = 64
-# Keys per step of the forward's in-chunk attention (an L x L tile would not fit on chip for large L);
+# Keys per step of the in-chunk attention, forward and backward (an L x L tile would not fit on chip for large L);
 # tests lower it to cover several steps at small L.
 LOCAL_BLOCK = 64
 # Launch settings (num_warps, num_stages) per kernel; ovq.bench.kernels overrides them to compare.
@@ -250,7 +250,7 @@ def _backward(saved, cfg: KernelConfig, m0: int, do, d_sum_k, d_sum_v) -> tuple:
     if total > 0:
         _launch("bwd_local", ovq_bwd_local_kernel, (chunks, bh), cfg.chunk_size, d, dv,
                 qhat, khat, v, beta, do, lse, delta, dq_local, dk_local, dv_local, dbeta_local,
-                total, cfg.num_heads, chunks, **kw)
+                total, cfg.num_heads, chunks, **kw, KB=min(bl, LOCAL_BLOCK))
     nb = cfg.bwd_slices
     g_k = torch.zeros_like(sum_k) if d_sum_k is None else d_sum_k.float().clone()
     g_v = torch.zeros_like(sum_v) if d_sum_v is None else d_sum_v.float().clone()
@@ -282,7 +282,7 @@ def backward_fits(cfg: KernelConfig, d: int, dv: int, device: torch.device) -> b
     chunk of zeros (what they compile to depends on the tile sizes and options, not on T, N or the batch).
     Asked before a forward that will need a backward, so a chunk too large for the backward is known while
     the PyTorch op can still take over, not halfway through ``loss.backward()``."""
-    key = (device, cfg, d, dv, BLOCK_CENTROIDS, LAUNCH["bwd_local"], LAUNCH["bwd_dict"])
+    key = (device, cfg, d, dv, BLOCK_CENTROIDS, LOCAL_BLOCK, LAUNCH["bwd_local"], LAUNCH["bwd_dict"])
     if key not in _BACKWARD_FITS:
         L, n, h = cfg.chunk_size, cfg.capacity, cfg.num_heads
         zeros = lambda *shape, dtype=torch.float32: torch.zeros(*shape, device=device, dtype=dtype)  # noqa: E731
