@@ -31,8 +31,8 @@ def test_forward_variants_check_each_variant_and_restore_the_defaults(monkeypatc
 def test_chunk_size_variants_time_each_launch_and_restore_it(monkeypatch):
     monkeypatch.setattr(bench, "_time", lambda fn: (fn(), 1.0)[1])
     monkeypatch.setattr(bench, "_compiled_info", lambda kernel: {})
-    q, k, v = (torch.randn(1, 300, 2, 16) for _ in range(3))
+    q, k, v = (torch.randn(1, 600, 2, 16) for _ in range(3))
     before = tc.LAUNCH["fwd"]
-    rows = bench._chunk_sizes(1, 300, q, k, v, 64, None)
-    assert [(r["L"], r["warps"]) for r in rows] == [(64, 4), (64, 8), (128, 4), (128, 8), (256, 4), (256, 8)]
+    rows = bench._chunk_sizes(1, 600, q, k, v, 64, None)
+    assert [(r["L"], r["warps"]) for r in rows] == [(L, w) for L in (64, 128, 256, 512) for w in (4, 8)]
     assert tc.LAUNCH["fwd"] == before
