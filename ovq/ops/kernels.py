@@ -65,6 +65,17 @@ def _mm_split(a_hi, a_lo, b_hi, b_lo):
 
 
 @triton.jit
+def _softmax_step(row_max, row_sum, acc, logits, values, PREC: tl.constexpr):
+    """One block of an online softmax: fold ``logits`` [BL, n] (-inf where masked) and their ``values``
+    [n, BDV] into the running max, sum and weighted values of each row."""
+    new_max = tl.maximum(row_max, tl.max(logits, axis=1))
+    safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)  # a row with nothing yet stays empty
+    alpha = tl.exp(row_max - safe_max)
+    p = tl.exp(logits - safe_max[:, None])
+    return new_max, row_sum * alpha + tl.sum(p, axis=1), acc * alpha[:, None] + _mm(p, values, PREC)
+
+
+@triton.jit
 def _slots_in_slice(m, s, NB: tl.constexpr):
     """How many of the active slots n < m belong to slice s (slot n is slice n % NB's)."""
     return tl.where(m > s, (m - s + NB - 1) // NB, 0)
@@ -238,13 +249,7 @@ def ovq_fwd_kernel(
             if COUNT_PRIOR:
                 logits += tl.log(tl.maximum(cnt, 1.0))[None, :]
             logits = tl.where(readable[None, :], logits, float("-inf"))
-            new_max = tl.maximum(row_max, tl.max(logits, axis=1))
-            safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)
-            alpha = tl.exp(row_max - safe_max)
-            p = tl.exp(logits - safe_max[:, None])
-            row_sum = row_sum * alpha + tl.sum(p, axis=1)
-            acc = acc * alpha[:, None] + _mm(p, muv, READ_PREC)
-            row_max = new_max
+            row_max, row_sum, acc = _softmax_step(row_max, row_sum, acc, logits, muv, READ_PREC)
             if not TWO_PASS:
                 if CACHED:
                     sim = _cached_sim(k_hi, k_lo, chi_ptr, clo_ptr, rows_d, nmask, ASSIGN_PREC)
@@ -359,13 +364,7 @@ def ovq_fwd_kernel(
                                 mask=kb_mask[:, None] & dvmask[None, :], other=0.0)
                 s_loc = beta * _mm(q, tl.trans(k_blk), READ_PREC)
                 s_loc = tl.where((offs_kb[None, :] <= offs_l[:, None]) & kb_mask[None, :], s_loc, float("-inf"))
-                new_max = tl.maximum(row_max, tl.max(s_loc, axis=1))
-                safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)
-                alpha = tl.exp(row_max - safe_max)
-                p = tl.exp(s_loc - safe_max[:, None])
-                row_sum = row_sum * alpha + tl.sum(p, axis=1)
-                acc = acc * alpha[:, None] + _mm(p, v_blk, READ_PREC)
-                row_max = new_max
+                row_max, row_sum, acc = _softmax_step(row_max, row_sum, acc, s_loc, v_blk, READ_PREC)
             safe_max = tl.where(row_max == float("-inf"), 0.0, row_max)
             row_sum = tl.where(row_sum > 0, row_sum, 1.0)
             tl.store(o_ptr + v_off, acc / row_sum[:, None], mask=tmask[:, None] & dvmask[None, :])
