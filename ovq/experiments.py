@@ -172,11 +172,13 @@ LM_PROFILES = {
     # ~60M parameters trained at 4K on the offline books (5M training tokens: ~2.6 epochs), loss to 64K.
     "h200": Profile(size="60m", seq_len=4096, batch_size=8, steps=400, lr=1e-3, warmup=40, eval_lengths=[65536],
                     eval_batches=0, eval_batch_size=1, budget_model="swa-ovq-4096", budgets=[1024, 4096, 16384],
-                    models=list(LM_MODELS), data="data/books"),
+                    models=list(LM_MODELS), data="data/books",
+                    eval_variants={"linear16": {"growth": "linear", "growth_rate": 1 / 16}}),
     "smoke": Profile(size="tiny", seq_len=64, batch_size=4, steps=12, lr=3e-3, warmup=2, eval_lengths=[200],
                      eval_batches=1, eval_batch_size=1, budget_model="swa-ovq-4096", budgets=[8, 32],
                      models=["swa-ovq-4096", "swa-attn", "swa"], precision="fp32",
-                     model_args={"window_size": 16, "chunk_size": 16}, state_length=4096, data="data/sample", block=64),
+                     model_args={"window_size": 16, "chunk_size": 16}, state_length=4096, data="data/sample", block=64,
+                     eval_variants={"linear": {"growth": "linear", "growth_rate": 0.25}}),
 }
 
 
@@ -290,7 +292,7 @@ def result_files(out_dir: Path, label: str, profile: Profile, task: str) -> dict
     files = {"lengths": out_dir / f"{label}.json", "state": out_dir / f"{label}-state.json"}
     if label == profile.budget_model:
         files["budgets"] = out_dir / f"{label}-budgets.json"
-    if task != "lm" and has_dictionary(task, label):
+    if has_dictionary(task, label):
         for name in eval_variants(profile):
             files[name] = out_dir / f"{label}-{name}.json"
     if task != "lm" and profile.eval_sweeps:
@@ -471,11 +473,11 @@ def report(task: str, profile_name: str, labels: list[str], results_root: str = 
     if profile.budget_model in summary["models"]:
         cli(["plot", summary["models"][profile.budget_model]["budgets"], "--out", str(out_dir / "budget_sweep.png")])
     text = lm_table(summary) if task == "lm" else table(summary)
-    for name, args in eval_variants(profile).items() if task != "lm" else []:
+    for name, args in eval_variants(profile).items():
         if any(name in info for info in summary["models"].values()):
             settings = ", ".join(f"{k} = {v}" for k, v in args.items())
             text += (f"\nEvaluated with {settings} (`{name}`; models with OVQ/VQ layers, trained with their own):"
-                     "\n\n" + table(summary, name))
+                     "\n\n" + (lm_table(summary, name) if task == "lm" else table(summary, name)))
     if any("sweep" in info for info in summary["models"].values()):
         sweep = next(iter(profile.eval_sweeps))
         cli(["plot", *[m["sweep"] for m in summary["models"].values()], "--x", sweep,
@@ -539,18 +541,21 @@ def _span_means(row: dict, edges: list[int]) -> list[float]:
     return out
 
 
-def lm_table(summary: dict) -> str:
-    """Markdown: held-out loss per position span (training length marked), relative to swa-attn, and cache."""
+def lm_table(summary: dict, kind: str = "lengths") -> str:
+    """Markdown: held-out loss per position span (training length marked), relative to swa-attn (its plain
+    evaluation), and cache; ``kind`` picks the result file (an eval variant, for the models that have it)."""
     profile = summary["profile"]
     train, end = profile["seq_len"], profile["eval_lengths"][-1]
     edges = sorted({0, train, *[e for e in (4 * train, 8 * train) if train < e < end], end})
     names = [f"[{lo // 1024}K, {hi // 1024}K)" if lo >= 1024 else f"[{lo}, {hi})" for lo, hi in zip(edges, edges[1:])]
-    means = {label: _span_means(json.loads(Path(info["lengths"]).read_text())["results"][0], edges)
-             for label, info in summary["models"].items()}
-    ref = means.get("swa-attn")
+    models = {label: info for label, info in summary["models"].items() if kind in info}
+    means = {label: _span_means(json.loads(Path(info[kind]).read_text())["results"][0], edges)
+             for label, info in models.items()}
+    attn = summary["models"].get("swa-attn")
+    ref = None if attn is None else _span_means(json.loads(Path(attn["lengths"]).read_text())["results"][0], edges)
     lines = ["| model | " + " | ".join(f"loss {n}" for n in names) + " | vs swa-attn beyond training | "
              f"cache MiB @ {profile['state_length']:,} |", "| --- |" + " --- |" * (len(names) + 2)]
-    for label, info in summary["models"].items():
+    for label, info in models.items():
         rel = "" if ref is None else f"{100 * (sum(means[label][1:]) / sum(ref[1:]) - 1):+.2f}%"
         cells = " | ".join(f"{x:.4f}" for x in means[label])
         lines.append(f"| {label} | {cells} | {rel} | {_cache_mib(info)} |")

@@ -66,6 +66,11 @@ def test_smoke_lm_pipeline(tmp_path):
     assert rows[0]["block"] == 64 and sum(rows[0]["tokens"]) == 200 * rows[0]["documents"]
     table = (out / "table.md").read_text()
     assert "| swa-attn |" in table and "+0.00%" in table  # the reference row
+    # an eval variant (the growth rule) for the OVQ model only, compared with attention's plain evaluation
+    variant = json.loads((out / "swa-ovq-4096-linear.json").read_text())["results"]
+    assert variant[0]["model_args"] == {"growth": "linear", "growth_rate": 0.25} and variant[0]["block"] == 64
+    assert not (out / "swa-attn-linear.json").exists()
+    assert table.count("| swa-ovq-4096 |") == 2 and "growth = linear, growth_rate = 0.25" in table
     assert summary["models"]["swa"]["state_at"]["bytes_per_token"] == 0
 
 
