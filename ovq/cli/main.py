@@ -130,7 +130,8 @@ def cmd_plot(args) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    colors: dict[str, str] = {}  # one color per run: its evaluation variants are dashed lines in that color
     for path in args.inputs:
         payload = json.loads(Path(path).read_text())
         rows, job = payload["results"], payload["job"]
@@ -143,15 +144,19 @@ def cmd_plot(args) -> None:
             ax.set_ylabel("loss (nats/token)")
             continue
         metric = "accuracy" if "accuracy" in rows[0] else "squared_error"
-        for label, sel in _plot_lines(rows, args.x, name).items():
-            ax.plot([x for x, _ in sel], [y[metric] for _, y in sel], marker="o", label=label)
+        color = colors.setdefault(name, f"C{len(colors) % 10}")
+        lines = _plot_lines(rows, args.x, name)
+        for label, sel in lines.items():
+            variant = any("model_args" in r or "chunk_size" in r for _, r in sel)
+            style = {"color": color, "linestyle": "--"} if variant else {"color": color} if len(lines) == 1 else {}
+            ax.plot([x for x, _ in sel], [y[metric] for _, y in sel], marker="o", label=label, **style)
         ax.set_xlabel("evaluation length (tokens)" if args.x == "length" else f"{args.x} (evaluation)")
         ax.set_ylabel(metric.replace("_", " "))
         if metric == "squared_error":
             ax.set_yscale("log")  # errors span orders of magnitude (a learned model vs predicting 0)
     ax.set_xscale("log", base=2)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the lines, not over them
     fig.tight_layout()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=150)
@@ -170,6 +175,9 @@ def _plot_lines(rows: list[dict], x: str, name: str) -> dict[str, list[tuple]]:
 
     def others(row):
         parts = [] if row["max_centroids"] is None else [f"N={row['max_centroids']}"]
+        settings = row.get("model_args", {}) | ({"chunk_size": row["chunk_size"]} if "chunk_size" in row else {})
+        parts += [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in settings.items()
+                  if k != "mamba2_chunk_size"]  # evaluation-time settings (an SSD block size changes nothing)
         if x != "length" and len({r["length"] for r in rows}) > 1:
             parts.append(f"T={row['length']}")
         varying = {k for k in row.get("task_args", {}) if len({str(r.get("task_args", {}).get(k)) for r in rows}) > 1}
