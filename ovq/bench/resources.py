@@ -88,10 +88,6 @@ def record(path: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- compile
-def pow2(x: int) -> int:
-    return max(16, 1 << max(0, (x - 1).bit_length()))
-
-
 def tool(name: str) -> str:
     import triton
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
@@ -121,18 +117,14 @@ def run_ptxas(rows, timeout, jobs):
                          spill_loads=get(r"(\d+) bytes spill loads"), stack=get(r"(\d+) bytes stack frame"),
                          static_smem=get(r"(\d+) bytes smem") or 0, ptxas_log=log.strip())
                 if os.path.exists(r["ptx"] + ".cubin"):
-                    with open(r["ptx"] + ".cubin", "rb") as f:
-                        r["cuobjdump_regs"] = cuobjdump_regs(f.read())
+                    r["cuobjdump_regs"] = cuobjdump_regs(r["ptx"] + ".cubin")
             print(f"ptxas {r['kernel']:22s} L={r['L']:4d} stages={r['num_stages']}: regs={r.get('regs')} "
                   f"spills(st/ld)={r.get('spill_stores')}/{r.get('spill_loads')} {r.get('ptxas', '')}", flush=True)
 
 
-def cuobjdump_regs(cubin: bytes) -> int | None:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "k.cubin")
-        with open(path, "wb") as f:
-            f.write(cubin)
-        r = subprocess.run([tool("cuobjdump"), "-res-usage", path], capture_output=True, text=True)
+def cuobjdump_regs(cubin_path: str) -> int | None:
+    """Registers of a cubin as cuobjdump reads them (a cross-check of ptxas -v)."""
+    r = subprocess.run([tool("cuobjdump"), "-res-usage", cubin_path], capture_output=True, text=True)
     m = re.search(r"REG:(\d+)", r.stdout)
     return int(m.group(1)) if m else None
 
@@ -146,6 +138,8 @@ def compile_all(records, Ls, stages_list, ints, nb_fwd, nb_bwd, ptx_dir, warps_o
 
     sys.path.insert(0, REPO)
     import ovq.ops.kernels as K
+    import ovq.ops.triton_chunk as tc
+    from ovq.ops.triton_chunk import _pow2
 
     target = GPUTarget("cuda", 90, 32)
     backend = make_backend(target)
@@ -180,7 +174,9 @@ def compile_all(records, Ls, stages_list, ints, nb_fwd, nb_bwd, ptx_dir, warps_o
                     else:
                         args.append(next(iter(kind.values())))
                 cx = dict(rec["constexprs"])
-                cx.update(D=64, DV=64, L=L, BL=pow2(L), BD=64, BDV=64, READ_PREC="bf16")
+                cx.update(D=64, DV=64, L=L, BL=_pow2(L), BD=64, BDV=64, READ_PREC="bf16")
+                if "KB" in cx:  # the in-chunk key block the launcher picks for this L (the record's was for its L)
+                    cx["KB"] = min(cx["BL"], tc.LOCAL_BLOCK)
                 if "NB" in cx:
                     cx["NB"] = nb_fwd if rec["name"] == "fwd" else nb_bwd
                 kwargs = dict(cx, num_warps=warps, num_stages=stages, debug=False)
