@@ -469,7 +469,7 @@ def report(task: str, profile_name: str, labels: list[str], results_root: str = 
         print(f"{task}: no finished model to report", flush=True)
         return summary
     variants = [m[name] for m in summary["models"].values() for name in eval_variants(profile) if name in m]
-    cli(["plot", *[m["lengths"] for m in summary["models"].values()], *(variants if task != "lm" else []),
+    cli(["plot", *[m["lengths"] for m in summary["models"].values()], *variants,
          "--out", str(out_dir / ("loss_by_position.png" if task == "lm" else "accuracy_vs_length.png"))])
     if profile.budget_model in summary["models"]:
         cli(["plot", summary["models"][profile.budget_model]["budgets"], "--out", str(out_dir / "budget_sweep.png")])

@@ -136,15 +136,17 @@ def cmd_plot(args) -> None:
         payload = json.loads(Path(path).read_text())
         rows, job = payload["results"], payload["job"]
         name = Path(payload.get("run", job["model"])).name  # the run folder names the variant (e.g. swa-ovq-4096)
+        color = colors.setdefault(name, f"C{len(colors) % 10}")
         if "loss" in rows[0]:
             for row in rows:
                 xs = [(i + 1) * row["block"] for i in range(len(row["loss"]))]
-                ax.plot(xs, row["loss"], label=name + ("" if row["max_centroids"] is None else f" N={row['max_centroids']}"))
+                variant = "model_args" in row or "chunk_size" in row
+                style = {"color": color, "linestyle": "--"} if variant else {"color": color} if len(rows) == 1 else {}
+                ax.plot(xs, row["loss"], label=_line_label(row, name), **style)
             ax.set_xlabel("position (tokens)")
             ax.set_ylabel("loss (nats/token)")
             continue
         metric = "accuracy" if "accuracy" in rows[0] else "squared_error"
-        color = colors.setdefault(name, f"C{len(colors) % 10}")
         lines = _plot_lines(rows, args.x, name)
         for label, sel in lines.items():
             variant = any("model_args" in r or "chunk_size" in r for _, r in sel)
@@ -163,6 +165,15 @@ def cmd_plot(args) -> None:
     print(f"saved {args.out}")
 
 
+def _line_label(row: dict, name: str) -> str:
+    """A result row's line: the run's name, its budget N and the evaluation-time model settings it ran with."""
+    parts = [] if row["max_centroids"] is None else [f"N={row['max_centroids']}"]
+    settings = row.get("model_args", {}) | ({"chunk_size": row["chunk_size"]} if "chunk_size" in row else {})
+    parts += [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in settings.items()
+              if k != "mamba2_chunk_size"]  # an SSD block size changes nothing but memory
+    return " ".join([name, *parts])
+
+
 def _plot_lines(rows: list[dict], x: str, name: str) -> dict[str, list[tuple]]:
     """Rows of task scores -> {line label: [(x, row)] sorted by x}: one line per budget N and per value of
     every other setting that varies (the length, when x is a task setting such as num_pairs)."""
@@ -174,15 +185,12 @@ def _plot_lines(rows: list[dict], x: str, name: str) -> dict[str, list[tuple]]:
         return row["task_args"][x]
 
     def others(row):
-        parts = [] if row["max_centroids"] is None else [f"N={row['max_centroids']}"]
-        settings = row.get("model_args", {}) | ({"chunk_size": row["chunk_size"]} if "chunk_size" in row else {})
-        parts += [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in settings.items()
-                  if k != "mamba2_chunk_size"]  # evaluation-time settings (an SSD block size changes nothing)
+        parts = []
         if x != "length" and len({r["length"] for r in rows}) > 1:
             parts.append(f"T={row['length']}")
         varying = {k for k in row.get("task_args", {}) if len({str(r.get("task_args", {}).get(k)) for r in rows}) > 1}
         parts += [f"{k}={row['task_args'][k]}" for k in sorted(varying - {x})]
-        return " ".join([name, *parts])
+        return " ".join([_line_label(row, name), *parts])
 
     lines: dict[str, list[tuple]] = {}
     for row in sorted(rows, key=lambda r: (-1 if r["max_centroids"] is None else r["max_centroids"], x_of(r))):
