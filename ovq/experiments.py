@@ -288,7 +288,7 @@ def eval_variants(profile: Profile) -> dict[str, dict]:
 
 def result_files(out_dir: Path, label: str, profile: Profile, task: str) -> dict[str, Path]:
     """A job's result files: scores across lengths, the budget sweep (budget model only), the cache size,
-    and scores at other chunk sizes (models with OVQ/VQ layers, when the profile asks)."""
+    scores with each eval variant (models with OVQ/VQ layers) and the task-setting sweep, when the profile asks."""
     files = {"lengths": out_dir / f"{label}.json", "state": out_dir / f"{label}-state.json"}
     if label == profile.budget_model:
         files["budgets"] = out_dir / f"{label}-budgets.json"
