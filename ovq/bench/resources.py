@@ -244,6 +244,9 @@ def main():
                        cwd=REPO)
         with open(rec_path) as f:
             records = json.load(f)
+    import ovq.ops.triton_chunk as tc
+    for name, value in settings.items():  # the compile step reads some of them too (LOCAL_BLOCK)
+        setattr(tc, name, value)
     if a.kernels:
         records = [r for r in records if r["kernel"] in a.kernels]
     print("recorded launches:", [(r["kernel"], r["launch"]) for r in records], flush=True)
