@@ -140,18 +140,15 @@ def cmd_plot(args) -> None:
         if "loss" in rows[0]:
             for row in rows:
                 xs = [(i + 1) * row["block"] for i in range(len(row["loss"]))]
-                variant = "model_args" in row or "chunk_size" in row
-                style = {"color": color, "linestyle": "--"} if variant else {"color": color} if len(rows) == 1 else {}
-                ax.plot(xs, row["loss"], label=_line_label(row, name), **style)
+                ax.plot(xs, row["loss"], label=_line_label(row, name), **_line_style([row], color, len(rows) == 1))
             ax.set_xlabel("position (tokens)")
             ax.set_ylabel("loss (nats/token)")
             continue
         metric = "accuracy" if "accuracy" in rows[0] else "squared_error"
         lines = _plot_lines(rows, args.x, name)
         for label, sel in lines.items():
-            variant = any("model_args" in r or "chunk_size" in r for _, r in sel)
-            style = {"color": color, "linestyle": "--"} if variant else {"color": color} if len(lines) == 1 else {}
-            ax.plot([x for x, _ in sel], [y[metric] for _, y in sel], marker="o", label=label, **style)
+            ax.plot([x for x, _ in sel], [y[metric] for _, y in sel], marker="o", label=label,
+                    **_line_style([r for _, r in sel], color, len(lines) == 1))
         ax.set_xlabel("evaluation length (tokens)" if args.x == "length" else f"{args.x} (evaluation)")
         ax.set_ylabel(metric.replace("_", " "))
         if metric == "squared_error":
@@ -165,13 +162,25 @@ def cmd_plot(args) -> None:
     print(f"saved {args.out}")
 
 
-def _line_label(row: dict, name: str) -> str:
-    """A result row's line: the run's name, its budget N and the evaluation-time model settings it ran with."""
-    parts = [] if row["max_centroids"] is None else [f"N={row['max_centroids']}"]
+def _eval_settings(row: dict) -> dict:
+    """The evaluation-time model settings a result row ran with that change what is computed (Mamba2's SSD
+    block size changes nothing but memory)."""
     settings = row.get("model_args", {}) | ({"chunk_size": row["chunk_size"]} if "chunk_size" in row else {})
-    parts += [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in settings.items()
-              if k != "mamba2_chunk_size"]  # an SSD block size changes nothing but memory
+    return {k: v for k, v in settings.items() if k != "mamba2_chunk_size"}
+
+
+def _line_label(row: dict, name: str) -> str:
+    """A result row's line: the run's name, its budget N and its evaluation-time settings."""
+    parts = [] if row["max_centroids"] is None else [f"N={row['max_centroids']}"]
+    parts += [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in _eval_settings(row).items()]
     return " ".join([name, *parts])
+
+
+def _line_style(rows: list[dict], color: str, only_line: bool) -> dict:
+    """Evaluation variants dashed in their run's color; a run's only plain line in that color too."""
+    if any(_eval_settings(r) for r in rows):
+        return {"color": color, "linestyle": "--"}
+    return {"color": color} if only_line else {}
 
 
 def _plot_lines(rows: list[dict], x: str, name: str) -> dict[str, list[tuple]]:

@@ -128,9 +128,9 @@ def _slices(bh: int, capacity: int, device: torch.device) -> tuple[int, int]:
 
 
 class KernelResourceError(ValueError):
-    """The GPU lacks the registers or shared memory to compile the kernels for this configuration: a whole
-    chunk's L x L scores and its tokens live on chip, so a large chunk size with a large head size does not
-    fit (L = 512, D = 64 asked for 246,272 bytes of shared memory on an H200, which allows 232,448)."""
+    """The GPU lacks the registers or shared memory to compile the kernels for this configuration: a chunk's
+    tokens live on chip as product operands, so a large chunk size with a large head size does not fit (at
+    L = 512, D = 64 the backward kernels ask 327,680 bytes of shared memory; an H200 allows 232,448)."""
 
 
 def _launch(name: str, kernel, grid, chunk_size: int, d: int, dv: int, *args, **constexprs) -> None:

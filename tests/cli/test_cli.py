@@ -164,3 +164,17 @@ def test_deployment_knobs_reach_every_dictionary_layer():
     assert set_chunk_size(OVQForCausalLM(preset_config("swa", "tiny", vocab_size=32)), 16) == 0
     with pytest.raises(ValueError, match="chunk_size"):
         set_chunk_size(model, 0)
+
+
+def test_plot_dashes_evaluation_variants_only():
+    """A row evaluated with other settings (growth, chunk size) is a dashed line in its run's color; Mamba2's SSD
+    block size (memory only) is not a variant."""
+    from ovq.cli.main import _line_label, _line_style
+    growth = {"max_centroids": None, "model_args": {"growth": "linear", "growth_rate": 0.0625}}
+    ssd = {"max_centroids": None, "model_args": {"mamba2_chunk_size": 256}}
+    chunk = {"max_centroids": 4096, "chunk_size": 256}
+    assert _line_style([growth], "C1", True) == {"color": "C1", "linestyle": "--"}
+    assert _line_style([chunk], "C1", False) == {"color": "C1", "linestyle": "--"}
+    assert _line_style([ssd], "C2", True) == {"color": "C2"} and _line_style([ssd], "C2", False) == {}
+    assert _line_label(growth, "m") == "m growth=linear growth_rate=0.0625"
+    assert _line_label(ssd, "mamba2") == "mamba2" and _line_label(chunk, "m") == "m N=4096 chunk_size=256"
