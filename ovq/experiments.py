@@ -331,7 +331,7 @@ def run_job(task: str, label: str, profile_name: str, runs_root: str = "runs", r
 
     profile = profile_of(task, profile_name, overrides)
     data = data or profile.data
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or _default_device()
     _, eval_args = _task_config(task, profile)
     run_dir, out_dir = Path(runs_root) / task / label, Path(results_root) / task
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -368,6 +368,10 @@ def run_job(task: str, label: str, profile_name: str, runs_root: str = "runs", r
     if not state.exists():
         atomic_write_json(state, cache_bytes_at(run_dir, profile.state_length, device))
     return {"run": str(run_dir), **{k: str(v) for k, v in files.items()}, "state": str(state)}
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _job_argv(task, label, profile_name, runs_root, results_root, device, data, overrides) -> list[str]:
@@ -496,19 +500,23 @@ def _cache_mib(info: dict) -> str:
     return f"{info['state_at']['cache_bytes'] / 2**20:,.1f}"
 
 
+def _metric(rows: list[dict]) -> tuple[str, str]:
+    """(score name, number format) of task results: accuracy, or squared error (spanning orders of magnitude)."""
+    return ("accuracy", ".3f") if "accuracy" in rows[0] else ("squared_error", ".3g")
+
+
 def table(summary: dict, kind: str = "lengths") -> str:
     """Markdown: score per model and length, and each model's cache at the profile's state length; ``kind``
     picks the result file (``"chunk256"``: the evaluation at another chunk size, for the models that have it)."""
     models = {label: info for label, info in summary["models"].items() if kind in info}
     first = json.loads(Path(next(iter(models.values()))["lengths"]).read_text())["results"]
-    metric = "accuracy" if "accuracy" in first[0] else "squared_error"
+    metric, fmt = _metric(first)
     lengths = [r["length"] for r in first]
     state_len = summary["profile"]["state_length"]
     lines = ["| model | " + " | ".join(f"{metric} @ {n:,}" for n in lengths) + f" | cache MiB @ {state_len:,} |",
              "| --- |" + " --- |" * (len(lengths) + 1)]
     for label, info in models.items():
         rows = {r["length"]: r[metric] for r in json.loads(Path(info[kind]).read_text())["results"]}
-        fmt = ".3f" if metric == "accuracy" else ".3g"  # errors span orders of magnitude
         lines.append(f"| {label} | " + " | ".join(f"{rows[n]:{fmt}}" for n in lengths) + f" | {_cache_mib(info)} |")
     return "\n".join(lines) + "\n"
 
@@ -517,7 +525,7 @@ def sweep_table(summary: dict) -> str:
     """Markdown: score per model at each (length, swept task settings) of the ``-sweep.json`` results."""
     models = {label: info for label, info in summary["models"].items() if "sweep" in info}
     first = json.loads(Path(next(iter(models.values()))["sweep"]).read_text())["results"]
-    metric = "accuracy" if "accuracy" in first[0] else "squared_error"
+    metric, fmt = _metric(first)
     swept = list(summary["profile"]["eval_sweeps"])
 
     def column(row):
@@ -526,7 +534,6 @@ def sweep_table(summary: dict) -> str:
     columns = list(dict.fromkeys(column(r) for r in first))
     heads = [" ".join([f"{k}={v}" for k, v in zip(swept, col[1:])] + [f"@ {col[0]:,}"]) for col in columns]
     lines = ["| model | " + " | ".join(heads) + " |", "| --- |" + " --- |" * len(columns)]
-    fmt = ".3f" if metric == "accuracy" else ".3g"
     for label, info in models.items():
         scores = {column(r): r[metric] for r in json.loads(Path(info["sweep"]).read_text())["results"]}
         lines.append(f"| {label} | " + " | ".join(f"{scores[c]:{fmt}}" if c in scores else "—" for c in columns) + " |")
@@ -589,7 +596,7 @@ def run(tasks: str | list[str], profile_name: str = "h200", models: list[str] | 
         # A deadline needs jobs in subprocesses (SIGTERM checkpoints training and stops an evaluation), also
         # on one device: in this process an evaluation at 64K would run on past it.
         if deadline is not None or (devices and (len(devices) > 1 or slots > 1)):
-            queue_devices = devices or [device or ("cuda" if torch.cuda.is_available() else "cpu")]
+            queue_devices = devices or [device or _default_device()]
             codes = run_parallel(jobs, profile_name, queue_devices, slots, runs_root, results_root, deadline, data,
                                  overrides)
             failed = [job for job, code in codes.items() if code != 0]
