@@ -118,8 +118,9 @@ def _forward_variants(b: int, t: int, fwd, fwd_bwd, q, k, v, n: int, kernel) -> 
 
 def _chunk_sizes(b: int, t: int, q, k, v, n: int, kernel) -> list[dict]:
     """The forward at chunk sizes L = 64 to 512 (a deployment knob: L = 256 lifts 64K recall) with 4 and 8
-    warps: compiled for the H200 on a CPU the 4-warp forward spills ~6.6 KB per thread at L = 256 and ~1.3
-    KB with 8 warps (``python -m ovq.bench.resources``); this measures what that costs. L = 512 loads with
+    warps: compiled for the H200 on a CPU the 4-warp forward spills ~7.7 KB per thread at L = 256 and ~1.4
+    KB with 8 warps (``python -m ovq.bench.resources``, results/kernel_resources_sm90_cpu.json); this
+    measures what that costs. L = 512 loads with
     one pipeline stage (the launcher's retry)."""
     rows, before = [], tc.LAUNCH["fwd"]
     try:
