@@ -31,6 +31,8 @@ import subprocess
 import sys
 import tempfile
 
+from ..ops import triton_chunk as tc
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 H200_SHARED = 232_448
 H200_SMS = 132
@@ -39,10 +41,8 @@ H200_SMS = 132
 # ----------------------------------------------------------------------------------------------------- record
 def record(path: str) -> None:
     assert os.environ.get("TRITON_INTERPRET") == "1"
-    sys.path.insert(0, REPO)
     import torch
 
-    import ovq.ops.triton_chunk as tc
     from ovq.ops import ovq_attention
 
     launches = []
@@ -136,10 +136,7 @@ def compile_all(records, Ls, stages_list, ints, nb_fwd, nb_bwd, ptx_dir, warps_o
     from triton.compiler import ASTSource, make_backend
     from triton.runtime.jit import create_function_from_signature
 
-    sys.path.insert(0, REPO)
     import ovq.ops.kernels as K
-    import ovq.ops.triton_chunk as tc
-    from ovq.ops.triton_chunk import _pow2
 
     target = GPUTarget("cuda", 90, 32)
     backend = make_backend(target)
@@ -174,7 +171,7 @@ def compile_all(records, Ls, stages_list, ints, nb_fwd, nb_bwd, ptx_dir, warps_o
                     else:
                         args.append(next(iter(kind.values())))
                 cx = dict(rec["constexprs"])
-                cx.update(D=64, DV=64, L=L, BL=_pow2(L), BD=64, BDV=64, READ_PREC="bf16")
+                cx.update(D=64, DV=64, L=L, BL=tc._pow2(L), BD=64, BDV=64, READ_PREC="bf16")
                 if "KB" in cx:  # the in-chunk key block the launcher picks for this L (the record's was for its L)
                     cx["KB"] = min(cx["BL"], tc.LOCAL_BLOCK)
                 if "NB" in cx:
@@ -231,20 +228,44 @@ def main():
     if a.record:
         record(a.record)
         return
+    import ast
+
+    for name, values in (("--L", a.L), ("--stages", a.stages), ("--T", [a.T]), ("--N", [a.N]), ("--H", [a.H]),
+                         ("--BH", [a.BH]), ("--jobs", [a.jobs]), ("--warps", [a.warps or 1])):
+        if min(values) < 1:
+            ap.error(f"{name} must be >= 1, got {values if len(values) > 1 else values[0]}")
+    unknown = sorted(set(a.kernels or []) - {"ovq_fwd_kernel", "ovq_bwd_local_kernel", "ovq_bwd_dict_kernel"})
+    if unknown:
+        ap.error(f"--kernels: unknown {unknown}; the kernels are ovq_fwd_kernel, ovq_bwd_local_kernel, "
+                 "ovq_bwd_dict_kernel")
+    settings = {}
+    for item in a.set:
+        name, _, value = item.partition("=")
+        if not value or not hasattr(tc, name):
+            ap.error(f"--set must be NAME=VALUE with NAME a setting of ovq.ops.triton_chunk, got {item!r}")
+        try:
+            settings[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            ap.error(f"--set {item!r}: the value must be a Python literal (e.g. True, 32)")
 
     # the PTX-only backend must never write into (or read stubs from) the user's Triton cache
     scratch = tempfile.mkdtemp(prefix="ovq_sm90_")  # PTX files and a private Triton cache (stub cubins)
     os.environ["TRITON_CACHE_DIR"] = os.path.join(scratch, "triton_cache")
+    try:
+        _run(a, settings, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run(a, settings: dict, scratch: str) -> None:
+    """Record the launches, compile each kernel for the H200, run ptxas; write and print the rows."""
     with tempfile.TemporaryDirectory() as tmp:
         rec_path = os.path.join(tmp, "launches.json")
-        import ast
-        settings = {k: ast.literal_eval(v) for k, v in (c.split("=", 1) for c in a.set)}
         env = dict(os.environ, TRITON_INTERPRET="1", OVQ_RESOURCES_SET=json.dumps(settings))
         subprocess.run([sys.executable, "-m", "ovq.bench.resources", "--record", rec_path], env=env, check=True,
                        cwd=REPO)
         with open(rec_path) as f:
             records = json.load(f)
-    import ovq.ops.triton_chunk as tc
     for name, value in settings.items():  # the compile step reads some of them too (LOCAL_BLOCK)
         setattr(tc, name, value)
     if a.kernels:
@@ -254,14 +275,12 @@ def main():
     def ints(name, L):  # the int arguments' values in the assumed H200 call (they only matter for specialization)
         return {"T": a.T, "N": a.N, "H": a.H, "C": math.ceil(a.T / L)}[name]
 
-    blocks = math.ceil(a.N / 64)
-    nb_fwd = max(1, min(H200_SMS // a.BH, blocks, 16))  # triton_chunk._slices with FWD_PROGRAMS_PER_SM = 1
-    nb_bwd = max(1, min(2 * H200_SMS // a.BH, blocks, 32))
+    nb_fwd, nb_bwd = tc.slices_for(a.BH, a.N, H200_SMS)
     print(f"NB fwd={nb_fwd} bwd={nb_bwd}; ints T={a.T} N={a.N} H={a.H}", flush=True)
     ptx_dir = os.path.join(scratch, "ptx")
     os.makedirs(ptx_dir, exist_ok=True)
     rows = compile_all(records, a.L, a.stages, ints, nb_fwd, nb_bwd, ptx_dir, a.warps)
-    with open(a.json, "w") as f:
+    with open(a.json, "w") as f:  # the shared-memory figures first: ptxas can take many minutes
         json.dump(rows, f, indent=1, default=str)
     if a.ptxas_timeout > 0:
         run_ptxas(rows, a.ptxas_timeout, a.jobs)
@@ -277,7 +296,6 @@ def main():
               f"{str(r.get('regs', '?')):>5s} {str(r.get('spill_stores', '?')) + '/' + str(r.get('spill_loads', '?')):>12s}"
               f" {str(r['fits']):>11s}")
     print(f"\nfull rows (signature, constexprs, ptxas logs): {a.json}")
-    shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -120,7 +120,11 @@ def _slices(bh: int, capacity: int, device: torch.device) -> tuple[int, int]:
     """
     if interpreting() or device.type != "cuda":
         return 1, min(2, math.ceil(capacity / BLOCK_CENTROIDS))
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return slices_for(bh, capacity, torch.cuda.get_device_properties(device).multi_processor_count)
+
+
+def slices_for(bh: int, capacity: int, sms: int) -> tuple[int, int]:
+    """:func:`_slices` on a GPU of ``sms`` multiprocessors (also what ``ovq.bench.resources`` compiles for)."""
     blocks = math.ceil(capacity / BLOCK_CENTROIDS)
     fwd = max(1, min((FWD_PROGRAMS_PER_SM * sms) // bh, blocks, 16 * FWD_PROGRAMS_PER_SM))
     bwd = max(1, min((2 * sms) // bh, blocks, 32))
