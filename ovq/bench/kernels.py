@@ -66,7 +66,7 @@ def _two_programs_per_sm(b: int, t: int, h: int, n: int, fwd, kernel) -> list[di
     """The forward with twice the slices (2 programs per SM), only when 2 are certain to be resident
     (the slices spin-wait on each other: a program that cannot start would hang them)."""
     fwd()  # compile the default launch (if not yet) and read its resources
-    warps, stages = tc.LAUNCH["fwd"]
+    warps, stages = tc.launch_settings("fwd", 64)
     info = _launch_resources(kernel, warps, stages)
     resident = _resident_per_sm(info, warps)
     row = {"B": b, "T": t, "kernel": "fwd_2_per_sm", "resident_per_sm": resident} | info
@@ -97,7 +97,7 @@ def _forward_variants(b: int, t: int, fwd, fwd_bwd, q, k, v, n: int, kernel) -> 
                                             (64, True, True, 8), (128, True, True, 4), (128, True, True, 8),
                                             (128, True, False, 4), (32, True, True, 4)):
             tc.BLOCK_CENTROIDS, tc.FWD_CACHED_OPERANDS, tc.FWD_TWO_PASS = bn, cached, two_pass
-            tc.LAUNCH["fwd"] = (warps, 2)
+            tc.LAUNCH["fwd"] = {1: (warps, 2)}
             o, st = run()
             rows.append({"B": b, "T": t, "kernel": "fwd_variant", "BN": bn, "cached": cached, "two_pass": two_pass,
                          "warps": warps,
@@ -107,7 +107,7 @@ def _forward_variants(b: int, t: int, fwd, fwd_bwd, q, k, v, n: int, kernel) -> 
             print(rows[-1], flush=True)
         best = min(rows, key=lambda r: r["ms"])
         tc.BLOCK_CENTROIDS, tc.FWD_CACHED_OPERANDS, tc.FWD_TWO_PASS = best["BN"], best["cached"], best["two_pass"]
-        tc.LAUNCH["fwd"] = (best["warps"], 2)
+        tc.LAUNCH["fwd"] = {1: (best["warps"], 2)}
         rows.append({"B": b, "T": t, "kernel": "fwd+bwd_best_forward", "BN": best["BN"], "cached": best["cached"],
                      "two_pass": best["two_pass"], "warps": best["warps"], "ms": _time(fwd_bwd)})
         print(rows[-1], flush=True)
@@ -118,14 +118,14 @@ def _forward_variants(b: int, t: int, fwd, fwd_bwd, q, k, v, n: int, kernel) -> 
 
 def _chunk_sizes(b: int, t: int, q, k, v, n: int, kernel) -> list[dict]:
     """The forward at chunk sizes L = 64 to 512 (a deployment knob: L = 256 lifts 64K recall) with 4 and 8
-    warps: compiled for the H200 on a CPU the 4-warp forward spills ~7.7 KB per thread at L = 256 and ~1.4
-    KB with 8 warps (``python -m ovq.bench.resources``, results/kernel_resources_sm90_cpu.json); this
-    measures what that costs. L = 512 loads with
-    one pipeline stage (the launcher's retry)."""
-    rows, before = [], tc.LAUNCH["fwd"]
+    warps (the launcher takes 8 from L = 128 on, from this table: results/kernel_variants_s6_h200.json), then
+    forward + backward at L = 64 to 256 with the backward kernels at 4 and 8 warps (L = 512's backward does not
+    fit). L = 512 loads the forward with one pipeline stage (the launcher's retry)."""
+    rows, before = [], dict(tc.LAUNCH)
+    grad = torch.randn_like(q)
     try:
         for chunk, warps in itertools.product((64, 128, 256, 512), (4, 8)):
-            tc.LAUNCH["fwd"] = (warps, 2)
+            tc.LAUNCH["fwd"] = {1: (warps, 2)}
 
             def fwd():
                 with torch.no_grad():
@@ -133,8 +133,22 @@ def _chunk_sizes(b: int, t: int, q, k, v, n: int, kernel) -> list[dict]:
             rows.append({"B": b, "T": t, "kernel": "fwd_chunk", "L": chunk, "warps": warps, "ms": _time(fwd)}
                         | _compiled_info(kernel))
             print(rows[-1], flush=True)
+        tc.LAUNCH["fwd"] = before["fwd"]
+        for chunk, warps in itertools.product((64, 128, 256), (4, 8)):
+            tc.LAUNCH["bwd_local"], tc.LAUNCH["bwd_dict"] = {1: (warps, 1)}, {1: (warps, 2)}
+
+            def fwd_bwd():
+                ovq_attention(q, k, v, 12.0, chunk_size=chunk, max_centroids=n, backend="triton")[0].backward(grad)
+            row = {"B": b, "T": t, "kernel": "fwd+bwd_chunk", "L": chunk, "fwd_warps": tc.launch_settings("fwd", chunk)[0],
+                   "bwd_warps": warps}
+            try:
+                row["ms"] = _time(fwd_bwd)
+            except tc.KernelResourceError as e:  # recorded, not fatal: the table says which L trains on the kernels
+                row["error"] = str(e)[:200]
+            rows.append(row)
+            print(rows[-1], flush=True)
     finally:
-        tc.LAUNCH["fwd"] = before
+        tc.LAUNCH.update(before)
     return rows
 
 
@@ -152,7 +166,7 @@ def main(argv=None):
     if chosen - set(VARIANTS):
         ap.error(f"--variants: unknown {sorted(chosen - set(VARIANTS))}; known: {VARIANTS}")
     from ..ops import kernels
-    rows = []
+    rows, launch_defaults = [], dict(tc.LAUNCH)
     for cfg in args.configs.split(","):
         b, t = (int(x) for x in cfg.split("x"))
         h, d, n = 16, 64, 4096
@@ -169,13 +183,13 @@ def main(argv=None):
         for warps, stages, prec in itertools.product((4, 8), (1, 2), ("bf16x3", "tf32x3", "tf32", "bf16")):
             if (prec != "bf16x3" or "launch" not in chosen) and (warps, stages, prec) != (4, 2, "bf16x3"):
                 continue
-            tc.LAUNCH["fwd"] = (warps, stages)
+            tc.LAUNCH["fwd"] = {1: (warps, stages)}
             tc.ASSIGN_PRECISION = prec
             ms = _time(fwd)
             rows.append({"B": b, "T": t, "kernel": "fwd", "warps": warps, "stages": stages, "assign": prec, "ms": ms}
                         | _compiled_info(kernels.ovq_fwd_kernel))
             print(rows[-1], flush=True)
-        tc.LAUNCH["fwd"], tc.ASSIGN_PRECISION = (4, 2), "bf16x3"
+        tc.LAUNCH["fwd"], tc.ASSIGN_PRECISION = launch_defaults["fwd"], "bf16x3"
         if "forward" in chosen:
             rows.extend(_forward_variants(b, t, fwd, fwd_bwd, q, k, v, n, kernels.ovq_fwd_kernel))
         if "chunk" in chosen:
@@ -189,12 +203,12 @@ def main(argv=None):
             print(rows[-1], flush=True)
             tc._schedule = real
         for warps, stages in itertools.product((4, 8), (1, 2)) if "bwd" in chosen else [(4, 2)]:
-            tc.LAUNCH["bwd_dict"] = (warps, stages)
+            tc.LAUNCH["bwd_dict"] = {1: (warps, stages)}
             ms = _time(fwd_bwd)
             rows.append({"B": b, "T": t, "kernel": "fwd+bwd", "bwd_warps": warps, "bwd_stages": stages, "ms": ms}
                         | _compiled_info(kernels.ovq_bwd_dict_kernel))
             print(rows[-1], flush=True)
-        tc.LAUNCH["bwd_dict"] = (4, 2)
+        tc.LAUNCH["bwd_dict"] = launch_defaults["bwd_dict"]
     save_json(args.out, {"environment": environment(), "rows": rows})
     for r in rows:
         print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))

@@ -63,7 +63,7 @@ def record(path: str) -> None:
                 raise TypeError(f"{name}: unexpected argument {type(a)}")
         fn = getattr(kernel, "fn", kernel)
         launches.append({"name": name, "kernel": fn.__name__, "args": kinds,
-                         "constexprs": {k: v for k, v in constexprs.items()}, "launch": list(tc.LAUNCH[name])})
+                         "constexprs": {k: v for k, v in constexprs.items()}, "launch": list(tc.launch_settings(name, chunk_size))})
         return real_launch(name, kernel, grid, chunk_size, d, dv, *args, **constexprs)
 
     tc._launch = spy
@@ -137,6 +137,7 @@ def compile_all(records, Ls, stages_list, ints, nb_fwd, nb_bwd, ptx_dir, warps_o
     from triton.runtime.jit import create_function_from_signature
 
     import ovq.ops.kernels as K
+    import ovq.ops.triton_chunk as tc
 
     target = GPUTarget("cuda", 90, 32)
     backend = make_backend(target)
@@ -157,8 +158,8 @@ def compile_all(records, Ls, stages_list, ints, nb_fwd, nb_bwd, ptx_dir, warps_o
         kernel = getattr(K, rec["kernel"])
         names = [p.name for p in kernel.params]
         n_pos = len(rec["args"])
-        warps = warps_override or rec["launch"][0]
         for L in Ls:
+            warps = warps_override or tc.launch_settings(rec["name"], L)[0]  # the launcher's rule at this L
             for stages in stages_list:
                 args = []
                 for name, kind in zip(names[:n_pos], rec["args"]):

@@ -22,8 +22,17 @@ BLOCK_CENTROIDS = 64
 # Keys per step of the in-chunk attention, forward and backward (an L x L tile would not fit on chip for large L);
 # tests lower it to cover several steps at small L.
 LOCAL_BLOCK = 64
-# Launch settings (num_warps, num_stages) per kernel; ovq.bench.kernels overrides them to compare.
-LAUNCH = {"fwd": (4, 2), "bwd_local": (4, 1), "bwd_dict": (4, 2)}
+# Launch settings (num_warps, num_stages) per kernel, keyed by the smallest chunk size each applies from;
+# ovq.bench.kernels overrides them to compare. The forward takes 8 warps from L = 128 on: at T = 64K (H200,
+# results/kernel_variants_s6_h200.json) they ran L = 128/256/512 in 39/46/86 ms against 4 warps' 67/101/246
+# ms (4 warps spill far more at these L); at L = 64 4 warps were faster (61 vs 66 ms).
+LAUNCH = {"fwd": {1: (4, 2), 128: (8, 2)}, "bwd_local": {1: (4, 1)}, "bwd_dict": {1: (4, 2)}}
+
+
+def launch_settings(name: str, chunk_size: int) -> tuple[int, int]:
+    """(num_warps, num_stages) of kernel ``name`` at this chunk size, from :data:`LAUNCH`."""
+    by_chunk = LAUNCH[name]
+    return by_chunk[max(c for c in by_chunk if c <= max(chunk_size, 1))]
 
 
 def triton_available() -> bool:
@@ -138,14 +147,14 @@ class KernelResourceError(ValueError):
 
 
 def _launch(name: str, kernel, grid, chunk_size: int, d: int, dv: int, *args, **constexprs) -> None:
-    """Launch ``kernel`` with the settings ``LAUNCH[name]``. If it does not load for lack of shared memory
+    """Launch ``kernel`` with its :func:`launch_settings` at this chunk size. If it does not load for lack of shared memory
     or registers, retry without software pipelining (``num_stages=1`` holds one stage of buffers instead of
     two); if that fails too, raise a :class:`KernelResourceError` naming the cause."""
     try:
         from triton.runtime.errors import OutOfResources
     except ImportError:  # no Triton: nothing to translate
         OutOfResources = ()
-    warps, stages = LAUNCH[name]
+    warps, stages = launch_settings(name, chunk_size)
     for attempt in dict.fromkeys([stages, 1]):  # the configured stages, then 1
         try:
             kernel[grid](*args, **constexprs, num_warps=warps, num_stages=attempt)
@@ -286,7 +295,8 @@ def backward_fits(cfg: KernelConfig, d: int, dv: int, device: torch.device) -> b
     chunk of zeros (what they compile to depends on the tile sizes and options, not on T, N or the batch).
     Asked before a forward that will need a backward, so a chunk too large for the backward is known while
     the PyTorch op can still take over, not halfway through ``loss.backward()``."""
-    key = (device, cfg, d, dv, BLOCK_CENTROIDS, LOCAL_BLOCK, LAUNCH["bwd_local"], LAUNCH["bwd_dict"])
+    key = (device, cfg, d, dv, BLOCK_CENTROIDS, LOCAL_BLOCK, launch_settings("bwd_local", cfg.chunk_size),
+           launch_settings("bwd_dict", cfg.chunk_size))
     if key not in _BACKWARD_FITS:
         L, n, h = cfg.chunk_size, cfg.capacity, cfg.num_heads
         zeros = lambda *shape, dtype=torch.float32: torch.zeros(*shape, device=device, dtype=dtype)  # noqa: E731

@@ -31,8 +31,15 @@ def test_forward_variants_check_each_variant_and_restore_the_defaults(monkeypatc
 def test_chunk_size_variants_time_each_launch_and_restore_it(monkeypatch):
     monkeypatch.setattr(bench, "_time", lambda fn: (fn(), 1.0)[1])
     monkeypatch.setattr(bench, "_compiled_info", lambda kernel: {})
-    q, k, v = (torch.randn(1, 600, 2, 16) for _ in range(3))
-    before = tc.LAUNCH["fwd"]
+    q, k, v = (torch.randn(1, 600, 2, 16, requires_grad=True) for _ in range(3))
+    before = dict(tc.LAUNCH)
+    real = bench.ovq_attention  # the timed backward asks for the kernels; on CPU run the PyTorch op
+    monkeypatch.setattr(bench, "ovq_attention", lambda *a, backend=None, **kw: real(*a, **kw))
     rows = bench._chunk_sizes(1, 600, q, k, v, 64, None)
-    assert [(r["L"], r["warps"]) for r in rows] == [(L, w) for L in (64, 128, 256, 512) for w in (4, 8)]
-    assert tc.LAUNCH["fwd"] == before
+    forward = [r for r in rows if r["kernel"] == "fwd_chunk"]
+    assert [(r["L"], r["warps"]) for r in forward] == [(L, w) for L in (64, 128, 256, 512) for w in (4, 8)]
+    both = [r for r in rows if r["kernel"] == "fwd+bwd_chunk"]
+    assert [(r["L"], r["bwd_warps"]) for r in both] == [(L, w) for L in (64, 128, 256) for w in (4, 8)]
+    assert [r["fwd_warps"] for r in both][::2] == [4, 8, 8]  # the launcher's rule
+    assert all(r["ms"] == 1.0 for r in rows) and q.grad is not None
+    assert tc.LAUNCH == before

@@ -185,7 +185,7 @@ def test_a_launch_that_does_not_fit_is_retried_without_pipelining(monkeypatch):
     import ovq.ops.kernels as kernels
     import ovq.ops.triton_chunk as tc
 
-    monkeypatch.setitem(tc.LAUNCH, "fwd", (4, 2))
+    monkeypatch.setitem(tc.LAUNCH, "fwd", {1: (4, 2)})
     q, k, v = random_qkv(1, 20, 2, 16, dtype=torch.float32, seed=8, device=DEVICE)
     kw = dict(chunk_size=8, max_centroids=6, output_final_state=True)
     expected, _ = ovq_attention(q, k, v, 4.0, **kw, backend="torch")
@@ -217,13 +217,14 @@ def test_a_chunk_too_large_for_the_gpu_fails_clearly_or_falls_back(fn, monkeypat
     monkeypatch.setattr(tc, "_DOES_NOT_FIT", set())
     with pytest.warns(UserWarning, match="running the PyTorch op instead"):
         o, _ = fn(q, k, v, 4.0, **kw, backend="auto")
-    torch.testing.assert_close(o, expected, rtol=0, atol=0)
+    # not bit-exact on a GPU: the PyTorch op's scatter-adds are atomic there, so two runs may differ in the last bit
+    torch.testing.assert_close(o, expected, rtol=1e-5, atol=1e-6)
     # remembered: the next call goes straight to PyTorch (no launch, no second warning)
     monkeypatch.setattr(kernels, "ovq_fwd_kernel", None)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         o, _ = fn(q, k, v, 4.0, **kw, backend="auto")
-    torch.testing.assert_close(o, expected, rtol=0, atol=0)
+    torch.testing.assert_close(o, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_a_backward_that_does_not_fit_is_known_before_the_forward(monkeypatch):
@@ -253,3 +254,11 @@ def test_a_backward_that_does_not_fit_is_known_before_the_forward(monkeypatch):
     with pytest.warns(UserWarning, match="running the PyTorch op instead"):
         got = _run(ovq_attention, q, k, v, beta, do, **kw, backend="auto")
     _compare(expected, got, 1e-12, 1e-12, state_atol=0)
+
+
+def test_the_forward_launches_with_more_warps_from_chunk_size_128():
+    """The launcher's rule (measured on the H200: 8 warps are faster from L = 128 on, 4 at L = 64)."""
+    import ovq.ops.triton_chunk as tc
+
+    assert [tc.launch_settings("fwd", L)[0] for L in (5, 64, 127, 128, 256, 512)] == [4, 4, 4, 8, 8, 8]
+    assert {tc.launch_settings(name, L) for name in ("bwd_local", "bwd_dict") for L in (64, 256)} == {(4, 1), (4, 2)}
