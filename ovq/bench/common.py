@@ -54,3 +54,23 @@ def time_cpu(fn, repeats: int = 5, warmup: int = 1) -> dict:
 def save_json(path: str | os.PathLike, payload: dict) -> Path:
     """Write a results file atomically (never half-written)."""
     return atomic_write_json(path, payload)
+
+
+def kernel_settings(ap, items: list[str]) -> dict:
+    """``--set NAME=VALUE`` items as settings of :mod:`ovq.ops.triton_chunk` (a forward variant, a block size);
+    a bad name or value is an argparse error naming it."""
+    import ast
+
+    from ..ops import triton_chunk as tc
+
+    settings = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if not value or not name.isupper() or not hasattr(tc, name):
+            ap.error(f"--set must be NAME=VALUE with NAME a setting of ovq.ops.triton_chunk, got {item!r}")
+        try:
+            settings[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            ap.error(f"--set {item!r}: the value must be a Python literal (e.g. True, 32)")
+    return settings
+

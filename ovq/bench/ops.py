@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from ..ops import OVQState, ovq_attention, ovq_step, vq_attention
+from ..ops import triton_chunk as tc
 from ..ops.triton_chunk import _schedule, _slices
 from ..ops.utils import growth_target
-from .common import environment, save_json
+from .common import environment, kernel_settings, save_json
 
 
 def _rel(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -235,11 +236,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--peers", default="sdpa,gdn")
     ap.add_argument("--decode-contexts", default="4096,65536,1048576")
     ap.add_argument("--decode-only", action="store_true", help="only the decoding benchmark")
+    ap.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE",
+                    help="ovq.ops.triton_chunk settings for the check and the timing, e.g. FWD_CACHED_OPERANDS=True")
     ap.add_argument("--out", default=None,
                     help="JSON to write (default: results/ops_h200.json, or results/ops_decode_h200.json with --decode-only)")
     args = ap.parse_args(argv)
+    settings = kernel_settings(ap, args.set)
     if not torch.cuda.is_available():
         sys.exit("ovq.bench.ops needs a CUDA GPU")
+    for name, value in settings.items():  # recorded in the JSON with the other arguments
+        setattr(tc, name, value)
     payload = {"benchmark": "ovq.bench.ops", "args": vars(args), "environment": environment()}
     if not args.no_check:
         payload["check"] = check()

@@ -32,6 +32,7 @@ import sys
 import tempfile
 
 from ..ops import triton_chunk as tc
+from .common import kernel_settings
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 H200_SHARED = 232_448
@@ -137,7 +138,6 @@ def compile_all(records, Ls, stages_list, ints, nb_fwd, nb_bwd, ptx_dir, warps_o
     from triton.runtime.jit import create_function_from_signature
 
     import ovq.ops.kernels as K
-    import ovq.ops.triton_chunk as tc
 
     target = GPUTarget("cuda", 90, 32)
     backend = make_backend(target)
@@ -229,8 +229,6 @@ def main():
     if a.record:
         record(a.record)
         return
-    import ast
-
     for name, values in (("--L", a.L), ("--stages", a.stages), ("--T", [a.T]), ("--N", [a.N]), ("--H", [a.H]),
                          ("--BH", [a.BH]), ("--jobs", [a.jobs]), ("--warps", [a.warps or 1])):
         if min(values) < 1:
@@ -239,15 +237,7 @@ def main():
     if unknown:
         ap.error(f"--kernels: unknown {unknown}; the kernels are ovq_fwd_kernel, ovq_bwd_local_kernel, "
                  "ovq_bwd_dict_kernel")
-    settings = {}
-    for item in a.set:
-        name, _, value = item.partition("=")
-        if not value or not hasattr(tc, name):
-            ap.error(f"--set must be NAME=VALUE with NAME a setting of ovq.ops.triton_chunk, got {item!r}")
-        try:
-            settings[name] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            ap.error(f"--set {item!r}: the value must be a Python literal (e.g. True, 32)")
+    settings = kernel_settings(ap, a.set)
 
     # the PTX-only backend must never write into (or read stubs from) the user's Triton cache
     scratch = tempfile.mkdtemp(prefix="ovq_sm90_")  # PTX files and a private Triton cache (stub cubins)

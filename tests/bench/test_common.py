@@ -1,0 +1,29 @@
+"""The benchmarks' shared ``--set NAME=VALUE`` parsing (settings of ``ovq.ops.triton_chunk``)."""
+
+import argparse
+
+import pytest
+
+from ovq.bench.common import kernel_settings
+
+
+def _parser():
+    ap = argparse.ArgumentParser(prog="bench")
+    ap.error = lambda message: (_ for _ in ()).throw(ValueError(message))  # raise instead of exiting
+    return ap
+
+
+def test_settings_are_parsed_as_python_literals():
+    assert kernel_settings(_parser(), ["FWD_CACHED_OPERANDS=True", "LOCAL_BLOCK=32"]) == {
+        "FWD_CACHED_OPERANDS": True, "LOCAL_BLOCK": 32}
+
+
+@pytest.mark.parametrize("item, message", [
+    ("NOT_A_SETTING=1", "a setting of ovq.ops.triton_chunk"),
+    ("use_triton=1", "a setting of ovq.ops.triton_chunk"),      # functions are not settings
+    ("LOCAL_BLOCK", "a setting of ovq.ops.triton_chunk"),       # no value
+    ("FWD_TWO_PASS=maybe", "must be a Python literal"),
+])
+def test_a_bad_setting_is_an_error_naming_it(item, message):
+    with pytest.raises(ValueError, match=message):
+        kernel_settings(_parser(), [item])
