@@ -100,8 +100,17 @@ def _ovq_flops(t: int, b: int, h: int, d: int, chunk: int, n: int, static: bool)
     return {"fwd": fwd * b * h, "bwd": bwd * b * h, "mean_active": read / t}
 
 
-def bench(seq_lens, head_dims, centroids, chunk: int, tokens: int, heads: int, peers: list[str]) -> list[dict]:
+def bench(seq_lens, head_dims, centroids, chunk: int, tokens: int, heads: int, peers: list[str],
+          on_row=None) -> list[dict]:
+    """Times every op at every (D, T, N); ``on_row(rows)`` runs after each new row (the caller saves them, so a
+    run stopped at a time limit keeps what it measured)."""
     rows = []
+
+    def add(row: dict) -> None:
+        rows.append(row)
+        print(row, flush=True)
+        if on_row is not None:
+            on_row(rows)
     device = "cuda"
     dtype = torch.bfloat16
     try:
@@ -126,9 +135,8 @@ def bench(seq_lens, head_dims, centroids, chunk: int, tokens: int, heads: int, p
                         fwd = _bench(lambda: sdpa(q, k, v))
                     fb = _bench(_fwd_bwd(sdpa, (q, k, v), grad))
                     mem = _peak_memory(_fwd_bwd(sdpa, (q, k, v), grad))
-                rows.append(common | {"op": "sdpa", "backend": "FLASH_ATTENTION", "fwd_ms": fwd, "fwd_bwd_ms": fb,
-                                      "fwd_bwd_peak_bytes": mem})
-                print(rows[-1], flush=True)
+                add(common | {"op": "sdpa", "backend": "FLASH_ATTENTION", "fwd_ms": fwd, "fwd_bwd_ms": fb,
+                               "fwd_bwd_peak_bytes": mem})
             if "gdn" in peers and chunk_gated_delta_rule is not None:
                 gate = F.logsigmoid(torch.randn(b, t, heads, device=device, generator=g)).to(dtype).requires_grad_()
                 bet = torch.rand(b, t, heads, device=device, generator=g).to(dtype).requires_grad_()
@@ -143,9 +151,8 @@ def bench(seq_lens, head_dims, centroids, chunk: int, tokens: int, heads: int, p
                     err = None
                 except RuntimeError as e:  # fla refuses its gated backward on Hopper + Triton 3.6 without tilelang
                     fb, mem, err = None, None, str(e).splitlines()[0][:160]
-                rows.append(common | {"op": "gdn", "backend": "fla chunk", "fwd_ms": fwd, "fwd_bwd_ms": fb,
-                                      "fwd_bwd_peak_bytes": mem, "error": err})
-                print(rows[-1], flush=True)
+                add(common | {"op": "gdn", "backend": "fla chunk", "fwd_ms": fwd, "fwd_bwd_ms": fb,
+                               "fwd_bwd_peak_bytes": mem, "error": err})
             for n in centroids:
                 codebook = torch.randn(heads, n, d, device=device, generator=g)
                 for op, fn in (("ovq", lambda q_, k_, v_: ovq_attention(q_, k_, v_, 12.0, chunk_size=chunk,
@@ -157,12 +164,11 @@ def bench(seq_lens, head_dims, centroids, chunk: int, tokens: int, heads: int, p
                     fb = _bench(_fwd_bwd(fn, (q, k, v), grad))
                     mem = _peak_memory(_fwd_bwd(fn, (q, k, v), grad))
                     flops = _ovq_flops(t, b, heads, d, chunk, n, op == "vq")
-                    rows.append(common | {"op": op, "N": n, "fwd_ms": fwd, "fwd_bwd_ms": fb, "fwd_bwd_peak_bytes": mem,
-                                          "fwd_tflops": flops["fwd"] / fwd / 1e9,
-                                          "fwd_bwd_tflops": (flops["fwd"] + flops["bwd"]) / fb / 1e9,
-                                          "mean_active_centroids": flops["mean_active"],
-                                          "slices": _slices(b * heads, n, torch.device(device))})
-                    print(rows[-1], flush=True)
+                    add(common | {"op": op, "N": n, "fwd_ms": fwd, "fwd_bwd_ms": fb, "fwd_bwd_peak_bytes": mem,
+                                   "fwd_tflops": flops["fwd"] / fwd / 1e9,
+                                   "fwd_bwd_tflops": (flops["fwd"] + flops["bwd"]) / fb / 1e9,
+                                   "mean_active_centroids": flops["mean_active"],
+                                   "slices": _slices(b * heads, n, torch.device(device))})
             del q, k, v, grad
             torch.cuda.empty_cache()
     return rows
@@ -247,16 +253,18 @@ def main(argv=None) -> dict:
     for name, value in settings.items():  # recorded in the JSON with the other arguments
         setattr(tc, name, value)
     payload = {"benchmark": "ovq.bench.ops", "args": vars(args), "environment": environment()}
+    out = args.out or ("results/ops_decode_h200.json" if args.decode_only else "results/ops_h200.json")
     if not args.no_check:
         payload["check"] = check()
     ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
     if args.decode_only:
         payload["decode"] = decode(ints(args.decode_contexts), args.heads, 64, 4096, args.chunk_size)
     elif not args.check:
+        def save_so_far(rows):  # marked unfinished until the last row is in
+            save_json(out, payload | {"results": rows, "unfinished": True})
         payload["results"] = bench(ints(args.seq_lens), ints(args.head_dims), ints(args.centroids), args.chunk_size,
-                                   args.tokens, args.heads, args.peers.split(","))
+                                   args.tokens, args.heads, args.peers.split(","), on_row=save_so_far)
         payload["decode"] = decode(ints(args.decode_contexts), args.heads, 64, 4096, args.chunk_size)
-    out = args.out or ("results/ops_decode_h200.json" if args.decode_only else "results/ops_h200.json")
     path = save_json(out, payload)
     if "results" in payload:
         print(table(payload["results"]))
