@@ -25,8 +25,11 @@ LOCAL_BLOCK = 64
 # Launch settings (num_warps, num_stages) per kernel, keyed by the smallest chunk size each applies from;
 # ovq.bench.kernels overrides them to compare. The forward takes 8 warps from L = 128 on: at T = 64K (H200,
 # results/kernel_variants_s6_h200.json) they ran L = 128/256/512 in 39/46/86 ms against 4 warps' 67/101/246
-# ms (4 warps spill far more at these L); at L = 64 4 warps were faster (61 vs 66 ms).
-LAUNCH = {"fwd": {1: (4, 2), 128: (8, 2)}, "bwd_local": {1: (4, 1)}, "bwd_dict": {1: (4, 2)}}
+# ms (4 warps spill far more at these L); at L = 64 4 warps were faster (61 vs 66 ms). The backward kernels
+# follow: compiled for the H200 at L = 128 they spill 1.1-1.9 KB per thread with 4 warps and at most 80 bytes
+# with 8 (results/kernel_resources_bwd_sm90_cpu.json; not yet timed).
+LAUNCH = {"fwd": {1: (4, 2), 128: (8, 2)}, "bwd_local": {1: (4, 1), 128: (8, 1)},
+          "bwd_dict": {1: (4, 2), 128: (8, 2)}}
 
 
 def launch_settings(name: str, chunk_size: int) -> tuple[int, int]:

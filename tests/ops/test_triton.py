@@ -256,9 +256,10 @@ def test_a_backward_that_does_not_fit_is_known_before_the_forward(monkeypatch):
     _compare(expected, got, 1e-12, 1e-12, state_atol=0)
 
 
-def test_the_forward_launches_with_more_warps_from_chunk_size_128():
-    """The launcher's rule (measured on the H200: 8 warps are faster from L = 128 on, 4 at L = 64)."""
+def test_the_kernels_launch_with_more_warps_from_chunk_size_128():
+    """The launcher's rule (on the H200 8 warps ran the forward faster from L = 128 on, 4 at L = 64), with each
+    kernel's own pipeline stages."""
     import ovq.ops.triton_chunk as tc
 
-    assert [tc.launch_settings("fwd", L)[0] for L in (5, 64, 127, 128, 256, 512)] == [4, 4, 4, 8, 8, 8]
-    assert {tc.launch_settings(name, L) for name in ("bwd_local", "bwd_dict") for L in (64, 256)} == {(4, 1), (4, 2)}
+    for name, stages in (("fwd", 2), ("bwd_local", 1), ("bwd_dict", 2)):
+        assert [tc.launch_settings(name, L) for L in (5, 64, 127, 128, 256, 512)] == [(4, stages)] * 3 + [(8, stages)] * 3
