@@ -49,6 +49,71 @@ def key_value_tokens(start: int, vocab_size: int) -> tuple[range, range]:
     return keys, range(keys.stop, vocab_size)
 
 
+class KeyValueLayout:
+    """What the two recall configs share (each is a dataclass with ``vocab_size``, ``seq_len``, ``num_pairs``,
+    ``num_queries`` and ``num_filler_tokens``): the vocabulary's filler ids, then any reserved ids, then keys
+    and values as halves of the rest; a context ``[0, C)`` of items (a key with its value or values) in
+    filler, then query groups of ``QUERY_LEN`` tokens filling ``[C, T)``; and the checks of that layout.
+
+    A subclass sets ``QUERY_LEN``, ``ITEMS`` (what an item is called in errors) and ``reserved_ids`` (ids before
+    the keys) and ``item_len`` (tokens per item) when they differ from a pair's.
+    """
+
+    QUERY_LEN: int = 2
+    ITEMS: str = "pairs"
+
+    @property
+    def reserved_ids(self) -> int:
+        """Ids before the keys: the filler (and, in positional recall, the ordinals)."""
+        return self.num_filler_tokens
+
+    @property
+    def item_len(self) -> int:
+        return 2
+
+    @property
+    def resolved_num_queries(self) -> int:
+        """Q; ``num_queries=None`` (dense supervision) fills the last half with query groups."""
+        return (self.seq_len // 2) // self.QUERY_LEN if self.num_queries is None else self.num_queries
+
+    @property
+    def context_len(self) -> int:
+        """C: the context occupies ``[0, C)``, the queries ``[C, T)``."""
+        return self.seq_len - self.QUERY_LEN * self.resolved_num_queries
+
+    @property
+    def filler_tokens(self) -> range:
+        return range(0, self.num_filler_tokens)
+
+    @property
+    def key_tokens(self) -> range:
+        return key_value_tokens(self.reserved_ids, self.vocab_size)[0]
+
+    @property
+    def value_tokens(self) -> range:
+        return key_value_tokens(self.reserved_ids, self.vocab_size)[1]
+
+    def check_layout(self, reserved: str, lower: str) -> None:
+        """Raise a ValueError naming the field when the layout cannot be built. ``reserved`` describes the ids
+        before the keys, ``lower`` the fields that shrink the context's items."""
+        for name in ("vocab_size", "seq_len", "num_pairs", "num_filler_tokens"):
+            check_int(name, getattr(self, name))
+        if self.num_queries is not None:
+            check_int("num_queries", self.num_queries)
+        if self.vocab_size - self.reserved_ids < 2:
+            raise ValueError(f"vocab_size ({self.vocab_size}) must leave at least 2 ids after the {reserved}")
+        if self.num_pairs > len(self.key_tokens):
+            raise ValueError(f"num_pairs ({self.num_pairs}) exceeds the {len(self.key_tokens)} key tokens "
+                             f"(keys of a sequence are distinct)")
+        if self.resolved_num_queries < 1:
+            raise ValueError(f"seq_len ({self.seq_len}) is too short for a dense query half: need seq_len >= "
+                             f"{2 * self.QUERY_LEN}")
+        if self.item_len * self.num_pairs > self.context_len:
+            raise ValueError(f"the context ({self.context_len} tokens = seq_len - {self.QUERY_LEN} * num_queries) "
+                             f"cannot hold num_pairs={self.num_pairs} {self.ITEMS} of {self.item_len} tokens: "
+                             f"raise seq_len or lower {lower}")
+
+
 def make_generator(seed: int | None, generator: torch.Generator | None, device) -> tuple[torch.Generator, torch.device]:
     """The generator a ``sample`` call draws from: exactly one of ``seed`` and ``generator``."""
     if (seed is None) == (generator is None):

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 import torch
 
 from ..ops.utils import check_int
-from .common import (IGNORE_INDEX, TokenBatch, key_value_tokens, make_generator, query_order, random_block_starts, random_small_subset,
-                     random_subset, TokenTask)
+from .common import (IGNORE_INDEX, KeyValueLayout, TokenBatch, TokenTask, make_generator, query_order,
+                     random_block_starts, random_small_subset, random_subset)
 
 
 @dataclass
-class PositionalRecallConfig:
+class PositionalRecallConfig(KeyValueLayout):
     """Positional recall. Vocabulary = filler ``[0, F)``, ordinals ``[F, F+R)``, then keys and values (halves of the rest).
 
     Args:
@@ -41,6 +41,9 @@ class PositionalRecallConfig:
         num_filler_tokens: F, size of the filler vocabulary.
     """
 
+    QUERY_LEN = 3  # ordinal, key, value
+    ITEMS = "records"
+
     vocab_size: int = 8192
     seq_len: int = 4096
     num_pairs: int = 32
@@ -49,58 +52,26 @@ class PositionalRecallConfig:
     num_filler_tokens: int = 64
 
     def __post_init__(self):
-        check_int("vocab_size", self.vocab_size)
-        check_int("seq_len", self.seq_len)
-        check_int("num_pairs", self.num_pairs)
         check_int("num_occurrences", self.num_occurrences)
-        check_int("num_filler_tokens", self.num_filler_tokens)
-        if self.num_queries is not None:
-            check_int("num_queries", self.num_queries)
-        if self.vocab_size - self.num_filler_tokens - self.num_occurrences < 2:
-            raise ValueError(f"vocab_size ({self.vocab_size}) must leave at least 2 ids after the "
-                             f"{self.num_filler_tokens} filler and {self.num_occurrences} ordinal tokens")
-        if self.num_pairs > len(self.key_tokens):
-            raise ValueError(f"num_pairs ({self.num_pairs}) exceeds the {len(self.key_tokens)} key tokens "
-                             f"(keys of a sequence are distinct)")
+        self.check_layout(reserved=f"{self.num_filler_tokens} filler and {self.num_occurrences} ordinal tokens",
+                          lower="num_pairs/num_occurrences/num_queries")
         if self.num_occurrences > len(self.value_tokens):
             raise ValueError(f"num_occurrences ({self.num_occurrences}) exceeds the {len(self.value_tokens)} "
                              f"value tokens (the values of one record are distinct)")
-        if self.resolved_num_queries < 1:
-            raise ValueError(f"seq_len ({self.seq_len}) is too short for a dense query half: need seq_len >= 6")
-        if self.record_len * self.num_pairs > self.context_len:
-            raise ValueError(f"the context ({self.context_len} tokens = seq_len - 3 * num_queries) cannot hold "
-                             f"num_pairs={self.num_pairs} records of {self.record_len} tokens: raise seq_len or "
-                             f"lower num_pairs/num_occurrences/num_queries")
 
     @property
-    def record_len(self) -> int:
+    def reserved_ids(self) -> int:
+        return self.ordinal_tokens.stop
+
+    @property
+    def item_len(self) -> int:
+        """A record: ``k v_1 k v_2 ...``."""
         return 2 * self.num_occurrences
-
-    @property
-    def resolved_num_queries(self) -> int:
-        return (self.seq_len // 2) // 3 if self.num_queries is None else self.num_queries
-
-    @property
-    def context_len(self) -> int:
-        """C: the context occupies ``[0, C)``, the queries ``[C, T)``."""
-        return self.seq_len - 3 * self.resolved_num_queries
-
-    @property
-    def filler_tokens(self) -> range:
-        return range(0, self.num_filler_tokens)
 
     @property
     def ordinal_tokens(self) -> range:
         """``ordinal_tokens[r - 1]`` means "the r-th occurrence"."""
         return range(self.num_filler_tokens, self.num_filler_tokens + self.num_occurrences)
-
-    @property
-    def key_tokens(self) -> range:
-        return key_value_tokens(self.ordinal_tokens.stop, self.vocab_size)[0]
-
-    @property
-    def value_tokens(self) -> range:
-        return key_value_tokens(self.ordinal_tokens.stop, self.vocab_size)[1]
 
 
 class PositionalRecallTask(TokenTask):
@@ -119,11 +90,11 @@ class PositionalRecallTask(TokenTask):
         Q, C = cfg.resolved_num_queries, cfg.context_len
         keys = cfg.key_tokens.start + random_subset(len(cfg.key_tokens), P, (B,), gen, device)           # [B, P]
         values = cfg.value_tokens.start + random_small_subset(len(cfg.value_tokens), R, (B, P), gen, device)  # [B, P, R]
-        starts = random_block_starts(C, P, cfg.record_len, B, gen, device)                                # [B, P]
+        starts = random_block_starts(C, P, cfg.item_len, B, gen, device)                                # [B, P]
         asked = query_order(P * R, Q, B, gen, device)                                                     # [B, Q]
         inputs = torch.randint(0, cfg.num_filler_tokens, (B, T), generator=gen, device=device)
 
-        offsets = torch.arange(cfg.record_len, device=device)                          # record: k v_1 k v_2 ...
+        offsets = torch.arange(cfg.item_len, device=device)                          # record: k v_1 k v_2 ...
         record_positions = (starts.unsqueeze(-1) + offsets).flatten(1)                 # [B, P * 2R]
         record_tokens = torch.stack([keys.unsqueeze(-1).expand(B, P, R), values], dim=-1).flatten(1)
         inputs.scatter_(1, record_positions, record_tokens)

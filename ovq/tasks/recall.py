@@ -23,12 +23,12 @@ from dataclasses import dataclass
 import torch
 
 from ..ops.utils import check_int
-from .common import (IGNORE_INDEX, TokenBatch, key_value_tokens, make_generator, query_order, random_block_starts, random_subset,
-                     TokenTask)
+from .common import (IGNORE_INDEX, KeyValueLayout, TokenBatch, TokenTask, make_generator, query_order, random_block_starts,
+                     random_subset)
 
 
 @dataclass
-class RecallConfig:
+class RecallConfig(KeyValueLayout):
     """Basic recall. Vocabulary ``[0, vocab_size)`` = filler ``[0, F)``, then keys, then values (halves of the rest).
 
     Args:
@@ -46,45 +46,8 @@ class RecallConfig:
     num_filler_tokens: int = 64
 
     def __post_init__(self):
-        check_int("vocab_size", self.vocab_size)
-        check_int("seq_len", self.seq_len)
-        check_int("num_pairs", self.num_pairs)
-        check_int("num_filler_tokens", self.num_filler_tokens)
-        if self.num_queries is not None:
-            check_int("num_queries", self.num_queries)
-        if self.vocab_size - self.num_filler_tokens < 2:
-            raise ValueError(f"vocab_size ({self.vocab_size}) must leave at least 2 ids after the "
-                             f"{self.num_filler_tokens} filler tokens (one key, one value)")
-        if self.num_pairs > len(self.key_tokens):
-            raise ValueError(f"num_pairs ({self.num_pairs}) exceeds the {len(self.key_tokens)} key tokens "
-                             f"(keys of a sequence are distinct)")
-        if self.resolved_num_queries < 1:
-            raise ValueError(f"seq_len ({self.seq_len}) is too short for a dense query half: need seq_len >= 4")
-        if 2 * self.num_pairs > self.context_len:
-            raise ValueError(f"the context ({self.context_len} tokens = seq_len - 2 * num_queries) cannot hold "
-                             f"num_pairs={self.num_pairs} pairs of 2 tokens: raise seq_len or lower "
-                             f"num_pairs/num_queries")
-
-    @property
-    def resolved_num_queries(self) -> int:
-        return self.seq_len // 4 if self.num_queries is None else self.num_queries
-
-    @property
-    def context_len(self) -> int:
-        """C: the context occupies ``[0, C)``, the queries ``[C, T)``."""
-        return self.seq_len - 2 * self.resolved_num_queries
-
-    @property
-    def filler_tokens(self) -> range:
-        return range(0, self.num_filler_tokens)
-
-    @property
-    def key_tokens(self) -> range:
-        return key_value_tokens(self.num_filler_tokens, self.vocab_size)[0]
-
-    @property
-    def value_tokens(self) -> range:
-        return key_value_tokens(self.num_filler_tokens, self.vocab_size)[1]
+        self.check_layout(reserved=f"{self.num_filler_tokens} filler tokens (one key, one value)",
+                          lower="num_pairs/num_queries")
 
 
 class RecallTask(TokenTask):
