@@ -146,9 +146,9 @@ def cmd_plot(args) -> None:
             continue
         metric = "accuracy" if "accuracy" in rows[0] else "squared_error"
         lines = _plot_lines(rows, args.x, name)
-        for label, sel in lines.items():
+        for index, (label, sel) in enumerate(lines.items()):
             ax.plot([x for x, _ in sel], [y[metric] for _, y in sel], marker="o", label=label,
-                    **_line_style([r for _, r in sel], color, len(lines) == 1))
+                    **_line_style([r for _, r in sel], color, len(lines) == 1, index, len(args.inputs) > 1))
         ax.set_xlabel("evaluation length (tokens)" if args.x == "length" else f"{args.x} (evaluation)")
         ax.set_ylabel(metric.replace("_", " "))
         if metric == "squared_error":
@@ -176,11 +176,18 @@ def _line_label(row: dict, name: str) -> str:
     return " ".join([name, *parts])
 
 
-def _line_style(rows: list[dict], color: str, only_line: bool) -> dict:
-    """Evaluation variants dashed in their run's color; a run's only plain line in that color too."""
+PLAIN_STYLES = ("-", ":", "-.", (0, (5, 1, 1, 1, 1, 1)))  # a run's plain lines when runs share a figure ("--": variants)
+
+
+def _line_style(rows: list[dict], color: str, only_line: bool, index: int = 0, shared: bool = False) -> dict:
+    """Evaluation variants dashed in their run's color; a run's only plain line in that color too. When several
+    runs share the figure, a run's plain lines (``index``-th: another length or budget) keep its color and
+    differ by line style; one run's several lines take their own colors."""
     if any(_eval_settings(r) for r in rows):
         return {"color": color, "linestyle": "--"}
-    return {"color": color} if only_line else {}
+    if only_line:
+        return {"color": color}
+    return {"color": color, "linestyle": PLAIN_STYLES[index % len(PLAIN_STYLES)]} if shared else {}
 
 
 def _plot_lines(rows: list[dict], x: str, name: str) -> dict[str, list[tuple]]:

@@ -176,5 +176,7 @@ def test_plot_dashes_evaluation_variants_only():
     assert _line_style([growth], "C1", True) == {"color": "C1", "linestyle": "--"}
     assert _line_style([chunk], "C1", False) == {"color": "C1", "linestyle": "--"}
     assert _line_style([ssd], "C2", True) == {"color": "C2"} and _line_style([ssd], "C2", False) == {}
+    # several runs in one figure (e.g. the capacity sweep at two lengths): a run's lines keep its color
+    assert _line_style([ssd], "C2", False, 1, shared=True) == {"color": "C2", "linestyle": ":"}
     assert _line_label(growth, "m") == "m growth=linear growth_rate=0.0625"
     assert _line_label(ssd, "mamba2") == "mamba2" and _line_label(chunk, "m") == "m N=4096 chunk_size=256"
