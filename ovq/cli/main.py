@@ -132,23 +132,30 @@ def cmd_plot(args) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 4))
     colors: dict[str, str] = {}  # one color per run: its evaluation variants are dashed lines in that color
+    variants: dict[str, int] = {}  # evaluation variants drawn so far per run (each its own marker)
     for path in args.inputs:
         payload = json.loads(Path(path).read_text())
         rows, job = payload["results"], payload["job"]
         name = Path(payload.get("run", job["model"])).name  # the run folder names the variant (e.g. swa-ovq-4096)
         color = colors.setdefault(name, f"C{len(colors) % 10}")
         if "loss" in rows[0]:
-            for row in rows:
+            for index, row in enumerate(rows):
                 xs = [(i + 1) * row["block"] for i in range(len(row["loss"]))]
-                ax.plot(xs, row["loss"], label=_line_label(row, name), **_line_style([row], color, len(rows) == 1))
+                if _eval_settings(row):
+                    index = variants[name] = variants.get(name, -1) + 1
+                ax.plot(xs, row["loss"], label=_line_label(row, name), markevery=max(1, len(xs) // 8), markersize=4,
+                        **_line_style([row], color, len(rows) == 1, index, len(args.inputs) > 1))  # sparse markers
             ax.set_xlabel("position (tokens)")
             ax.set_ylabel("loss (nats/token)")
             continue
         metric = "accuracy" if "accuracy" in rows[0] else "squared_error"
         lines = _plot_lines(rows, args.x, name)
         for index, (label, sel) in enumerate(lines.items()):
-            ax.plot([x for x, _ in sel], [y[metric] for _, y in sel], marker="o", label=label,
-                    **_line_style([r for _, r in sel], color, len(lines) == 1, index, len(args.inputs) > 1))
+            line_rows = [r for _, r in sel]
+            if any(_eval_settings(r) for r in line_rows):
+                index = variants[name] = variants.get(name, -1) + 1
+            ax.plot([x for x, _ in sel], [y[metric] for _, y in sel], label=label,
+                    **_line_style(line_rows, color, len(lines) == 1, index, len(args.inputs) > 1))
         ax.set_xlabel("evaluation length (tokens)" if args.x == "length" else f"{args.x} (evaluation)")
         ax.set_ylabel(metric.replace("_", " "))
         if metric == "squared_error":
@@ -179,15 +186,20 @@ def _line_label(row: dict, name: str) -> str:
 PLAIN_STYLES = ("-", ":", "-.", (0, (5, 1, 1, 1, 1, 1)))  # a run's plain lines when runs share a figure ("--": variants)
 
 
+VARIANT_MARKERS = ("s", "^", "D", "v")  # a run's evaluation variants, each dashed, told apart by marker
+
+
 def _line_style(rows: list[dict], color: str, only_line: bool, index: int = 0, shared: bool = False) -> dict:
-    """Evaluation variants dashed in their run's color; a run's only plain line in that color too. When several
-    runs share the figure, a run's plain lines (``index``-th: another length or budget) keep its color and
-    differ by line style; one run's several lines take their own colors."""
+    """Evaluation variants dashed in their run's color (the ``index``-th variant of a run with its own marker);
+    a run's only plain line in that color too. When several runs share the figure, a run's plain lines
+    (``index``-th: another length or budget) keep its color and differ by line style; one run's several lines
+    take their own colors."""
     if any(_eval_settings(r) for r in rows):
-        return {"color": color, "linestyle": "--"}
+        return {"color": color, "linestyle": "--", "marker": VARIANT_MARKERS[index % len(VARIANT_MARKERS)]}
     if only_line:
-        return {"color": color}
-    return {"color": color, "linestyle": PLAIN_STYLES[index % len(PLAIN_STYLES)]} if shared else {}
+        return {"color": color, "marker": "o"}
+    style = {"color": color, "linestyle": PLAIN_STYLES[index % len(PLAIN_STYLES)]} if shared else {}
+    return style | {"marker": "o"}
 
 
 def _plot_lines(rows: list[dict], x: str, name: str) -> dict[str, list[tuple]]:

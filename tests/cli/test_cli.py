@@ -173,10 +173,11 @@ def test_plot_dashes_evaluation_variants_only():
     growth = {"max_centroids": None, "model_args": {"growth": "linear", "growth_rate": 0.0625}}
     ssd = {"max_centroids": None, "model_args": {"mamba2_chunk_size": 256}}
     chunk = {"max_centroids": 4096, "chunk_size": 256}
-    assert _line_style([growth], "C1", True) == {"color": "C1", "linestyle": "--"}
-    assert _line_style([chunk], "C1", False) == {"color": "C1", "linestyle": "--"}
-    assert _line_style([ssd], "C2", True) == {"color": "C2"} and _line_style([ssd], "C2", False) == {}
+    assert _line_style([growth], "C1", True) == {"color": "C1", "linestyle": "--", "marker": "s"}
+    assert _line_style([chunk], "C1", False, 1) == {"color": "C1", "linestyle": "--", "marker": "^"}  # a 2nd variant
+    assert _line_style([ssd], "C2", True) == {"color": "C2", "marker": "o"}
+    assert _line_style([ssd], "C2", False) == {"marker": "o"}  # one run's several lines: their own colors
     # several runs in one figure (e.g. the capacity sweep at two lengths): a run's lines keep its color
-    assert _line_style([ssd], "C2", False, 1, shared=True) == {"color": "C2", "linestyle": ":"}
+    assert _line_style([ssd], "C2", False, 1, shared=True) == {"color": "C2", "linestyle": ":", "marker": "o"}
     assert _line_label(growth, "m") == "m growth=linear growth_rate=0.0625"
     assert _line_label(ssd, "mamba2") == "mamba2" and _line_label(chunk, "m") == "m N=4096 chunk_size=256"
