@@ -394,9 +394,11 @@ def run_parallel(jobs: list[tuple[str, str]], profile_name: str, devices: list[s
     """Run jobs as subprocesses from one queue, ``slots`` at a time per device; returns {job: exit code}.
 
     Each job's output goes to ``runs/<task>/<label>.log``. At ``deadline`` seconds (or on SIGTERM/SIGINT to
-    this process) no new job starts and running ones get SIGTERM: training saves a checkpoint and stops.
+    this process) no new job starts and running ones get SIGTERM: training saves a checkpoint and stops. A job
+    that ran out of GPU memory (a neighbour's 64K evaluation can crowd it out) goes once more to the end of the
+    queue; it resumes from what it finished.
     """
-    queue, lock, procs, codes = list(jobs), threading.Lock(), {}, {}
+    queue, lock, procs, codes, retried = list(jobs), threading.Lock(), {}, {}, set()
     stop = threading.Event()
     start = time.monotonic()
 
@@ -417,8 +419,14 @@ def run_parallel(jobs: list[tuple[str, str]], profile_name: str, devices: list[s
                 with lock:
                     procs[job] = proc
                 codes[job] = proc.wait()
+            again = codes[job] != 0 and not stop.is_set() and job not in retried and _ran_out_of_memory(log_path)
+            if again:
+                with lock:
+                    retried.add(job)
+                    queue.append(job)
             print(f"[{time.monotonic() - start:6.0f}s] {task}/{label} on {device}: "
-                  f"{'done' if codes[job] == 0 else f'exit {codes[job]} (see {log_path})'}", flush=True)
+                  f"{'done' if codes[job] == 0 else f'exit {codes[job]} (see {log_path})'}"
+                  f"{'; out of GPU memory: queued once more' if again else ''}", flush=True)
 
     def request_stop(*_):
         stop.set()
@@ -449,6 +457,14 @@ def run_parallel(jobs: list[tuple[str, str]], profile_name: str, devices: list[s
     for job in queue:
         codes.setdefault(job, None)  # never started
     return codes
+
+
+def _ran_out_of_memory(log_path: Path) -> bool:
+    """Whether a job's log ends with a GPU out-of-memory error (PyTorch's or a Triton launch's)."""
+    with open(log_path, "rb") as f:
+        f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+        tail = f.read().decode(errors="replace")
+    return "out of memory" in tail.lower()
 
 
 def report(task: str, profile_name: str, labels: list[str], results_root: str = "results",

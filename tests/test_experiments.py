@@ -194,3 +194,31 @@ def test_per_model_training_flags(tmp_path, monkeypatch):
             results_root=str(tmp_path / "results"), device="cpu", overrides=overrides)
     trains = {c[c.index("--model") + 1]: c for c in calls if c[0] == "train"}
     assert trains["swa"][-2:] == ["--grad-clip", "0.5"] and "0.5" not in trains["swa-attn"]
+
+
+def test_a_job_that_ran_out_of_gpu_memory_is_queued_once_more(tmp_path, monkeypatch, capsys):
+    """A neighbour's evaluation can crowd a job out of GPU memory: it runs once more at the end of the queue.
+    Other failures, and a second out-of-memory, are final."""
+    import sys
+
+    import ovq.experiments as ex
+
+    script = """
+import pathlib, sys
+label, marker = sys.argv[1], pathlib.Path(sys.argv[2])
+runs = int(marker.read_text()) + 1 if marker.exists() else 1
+marker.write_text(str(runs))
+if label == "flaky":       # out of memory the first time only
+    sys.exit(0 if runs > 1 else (print("RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB") or 1))
+if label == "broken":      # another error: not retried
+    sys.exit(print("ValueError: bad") or 1)
+sys.exit(print("torch.OutOfMemoryError: CUDA out of memory") or 1)   # "hungry": out of memory every time
+"""
+    monkeypatch.setattr(ex, "_job_argv", lambda task, label, *a: [sys.executable, "-c", script, label,
+                                                                   str(tmp_path / f"{label}.runs")])
+    jobs = [("recall", "flaky"), ("recall", "broken"), ("recall", "hungry")]
+    codes = ex.run_parallel(jobs, "smoke", ["cpu"], runs_root=str(tmp_path / "runs"))
+    assert codes == {("recall", "flaky"): 0, ("recall", "broken"): 1, ("recall", "hungry"): 1}
+    runs = {label: int((tmp_path / f"{label}.runs").read_text()) for _, label in jobs}
+    assert runs == {"flaky": 2, "broken": 1, "hungry": 2}
+    assert capsys.readouterr().out.count("out of GPU memory: queued once more") == 2
