@@ -98,8 +98,9 @@ class Profile:
     eval_chunk_sizes: list[int] = field(default_factory=list)
     # Also evaluate models with OVQ/VQ layers with other model settings that keep the weights (deployment
     # knobs), name -> model args: results/<task>/<label>-<name>.json; e.g. {"linear16": {"growth": "linear",
-    # "growth_rate": 1 / 16}}, a dictionary that grows evenly to N over 16·N tokens (VQ has no growth rule:
-    # its row repeats its plain evaluation).
+    # "growth_rate": 1 / 16}}, a dictionary that grows evenly to N over 16·N tokens, or {"fill64k":
+    # {"fill_length": 65536}}, linear growth that reaches each model's N at 64K (`ovq eval --fill-length`;
+    # VQ has no growth rule: its row repeats its plain evaluation).
     eval_variants: dict = field(default_factory=dict)
     # Per model: evaluation settings that keep the weights. fla's Mamba2 without mamba_ssm runs a PyTorch
     # SSD whose inter-block step is quadratic in the number of blocks (513 GiB at 64K with 64-token blocks),
@@ -143,8 +144,9 @@ PROFILES = {
                           budget_model="swa-ovq-4096", budgets=[256, 1024, 4096, 16384], models=list(MODELS),
                           model_args={"window_size": 16}, eval_chunk_sizes=[256],
                           # linear growth at r = N / 64K: every chunk to 64K opens N·L/64K centroids
-                          # (the capacity probe keeps every item alone at 64K with it: docs/experiments.md)
-                          eval_variants={"linear16": {"growth": "linear", "growth_rate": 1 / 16}},
+                          # (the capacity probe keeps every item alone at 64K with it: docs/experiments.md;
+                          # session 6 ran it as linear16, r = 1/16, which fills N = 1,024 by 16K)
+                          eval_variants={"fill64k": {"fill_length": 65536}},
                           warm_start={"seq_len": 256, "batch_size": 64, "steps": 3000, "lr": 2e-3, "warmup": 100},
                           per_task={"recall": {"task_args": {"vocab_size": 256, "num_pairs": 16},
                                                "eval_task_args": {"num_queries": 16},
@@ -173,7 +175,7 @@ LM_PROFILES = {
     "h200": Profile(size="60m", seq_len=4096, batch_size=8, steps=400, lr=1e-3, warmup=40, eval_lengths=[65536],
                     eval_batches=0, eval_batch_size=1, budget_model="swa-ovq-4096", budgets=[1024, 4096, 16384],
                     models=list(LM_MODELS), data="data/books",
-                    eval_variants={"linear16": {"growth": "linear", "growth_rate": 1 / 16}}),
+                    eval_variants={"fill64k": {"fill_length": 65536}}),
     "smoke": Profile(size="tiny", seq_len=64, batch_size=4, steps=12, lr=3e-3, warmup=2, eval_lengths=[200],
                      eval_batches=1, eval_batch_size=1, budget_model="swa-ovq-4096", budgets=[8, 32],
                      models=["swa-ovq-4096", "swa-attn", "swa"], precision="fp32",
@@ -350,7 +352,10 @@ def run_job(task: str, label: str, profile_name: str, runs_root: str = "runs", r
         if path.exists():
             continue
         extra = ["--max-centroids", ",".join(map(str, profile.budgets))] if kind == "budgets" else []
-        extra += _args(special.get("model_args", {}) | eval_variants(profile).get(kind, {}), "--model-arg")
+        variant = dict(eval_variants(profile).get(kind, {}))
+        if "fill_length" in variant:  # not a model arg: the growth rate that fills each N by that length
+            extra += ["--fill-length", str(variant.pop("fill_length"))]
+        extra += _args(special.get("model_args", {}) | variant, "--model-arg")
         if task == "lm":  # one forward per document: the training path, for every mixer
             length = str(profile.eval_lengths[-1])
             cli(["eval", str(run_dir), "--loss-by-position", "--max-len", length, "--prefill", length,

@@ -116,7 +116,7 @@ def test_two_stage_training_and_evaluation_at_another_chunk_size(tmp_path):
     # the second stage also trains at another chunk size (the weights do not depend on it)
     overrides = {"warm_start": {"seq_len": 32, "steps": 10, "model_args": {"window_size": 8, "chunk_size": 8}},
                  "model_args": {"window_size": 8, "chunk_size": 16}, "eval_chunk_sizes": [32], "steps": 6,
-                 "eval_variants": {"linear": {"growth": "linear", "growth_rate": 0.25}}}
+                 "eval_variants": {"linear": {"growth": "linear", "growth_rate": 0.25}, "fill": {"fill_length": 128}}}
     summary = run("recall", "smoke", models=["swa-ovq-1024", "swa"], runs_root=str(tmp_path / "runs"),
                   results_root=str(tmp_path / "results"), device="cpu", overrides=overrides)["recall"]
     runs, out = tmp_path / "runs" / "recall", tmp_path / "results" / "recall"
@@ -133,9 +133,13 @@ def test_two_stage_training_and_evaluation_at_another_chunk_size(tmp_path):
     rows = json.loads((out / "swa-ovq-1024-linear.json").read_text())["results"]
     assert all(r["model_args"] == {"growth": "linear", "growth_rate": 0.25} for r in rows)
     assert not (out / "swa-linear.json").exists()
+    # linear growth that fills each N at a length (ovq eval --fill-length), recorded with the rows
+    rows = json.loads((out / "swa-ovq-1024-fill.json").read_text())["results"]
+    assert all(r["fill_length"] == 128 and "model_args" not in r for r in rows)
     table = (out / "table.md").read_text()
-    # rows: lengths, chunk 32 and linear growth (OVQ only), the capacity sweep (every model)
-    assert table.count("| swa-ovq-1024 |") == 4 and table.count("| swa |") == 2
+    # rows: lengths, chunk 32 and the two growth variants (OVQ only), the capacity sweep (every model)
+    assert table.count("| swa-ovq-1024 |") == 5 and table.count("| swa |") == 2
+    assert "Evaluated with fill_length = 128 (`fill`" in table
     assert "Evaluated with chunk_size = 32 (`chunk32`" in table and "growth = linear, growth_rate = 0.25" in table
 
 

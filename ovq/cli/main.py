@@ -91,7 +91,7 @@ def cmd_eval(args) -> None:
 
     from ..io import atomic_write_json
     from ..train.evaluate import evaluate_lengths, load_run, loss_by_position
-    from ..train.jobs import set_chunk_size, set_max_centroids
+    from ..train.jobs import set_chunk_size, set_fill_length, set_max_centroids
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     overrides = _kv(args.model_arg, "--model-arg")
@@ -99,6 +99,8 @@ def cmd_eval(args) -> None:
     budgets = _ints(args.max_centroids) or [None]
     if args.chunk_size is not None and not set_chunk_size(model, args.chunk_size):
         raise SystemExit(f"--chunk-size: the run's model ({job.model}) has no OVQ or VQ layers")
+    if args.fill_length is not None and not set_fill_length(model, args.fill_length):
+        raise SystemExit(f"--fill-length: the run's model ({job.model}) has no OVQ layers")
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         if job.task == "lm" or args.loss_by_position:
             from ..data import HeldOutDocuments
@@ -107,14 +109,19 @@ def cmd_eval(args) -> None:
             for n in budgets:
                 if n is not None:
                     set_max_centroids(model, n)
+                if args.fill_length is not None:  # the rate follows N
+                    set_fill_length(model, args.fill_length)
                 rows.append({"max_centroids": n, "documents": len(docs),
                              **loss_by_position(model, docs, block=args.block, prefill=args.prefill, device=device)})
         else:
             rows = evaluate_lengths(model, job, _ints(args.lengths), budgets, args.batches, args.batch_size, device,
-                                    task_sweep=_sweep(args.task_sweep), **_kv(args.task_arg, "--task-arg"))
+                                    task_sweep=_sweep(args.task_sweep), fill_length=args.fill_length,
+                                    **_kv(args.task_arg, "--task-arg"))
     from ..bench.common import environment
     if args.chunk_size is not None:
         rows = [row | {"chunk_size": args.chunk_size} for row in rows]
+    if args.fill_length is not None:
+        rows = [row | {"fill_length": args.fill_length} for row in rows]
     if overrides:
         rows = [row | {"model_args": overrides} for row in rows]
     payload = {"run": str(args.run), "job": dataclasses.asdict(job), "environment": environment(), "results": rows}
@@ -172,7 +179,7 @@ def cmd_plot(args) -> None:
 def _eval_settings(row: dict) -> dict:
     """The evaluation-time model settings a result row ran with that change what is computed (Mamba2's SSD
     block size changes nothing but memory)."""
-    settings = row.get("model_args", {}) | ({"chunk_size": row["chunk_size"]} if "chunk_size" in row else {})
+    settings = row.get("model_args", {}) | {k: row[k] for k in ("chunk_size", "fill_length") if k in row}
     return {k: v for k, v in settings.items() if k != "mamba2_chunk_size"}
 
 
@@ -295,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run")
     e.add_argument("--lengths", default="4096,8192,16384,32768,65536")
     e.add_argument("--max-centroids", default="", help="comma-separated N values (the budget knob)")
+    e.add_argument("--fill-length", type=int, default=None,
+                   help="deploy OVQ with linear growth that reaches each N at this many tokens (rate N / fill length)")
     e.add_argument("--chunk-size", type=int, default=None,
                    help="evaluate with this OVQ/VQ chunk size L instead of the trained one")
     e.add_argument("--batches", type=int, default=4)

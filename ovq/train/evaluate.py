@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from ..ops.utils import check_int
 from .checkpoint import load_checkpoint, weight_mismatch
-from .jobs import JobConfig, build_model, evaluate_task, set_max_centroids
+from .jobs import JobConfig, build_model, evaluate_task, set_fill_length, set_max_centroids
 
 
 def load_run(run_dir, device="cpu", model_args: dict | None = None):
@@ -40,18 +40,22 @@ def load_run(run_dir, device="cpu", model_args: dict | None = None):
 
 @torch.no_grad()
 def evaluate_lengths(model, job: JobConfig, lengths, budgets=(None,), batches: int = 4, batch_size: int = 8,
-                     device="cpu", task_sweep: dict | None = None, **task_overrides) -> list[dict]:
+                     device="cpu", task_sweep: dict | None = None, fill_length: int | None = None,
+                     **task_overrides) -> list[dict]:
     """Score at every (length, N): accuracy for recall tasks, squared error / d for regression.
 
     ``task_sweep`` ({name: [values]}) also scores every combination of those task settings, e.g.
     ``{"num_pairs": [16, 64]}``: the capacity axis of the recall tasks at each length. Rows name the task
-    settings they override (``task_args``)."""
+    settings they override (``task_args``). ``fill_length``: each N is deployed with linear growth that
+    reaches it at that many tokens (:func:`~ovq.train.jobs.set_fill_length`)."""
     names = list(task_sweep or {})
     combos = [dict(zip(names, values)) for values in itertools.product(*(task_sweep or {}).values())]
     rows = []
     for n in budgets:
         if n is not None:
             set_max_centroids(model, n)
+        if fill_length is not None:
+            set_fill_length(model, fill_length)
         for length in lengths:
             for combo in combos:
                 settings = task_overrides | combo

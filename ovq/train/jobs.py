@@ -113,6 +113,22 @@ def set_max_centroids(model: nn.Module, max_centroids: int) -> int:
     return _set_layer_option(model, (OVQAttention,), "max_centroids", max_centroids)
 
 
+def set_fill_length(model: nn.Module, fill_length: int) -> int:
+    """Deploy every OVQ layer with linear growth that reaches its budget N at ``fill_length`` tokens
+    (``growth="linear", growth_rate=N / fill_length``; call after :func:`set_max_centroids`). Every chunk up to
+    there opens ``N·L / fill_length`` centroids, so late items keep centroids of their own where the saturating
+    rule opens few (docs/experiments.md). Returns how many layers changed."""
+    check_int("fill_length", fill_length)
+    layers = [m for m in model.modules() if isinstance(m, OVQAttention)]
+    for layer in layers:
+        layer.growth, layer.growth_rate = "linear", layer.max_centroids / fill_length
+    for m in model.modules():  # keep configs truthful for save_pretrained
+        config = getattr(m, "config", None)
+        if layers and config is not None and hasattr(config, "growth_rate"):
+            config.growth, config.growth_rate = "linear", config.max_centroids / fill_length
+    return len(layers)
+
+
 def set_chunk_size(model: nn.Module, chunk_size: int) -> int:
     """Every OVQ/VQ layer's chunk size L (a test-time probe: more tokens per chunk means more chances for
     the growth rule to open a centroid late in a sequence; ``python -m ovq.bench.capacity``). Returns how

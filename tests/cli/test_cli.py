@@ -46,6 +46,14 @@ def test_train_resume_eval_plot(tmp_path, capsys):
     l32 = json.loads((tmp_path / "l32.json").read_text())["results"]
     assert [(r["length"], r["max_centroids"], r["chunk_size"]) for r in l32] == [(128, 8, 32)]
     assert "chunk_size" not in rows[0]
+    # linear growth filling each N by 128 tokens, recorded with every row and drawn as a variant
+    main(["eval", str(run), "--lengths", "128", "--max-centroids", "8,32", "--fill-length", "128", "--batches", "1",
+          "--task-arg", "num_queries=4", "--out", str(tmp_path / "fill.json")])
+    fill = json.loads((tmp_path / "fill.json").read_text())["results"]
+    assert [(r["max_centroids"], r["fill_length"]) for r in fill] == [(8, 128), (32, 128)]
+    with pytest.raises(SystemExit):
+        main(["eval", str(run), "--lengths", "64", "--fill-length", "0", "--out", str(tmp_path / "bad.json")])
+    assert "fill_length must be >= 1" in capsys.readouterr().err
     # the capacity axis: each number of pairs at each length, rows naming their task settings, plotted against P
     sweep = tmp_path / "pairs.json"
     main(["eval", str(run), "--lengths", "64,128", "--batches", "1", "--task-arg", "num_queries=2",
@@ -164,6 +172,22 @@ def test_deployment_knobs_reach_every_dictionary_layer():
     assert set_chunk_size(OVQForCausalLM(preset_config("swa", "tiny", vocab_size=32)), 16) == 0
     with pytest.raises(ValueError, match="chunk_size"):
         set_chunk_size(model, 0)
+
+
+def test_fill_length_gives_each_budget_the_rate_that_fills_it_there():
+    from ovq.models import OVQForCausalLM
+    from ovq.models.presets import preset_config
+    from ovq.train.jobs import set_fill_length, set_max_centroids
+
+    model = OVQForCausalLM(preset_config("swa-ovq", "tiny", vocab_size=32, max_centroids=64))
+    layers = [block.mixer for block in model.model.layers if hasattr(block.mixer, "max_centroids")]
+    assert set_fill_length(model, 1024) == len(layers) == 1
+    assert [(m.growth, m.growth_rate) for m in layers] == [("linear", 64 / 1024)]
+    set_max_centroids(model, 256)
+    set_fill_length(model, 1024)  # after a new N: the rate follows it
+    assert [m.growth_rate for m in layers] == [0.25] and model.config.growth_rate == 0.25
+    assert model.config.growth == "linear"
+    assert set_fill_length(OVQForCausalLM(preset_config("swa", "tiny", vocab_size=32)), 1024) == 0
 
 
 def test_plot_dashes_evaluation_variants_only():
