@@ -22,6 +22,16 @@ def _time(fn) -> float:
     return triton.testing.do_bench(fn, warmup=20, rep=100, return_mode="median")
 
 
+def _show(row: dict) -> None:
+    """Print a measured row and hand it to :data:`_progress` (``main`` saves every row so far with it, so a run
+    stopped at its time limit keeps what it measured)."""
+    print(row, flush=True)
+    _progress(row)
+
+
+_progress = lambda row: None  # noqa: E731 - main replaces it while it runs
+
+
 def _compiled(kernel) -> list:
     """The compiled specializations of a Triton kernel on the current device, in compile order."""
     return list(kernel.device_caches[torch.cuda.current_device()][0].values())
@@ -78,7 +88,7 @@ def _two_programs_per_sm(b: int, t: int, h: int, n: int, fwd, kernel) -> list[di
     finally:
         tc.FWD_PROGRAMS_PER_SM = 1
     row["slices_default"] = tc._slices(b * h, n, torch.device("cuda"))[0]
-    print(row, flush=True)
+    _show(row)
     return [row]
 
 
@@ -104,13 +114,13 @@ def _forward_variants(b: int, t: int, fwd, fwd_bwd, q, k, v, n: int, kernel) -> 
                          "max_abs_diff_o": (o.float() - o_ref.float()).abs().max().item(),
                          "count_slots_differing": int((st.count != s_ref.count).sum().item()), "ms": _time(fwd)}
                         | _compiled_info(kernel))
-            print(rows[-1], flush=True)
+            _show(rows[-1])
         best = min(rows, key=lambda r: r["ms"])
         tc.BLOCK_CENTROIDS, tc.FWD_CACHED_OPERANDS, tc.FWD_TWO_PASS = best["BN"], best["cached"], best["two_pass"]
         tc.LAUNCH["fwd"] = {1: (best["warps"], 2)}
         rows.append({"B": b, "T": t, "kernel": "fwd+bwd_best_forward", "BN": best["BN"], "cached": best["cached"],
                      "two_pass": best["two_pass"], "warps": best["warps"], "ms": _time(fwd_bwd)})
-        print(rows[-1], flush=True)
+        _show(rows[-1])
     finally:
         tc.BLOCK_CENTROIDS, tc.FWD_CACHED_OPERANDS, tc.FWD_TWO_PASS, tc.LAUNCH["fwd"] = before
     return rows
@@ -133,7 +143,7 @@ def _chunk_sizes(b: int, t: int, q, k, v, n: int, kernel) -> list[dict]:
                     ovq_attention(q, k, v, 12.0, chunk_size=chunk, max_centroids=n)
             rows.append({"B": b, "T": t, "kernel": "fwd_chunk", "L": chunk, "warps": warps, "ms": _time(fwd)}
                         | _compiled_info(kernel))
-            print(rows[-1], flush=True)
+            _show(rows[-1])
         tc.LAUNCH["fwd"] = before["fwd"]
         for chunk in (64, 128, 256):  # the cached-operand forward (19% faster at L = 64) at the launcher's warps
             def run():
@@ -150,20 +160,20 @@ def _chunk_sizes(b: int, t: int, q, k, v, n: int, kernel) -> list[dict]:
                              "ms": _time(lambda: run())} | _compiled_info(kernel))
             finally:
                 tc.FWD_CACHED_OPERANDS = cached_before
-            print(rows[-1], flush=True)
+            _show(rows[-1])
         for chunk, warps in itertools.product((64, 128, 256), (4, 8)):
             tc.LAUNCH["bwd_local"], tc.LAUNCH["bwd_dict"] = {1: (warps, 1)}, {1: (warps, 2)}
 
             def fwd_bwd():
                 ovq_attention(q, k, v, 12.0, chunk_size=chunk, max_centroids=n, backend="triton")[0].backward(grad)
-            row = {"B": b, "T": t, "kernel": "fwd+bwd_chunk", "L": chunk, "fwd_warps": tc.launch_settings("fwd", chunk)[0],
-                   "bwd_warps": warps}
+            row = {"B": b, "T": t, "kernel": "fwd+bwd_chunk", "L": chunk,
+                   "fwd_warps": tc.launch_settings("fwd", chunk)[0], "bwd_warps": warps}
             try:
                 row["ms"] = _time(fwd_bwd)
             except tc.KernelResourceError as e:  # recorded, not fatal: the table says which L trains on the kernels
                 row["error"] = str(e)[:200]
             rows.append(row)
-            print(rows[-1], flush=True)
+            _show(rows[-1])
     finally:
         tc.LAUNCH.update(before)
     return rows
@@ -183,50 +193,56 @@ def main(argv=None):
     if chosen - set(VARIANTS):
         ap.error(f"--variants: unknown {sorted(chosen - set(VARIANTS))}; known: {VARIANTS}")
     from ..ops import kernels
-    rows, launch_defaults = [], dict(tc.LAUNCH)
-    for cfg in args.configs.split(","):
-        b, t = (int(x) for x in cfg.split("x"))
-        h, d, n = 16, 64, 4096
-        q, k, v = (torch.randn(b, t, h, d, device="cuda", dtype=torch.bfloat16).requires_grad_() for _ in range(3))
-        grad = torch.randn_like(q)
+    global _progress
+    rows, launch_defaults, measured, env = [], dict(tc.LAUNCH), [], environment()
+    _progress = lambda row: (measured.append(row),  # noqa: E731
+                             save_json(args.out, {"environment": env, "rows": measured, "unfinished": True}))
+    try:
+        for cfg in args.configs.split(","):
+            b, t = (int(x) for x in cfg.split("x"))
+            h, d, n = 16, 64, 4096
+            q, k, v = (torch.randn(b, t, h, d, device="cuda", dtype=torch.bfloat16).requires_grad_() for _ in range(3))
+            grad = torch.randn_like(q)
 
-        def fwd():
-            with torch.no_grad():
-                ovq_attention(q, k, v, 12.0, chunk_size=64, max_centroids=n)
+            def fwd():
+                with torch.no_grad():
+                    ovq_attention(q, k, v, 12.0, chunk_size=64, max_centroids=n)
 
-        def fwd_bwd():
-            ovq_attention(q, k, v, 12.0, chunk_size=64, max_centroids=n)[0].backward(grad)
+            def fwd_bwd():
+                ovq_attention(q, k, v, 12.0, chunk_size=64, max_centroids=n)[0].backward(grad)
 
-        for warps, stages, prec in itertools.product((4, 8), (1, 2), ("bf16x3", "tf32x3", "tf32", "bf16")):
-            if (prec != "bf16x3" or "launch" not in chosen) and (warps, stages, prec) != (4, 2, "bf16x3"):
-                continue
-            tc.LAUNCH["fwd"] = {1: (warps, stages)}
-            tc.ASSIGN_PRECISION = prec
-            ms = _time(fwd)
-            rows.append({"B": b, "T": t, "kernel": "fwd", "warps": warps, "stages": stages, "assign": prec, "ms": ms}
-                        | _compiled_info(kernels.ovq_fwd_kernel))
-            print(rows[-1], flush=True)
-        tc.LAUNCH["fwd"], tc.ASSIGN_PRECISION = launch_defaults["fwd"], "bf16x3"
-        if "forward" in chosen:
-            rows.extend(_forward_variants(b, t, fwd, fwd_bwd, q, k, v, n, kernels.ovq_fwd_kernel))
-        if "chunk" in chosen:
-            rows.extend(_chunk_sizes(b, t, q, k, v, n, kernels.ovq_fwd_kernel))
-        if "2persm" in chosen:
-            rows.extend(_two_programs_per_sm(b, t, h, n, fwd, kernels.ovq_fwd_kernel))
-        if "nopicks" in chosen:  # without farthest-point picks (timing only: wrong function): the picks' share
-            real = tc._schedule
-            tc._schedule = lambda *a: tuple((m, 0) for m, _ in real(*a))
-            rows.append({"B": b, "T": t, "kernel": "fwd_no_picks", "ms": _time(fwd)})
-            print(rows[-1], flush=True)
-            tc._schedule = real
-        for warps, stages in itertools.product((4, 8), (1, 2)) if "bwd" in chosen else [(4, 2)]:
-            tc.LAUNCH["bwd_dict"] = {1: (warps, stages)}
-            ms = _time(fwd_bwd)
-            rows.append({"B": b, "T": t, "kernel": "fwd+bwd", "bwd_warps": warps, "bwd_stages": stages, "ms": ms}
-                        | _compiled_info(kernels.ovq_bwd_dict_kernel))
-            print(rows[-1], flush=True)
-        tc.LAUNCH["bwd_dict"] = launch_defaults["bwd_dict"]
-    save_json(args.out, {"environment": environment(), "rows": rows})
+            for warps, stages, prec in itertools.product((4, 8), (1, 2), ("bf16x3", "tf32x3", "tf32", "bf16")):
+                if (prec != "bf16x3" or "launch" not in chosen) and (warps, stages, prec) != (4, 2, "bf16x3"):
+                    continue
+                tc.LAUNCH["fwd"] = {1: (warps, stages)}
+                tc.ASSIGN_PRECISION = prec
+                ms = _time(fwd)
+                rows.append({"B": b, "T": t, "kernel": "fwd", "warps": warps, "stages": stages, "assign": prec,
+                             "ms": ms} | _compiled_info(kernels.ovq_fwd_kernel))
+                _show(rows[-1])
+            tc.LAUNCH["fwd"], tc.ASSIGN_PRECISION = launch_defaults["fwd"], "bf16x3"
+            if "forward" in chosen:
+                rows.extend(_forward_variants(b, t, fwd, fwd_bwd, q, k, v, n, kernels.ovq_fwd_kernel))
+            if "chunk" in chosen:
+                rows.extend(_chunk_sizes(b, t, q, k, v, n, kernels.ovq_fwd_kernel))
+            if "2persm" in chosen:
+                rows.extend(_two_programs_per_sm(b, t, h, n, fwd, kernels.ovq_fwd_kernel))
+            if "nopicks" in chosen:  # without farthest-point picks (timing only: wrong function): the picks' share
+                real = tc._schedule
+                tc._schedule = lambda *a: tuple((m, 0) for m, _ in real(*a))
+                rows.append({"B": b, "T": t, "kernel": "fwd_no_picks", "ms": _time(fwd)})
+                _show(rows[-1])
+                tc._schedule = real
+            for warps, stages in itertools.product((4, 8), (1, 2)) if "bwd" in chosen else [(4, 2)]:
+                tc.LAUNCH["bwd_dict"] = {1: (warps, stages)}
+                ms = _time(fwd_bwd)
+                rows.append({"B": b, "T": t, "kernel": "fwd+bwd", "bwd_warps": warps, "bwd_stages": stages, "ms": ms}
+                            | _compiled_info(kernels.ovq_bwd_dict_kernel))
+                _show(rows[-1])
+            tc.LAUNCH["bwd_dict"] = launch_defaults["bwd_dict"]
+    finally:
+        _progress = lambda row: None  # noqa: E731
+    save_json(args.out, {"environment": env, "rows": rows})
     for r in rows:
         print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
 

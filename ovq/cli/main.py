@@ -190,10 +190,9 @@ def _line_label(row: dict, name: str) -> str:
     return " ".join([name, *parts])
 
 
-PLAIN_STYLES = ("-", ":", "-.", (0, (5, 1, 1, 1, 1, 1)))  # a run's plain lines when runs share a figure ("--": variants)
-
-
-VARIANT_MARKERS = ("s", "^", "D", "v")  # a run's evaluation variants, each dashed, told apart by marker
+# A run's plain lines when runs share a figure ("--" is for evaluation variants), and its variants' markers.
+PLAIN_STYLES = ("-", ":", "-.", (0, (5, 1, 1, 1, 1, 1)))
+VARIANT_MARKERS = ("s", "^", "D", "v")
 
 
 def _line_style(rows: list[dict], color: str, only_line: bool, index: int = 0, shared: bool = False) -> dict:

@@ -150,8 +150,8 @@ class KernelResourceError(ValueError):
 
 
 def _launch(name: str, kernel, grid, chunk_size: int, d: int, dv: int, *args, **constexprs) -> None:
-    """Launch ``kernel`` with its :func:`launch_settings` at this chunk size. If it does not load for lack of shared memory
-    or registers, retry without software pipelining (``num_stages=1`` holds one stage of buffers instead of
+    """Launch ``kernel`` with its :func:`launch_settings` at this chunk size. If it does not load for lack of shared
+    memory or registers, retry without software pipelining (``num_stages=1`` holds one stage of buffers instead of
     two); if that fails too, raise a :class:`KernelResourceError` naming the cause."""
     try:
         from triton.runtime.errors import OutOfResources

@@ -30,7 +30,8 @@ from .common import (IGNORE_INDEX, KeyValueLayout, TokenBatch, TokenTask, make_g
 
 @dataclass
 class PositionalRecallConfig(KeyValueLayout):
-    """Positional recall. Vocabulary = filler ``[0, F)``, ordinals ``[F, F+R)``, then keys and values (halves of the rest).
+    """Positional recall. Vocabulary = filler ``[0, F)``, ordinals ``[F, F+R)``, then keys and values (halves of
+    the rest).
 
     Args:
         vocab_size: total number of token ids.

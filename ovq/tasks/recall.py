@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 
 from ..ops.utils import check_int
-from .common import (IGNORE_INDEX, KeyValueLayout, TokenBatch, TokenTask, make_generator, query_order, random_block_starts,
-                     random_subset)
+from .common import (IGNORE_INDEX, KeyValueLayout, TokenBatch, TokenTask, make_generator, query_order,
+                     random_block_starts, random_subset)
 
 
 @dataclass
