@@ -56,6 +56,13 @@ def save_json(path: str | os.PathLike, payload: dict) -> Path:
     return atomic_write_json(path, payload)
 
 
+def saving_rows(path: str | os.PathLike, payload: dict, key: str):
+    """A callback ``(rows) -> None`` for a benchmark to call after each measured row: it saves ``payload`` with
+    the rows so far under ``key``, marked unfinished (the benchmark's final save has no mark), so a run stopped
+    at a time limit keeps what it measured."""
+    return lambda rows: save_json(path, payload | {key: list(rows), "unfinished": True})
+
+
 def kernel_settings(ap, items: list[str]) -> dict:
     """``--set NAME=VALUE`` items as settings of :mod:`ovq.ops.triton_chunk` (a forward variant, a block size);
     a bad name or value is an argparse error naming it."""

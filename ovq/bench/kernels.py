@@ -14,7 +14,7 @@ import torch
 
 from ..ops import ovq_attention
 from ..ops import triton_chunk as tc
-from .common import environment, save_json
+from .common import environment, save_json, saving_rows
 
 
 def _time(fn) -> float:
@@ -195,8 +195,8 @@ def main(argv=None):
     from ..ops import kernels
     global _progress
     rows, launch_defaults, measured, env = [], dict(tc.LAUNCH), [], environment()
-    _progress = lambda row: (measured.append(row),  # noqa: E731
-                             save_json(args.out, {"environment": env, "rows": measured, "unfinished": True}))
+    save_measured = saving_rows(args.out, {"environment": env}, "rows")
+    _progress = lambda row: (measured.append(row), save_measured(measured))  # noqa: E731
     try:
         for cfg in args.configs.split(","):
             b, t = (int(x) for x in cfg.split("x"))

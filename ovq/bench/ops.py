@@ -20,7 +20,7 @@ from ..ops import OVQState, ovq_attention, ovq_step, vq_attention
 from ..ops import triton_chunk as tc
 from ..ops.triton_chunk import _schedule, _slices
 from ..ops.utils import growth_target
-from .common import environment, kernel_settings, save_json
+from .common import environment, kernel_settings, save_json, saving_rows
 
 
 def _rel(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -262,10 +262,9 @@ def main(argv=None) -> dict:
     if args.decode_only:
         payload["decode"] = decode(ints(args.decode_contexts), args.heads, 64, 4096, args.chunk_size)
     elif not args.check:
-        def save_so_far(rows):  # marked unfinished until the last row is in
-            save_json(out, payload | {"results": rows, "unfinished": True})
         payload["results"] = bench(ints(args.seq_lens), ints(args.head_dims), ints(args.centroids), args.chunk_size,
-                                   args.tokens, args.heads, args.peers.split(","), on_row=save_so_far)
+                                   args.tokens, args.heads, args.peers.split(","),
+                                   on_row=saving_rows(out, payload, "results"))
         payload["decode"] = decode(ints(args.decode_contexts), args.heads, 64, 4096, args.chunk_size)
     path = save_json(out, payload)
     if "results" in payload:
