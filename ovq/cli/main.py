@@ -145,24 +145,24 @@ def cmd_plot(args) -> None:
         rows, job = payload["results"], payload["job"]
         name = Path(payload.get("run", job["model"])).name  # the run folder names the variant (e.g. swa-ovq-4096)
         color = colors.setdefault(name, f"C{len(colors) % 10}")
+
+        def style(line_rows: list[dict], only_line: bool, index: int) -> dict:
+            if any(_eval_settings(r) for r in line_rows):  # a variant: numbered among this run's variants
+                index = variants[name] = variants.get(name, -1) + 1
+            return _line_style(line_rows, color, only_line, index, len(args.inputs) > 1)
         if "loss" in rows[0]:
             for index, row in enumerate(rows):
                 xs = [(i + 1) * row["block"] for i in range(len(row["loss"]))]
-                if _eval_settings(row):
-                    index = variants[name] = variants.get(name, -1) + 1
                 ax.plot(xs, row["loss"], label=_line_label(row, name), markevery=max(1, len(xs) // 8), markersize=4,
-                        **_line_style([row], color, len(rows) == 1, index, len(args.inputs) > 1))  # sparse markers
+                        **style([row], len(rows) == 1, index))  # sparse markers
             ax.set_xlabel("position (tokens)")
             ax.set_ylabel("loss (nats/token)")
             continue
         metric = "accuracy" if "accuracy" in rows[0] else "squared_error"
         lines = _plot_lines(rows, args.x, name)
         for index, (label, sel) in enumerate(lines.items()):
-            line_rows = [r for _, r in sel]
-            if any(_eval_settings(r) for r in line_rows):
-                index = variants[name] = variants.get(name, -1) + 1
             ax.plot([x for x, _ in sel], [y[metric] for _, y in sel], label=label,
-                    **_line_style(line_rows, color, len(lines) == 1, index, len(args.inputs) > 1))
+                    **style([r for _, r in sel], len(lines) == 1, index))
         ax.set_xlabel("evaluation length (tokens)" if args.x == "length" else f"{args.x} (evaluation)")
         ax.set_ylabel(metric.replace("_", " "))
         if metric == "squared_error":
