@@ -214,7 +214,10 @@ def profile_of(task: str, name: str, overrides: dict | None = None) -> Profile:
         if not (isinstance(name, str) and re.fullmatch(r"[a-z0-9_]+", name) and name not in RESULT_KINDS
                 and isinstance(args, dict) and args):
             raise ValueError(f"eval_variants: {name!r}: {args!r} must be a lowercase name (letters, digits, _; not "
-                             f"one of {RESULT_KINDS}) for a non-empty dict of model args")
+                             f"one of {RESULT_KINDS}) for a non-empty dict of model args (or fill_length)")
+        fill = args.get("fill_length", 1)
+        if isinstance(fill, bool) or not isinstance(fill, int) or fill < 1:
+            raise ValueError(f"eval_variants: {name!r}: fill_length must be a number of tokens >= 1, got {fill!r}")
     if bool(profile.eval_sweeps) != bool(profile.sweep_lengths) or not all(
             isinstance(v, list) and v for v in profile.eval_sweeps.values()):
         raise ValueError(f"eval_sweeps ({profile.eval_sweeps!r}) needs sweep_lengths ({profile.sweep_lengths!r}) "

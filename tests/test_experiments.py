@@ -160,6 +160,9 @@ def test_warm_start_must_name_profile_fields():
     for bad in ({"Chunk-1": {"chunk_size": 8}}, {"sweep": {"chunk_size": 8}}, {"linear": {}}):
         with pytest.raises(ValueError, match="eval_variants"):
             profile_of("recall", "smoke", {"eval_variants": bad})
+    for fill in (0, 1.5, "64k"):  # checked before any training, not when the evaluation runs
+        with pytest.raises(ValueError, match="fill_length must be a number of tokens >= 1"):
+            profile_of("recall", "smoke", {"eval_variants": {"fill": {"fill_length": fill}}})
     with pytest.raises(ValueError, match="eval_chunk_sizes must be chunk sizes >= 1"):
         profile_of("recall", "smoke", {"eval_chunk_sizes": [0]})
     assert profile_of("recall", "h200-t4096").warm_start["steps"] == 3000
