@@ -18,7 +18,7 @@ class DictionaryAttentionBase(nn.Module):
     L2-normalized inside the ops, so beta alone sets how sharp the reads are.
     """
 
-    def __init__(self, hidden_size: int, num_heads: int, head_dim: int | None = None, *, chunk_size: int = 64,
+    def __init__(self, hidden_size: int, num_heads: int, head_dim: int | None = None, *, chunk_size: int = 128,
                  count_prior: bool = True, beta_init: float = 12.0, output_gate: bool = False, bias: bool = False,
                  detach_state: bool = False, layer_idx: int | None = None):
         super().__init__()

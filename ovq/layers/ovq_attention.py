@@ -15,7 +15,7 @@ class OVQAttention(DictionaryAttentionBase):
     rejected by the op.
     """
 
-    def __init__(self, hidden_size: int, num_heads: int, head_dim: int | None = None, *, chunk_size: int = 64,
+    def __init__(self, hidden_size: int, num_heads: int, head_dim: int | None = None, *, chunk_size: int = 128,
                  max_centroids: int = 1024, growth: str = "saturating", growth_rate: float = 1.0, **kwargs):
         super().__init__(hidden_size, num_heads, head_dim, chunk_size=chunk_size, **kwargs)
         check_growth(growth, growth_rate)
