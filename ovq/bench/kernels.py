@@ -129,7 +129,8 @@ def _forward_variants(b: int, t: int, fwd, fwd_bwd, q, k, v, n: int, kernel) -> 
 def _chunk_sizes(b: int, t: int, q, k, v, n: int, kernel) -> list[dict]:
     """The forward at chunk sizes L = 64 to 512 (a deployment knob: L = 256 lifts 64K recall) with 4 and 8
     warps (the launcher takes 8 from L = 128 on, from this table: results/kernel_variants_s6_h200.json), then
-    the cached-operand forward at L = 64 to 256 (checked against the default forward at that L), then forward +
+    the forward with the other operand setting (``FWD_CACHED_OPERANDS`` flipped) at L = 64 to 256, checked against
+    the default forward at that L, then forward +
     backward at L = 64 to 256 with the backward kernels at 4 and 8 warps (L = 512's backward does not fit).
     L = 512 loads the forward with one pipeline stage (the launcher's retry)."""
     rows, before, cached_before = [], dict(tc.LAUNCH), tc.FWD_CACHED_OPERANDS
@@ -145,15 +146,16 @@ def _chunk_sizes(b: int, t: int, q, k, v, n: int, kernel) -> list[dict]:
                         | _compiled_info(kernel))
             _show(rows[-1])
         tc.LAUNCH["fwd"] = before["fwd"]
-        for chunk in (64, 128, 256):  # the cached-operand forward (19% faster at L = 64) at the launcher's warps
+        for chunk in (64, 128, 256):  # the other operand setting at the launcher's warps
             def run():
                 with torch.no_grad():
                     return ovq_attention(q, k, v, 12.0, chunk_size=chunk, max_centroids=n, output_final_state=True)
             o_ref, s_ref = run()
-            tc.FWD_CACHED_OPERANDS = True
+            tc.FWD_CACHED_OPERANDS = not cached_before
             try:
                 o, st = run()
-                rows.append({"B": b, "T": t, "kernel": "fwd_chunk_cached", "L": chunk,
+                rows.append({"B": b, "T": t, "kernel": "fwd_chunk_" + ("uncached", "cached")[tc.FWD_CACHED_OPERANDS],
+                             "L": chunk,
                              "warps": tc.launch_settings("fwd", chunk)[0],
                              "max_abs_diff_o": (o.float() - o_ref.float()).abs().max().item(),
                              "count_slots_differing": int((st.count != s_ref.count).sum().item()),

@@ -245,7 +245,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--decode-contexts", default="4096,65536,1048576")
     ap.add_argument("--decode-only", action="store_true", help="only the decoding benchmark")
     ap.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE",
-                    help="ovq.ops.triton_chunk settings for the check and the timing, e.g. FWD_CACHED_OPERANDS=True")
+                    help="ovq.ops.triton_chunk settings for the check and the timing, e.g. FWD_CACHED_OPERANDS=False")
     ap.add_argument("--out", default=None,
                     help="JSON to write (default: results/ops_h200.json, or results/ops_decode_h200.json with --decode-only)")
     args = ap.parse_args(argv)

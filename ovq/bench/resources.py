@@ -216,7 +216,7 @@ def main():
     ap.add_argument("--warps", type=int, default=None, help="override triton_chunk.LAUNCH's num_warps")
     ap.add_argument("--kernels", nargs="+", help="only these kernels (e.g. ovq_bwd_local_kernel)")
     ap.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE",
-                    help="ovq.ops.triton_chunk settings for the recorded launch, e.g. FWD_CACHED_OPERANDS=True "
+                    help="ovq.ops.triton_chunk settings for the recorded launch, e.g. FWD_CACHED_OPERANDS=False "
                          "FWD_TWO_PASS=True (the forward's variants)")
     ap.add_argument("--T", type=int, default=4096, help="sequence length the int arguments assume")
     ap.add_argument("--N", type=int, default=1024, help="capacity (max_centroids)")

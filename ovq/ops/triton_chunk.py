@@ -115,9 +115,11 @@ FWD_PROGRAMS_PER_SM = 1
 
 # The forward keeps each slot's product operands (unit key direction in the read's and the assignment's
 # precisions, value mean) in side buffers, refreshed only for the slots a chunk changes, instead of
-# normalizing and splitting every block of float32 sums in every chunk. The same values either way;
-# ovq.bench.kernels times both (not the default until measured faster on the GPU).
-FWD_CACHED_OPERANDS = False
+# normalizing and splitting every block of float32 sums in every chunk. The same values either way. On the
+# H200 at 64K it took the forward from 60.5 to 49.0 ms at L = 64 and 39.2 to 35.4 ms at L = 128, with bf16
+# near-ties no more frequent than the default's against the float32 op (bench.ops --check: 2.4e-4 of
+# count slots both; results/ops_check_cached_h200.json), so it is the default.
+FWD_CACHED_OPERANDS = True
 # The forward's two jobs per block (the read's online softmax, the write's best centroid per key) in two
 # loops over the slice instead of one: fewer values live at once (the compiled forward spills registers),
 # and with cached operands the two loops read disjoint buffers. Timed by ovq.bench.kernels; off until faster.

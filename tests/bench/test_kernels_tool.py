@@ -38,10 +38,10 @@ def test_chunk_size_variants_time_each_launch_and_restore_it(monkeypatch):
     rows = bench._chunk_sizes(1, 600, q, k, v, 64, None)
     forward = [r for r in rows if r["kernel"] == "fwd_chunk"]
     assert [(r["L"], r["warps"]) for r in forward] == [(L, w) for L in (64, 128, 256, 512) for w in (4, 8)]
-    cached = [r for r in rows if r["kernel"] == "fwd_chunk_cached"]
-    assert [(r["L"], r["warps"], r["count_slots_differing"]) for r in cached] == [(64, 4, 0), (128, 8, 0), (256, 8, 0)]
+    other = [r for r in rows if r["kernel"] == "fwd_chunk_uncached"]  # the default keeps cached operands
+    assert [(r["L"], r["warps"], r["count_slots_differing"]) for r in other] == [(64, 4, 0), (128, 8, 0), (256, 8, 0)]
     both = [r for r in rows if r["kernel"] == "fwd+bwd_chunk"]
     assert [(r["L"], r["bwd_warps"]) for r in both] == [(L, w) for L in (64, 128, 256) for w in (4, 8)]
     assert [r["fwd_warps"] for r in both][::2] == [4, 8, 8]  # the launcher's rule
     assert all(r["ms"] == 1.0 for r in rows) and q.grad is not None
-    assert tc.LAUNCH == before and tc.FWD_CACHED_OPERANDS is False
+    assert tc.LAUNCH == before and tc.FWD_CACHED_OPERANDS is True
