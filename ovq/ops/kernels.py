@@ -154,14 +154,26 @@ def _track_best(sim, nmask, r0, s, NB: tl.constexpr, best_val, best_idx):
 
 
 @triton.jit
-def _refresh_operands(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, crd_ptr, chi_ptr, clo_ptr, cmv_ptr, s_base, cb_base, n, nmask,
-                      offs_d, dmask, offs_dv, dvmask, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr,
-                      BDV: tl.constexpr, STATIC: tl.constexpr, READ_PREC: tl.constexpr, ASSIGN_PREC: tl.constexpr):
+def _logit_offset(cnt, COUNT_PRIOR: tl.constexpr):
+    """What a slot adds to its logits: log count with the count prior (else 0), -inf for an empty slot."""
+    offset = tl.zeros(cnt.shape, tl.float32)
+    if COUNT_PRIOR:
+        offset = tl.log(tl.maximum(cnt, 1.0))
+    return tl.where(cnt > 0, offset, float("-inf"))
+
+
+@triton.jit
+def _refresh_operands(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, crd_ptr, chi_ptr, clo_ptr, cmv_ptr, cpr_ptr, s_base, cb_base, n,
+                      nmask, offs_d, dmask, offs_dv, dvmask, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr,
+                      BDV: tl.constexpr, COUNT_PRIOR: tl.constexpr, STATIC: tl.constexpr, READ_PREC: tl.constexpr,
+                      ASSIGN_PREC: tl.constexpr):
     """Store the slots ``n``'s product operands (CACHED forward): the unit key direction in the read's
-    precision and in the assignment's (hi/lo bfloat16 parts for bf16x3), and the value mean in the read's;
-    exactly what the uncached loop computes from the sums, computed once per change instead of per chunk."""
+    precision and in the assignment's (hi/lo bfloat16 parts for bf16x3), the value mean in the read's, and
+    the logit's additive term (log count with the prior, else 0; -inf for an empty slot); exactly what the
+    uncached loop computes from the sums, computed once per change instead of per chunk."""
     mu, muv, cnt, inv = _load_centroids(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, s_base, cb_base, n, nmask,
                                         offs_d, dmask, offs_dv, dvmask, D, DV, STATIC)
+    tl.store(cpr_ptr + s_base + n, _logit_offset(cnt, COUNT_PRIOR), mask=nmask)
     rows_d = (s_base + n)[:, None] * BD + offs_d[None, :]
     tl.store(crd_ptr + rows_d, _operand(mu, READ_PREC), mask=nmask[:, None])
     if ASSIGN_PREC == "bf16x3":
@@ -179,7 +191,7 @@ def ovq_fwd_kernel(
     sk_ptr, sv_ptr, cnt_ptr, cb_ptr, sched_ptr,
     o_ptr, lse_ptr, z_ptr,
     xstat_ptr, xacc_ptr, xval_ptr, xidx_ptr, bar_ptr,
-    crd_ptr, chi_ptr, clo_ptr, cmv_ptr,
+    crd_ptr, chi_ptr, clo_ptr, cmv_ptr, cpr_ptr,
     T, N, H, C,
     D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr,
     BL: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, BN: tl.constexpr, NB: tl.constexpr,
@@ -203,9 +215,9 @@ def ovq_fwd_kernel(
         first_loc = _slots_in_slice(tl.load(sched_ptr), s, NB)
         for r0 in range(0, first_loc, BN):
             r = r0 + offs_n
-            _refresh_operands(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, crd_ptr, chi_ptr, clo_ptr, cmv_ptr, s_base, cb_base,
-                              s + NB * r, r < first_loc, offs_d, dmask, offs_dv, dvmask,
-                              D, DV, BD, BDV, STATIC, READ_PREC, ASSIGN_PREC)
+            _refresh_operands(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, crd_ptr, chi_ptr, clo_ptr, cmv_ptr, cpr_ptr, s_base,
+                              cb_base, s + NB * r, r < first_loc, offs_d, dmask, offs_dv, dvmask,
+                              D, DV, BD, BDV, COUNT_PRIOR, STATIC, READ_PREC, ASSIGN_PREC)
         tl.debug_barrier()
     for c in range(0, C):
         t = c * L + offs_l
@@ -234,8 +246,9 @@ def ovq_fwd_kernel(
             r = r0 + offs_n
             nmask = r < m_loc
             n = s + NB * r
-            if CACHED:
-                cnt = tl.load(cnt_ptr + s_base + n, mask=nmask, other=0.0, cache_modifier=".cg")
+            if CACHED:  # the log of the counts is stored per change: in this loop it cost a quarter of the
+                # compiled instructions (every thread holds 16 counts of the block in the product's layout)
+                offset = tl.load(cpr_ptr + s_base + n, mask=nmask, other=float("-inf"), cache_modifier=".cg")
                 rows_d = (s_base + n)[:, None] * BD + offs_d[None, :]
                 mu_rd = tl.load(crd_ptr + rows_d, mask=nmask[:, None], other=0.0, cache_modifier=".cg")
                 muv = tl.load(cmv_ptr + (s_base + n)[:, None] * BDV + offs_dv[None, :], mask=nmask[:, None],
@@ -244,11 +257,8 @@ def ovq_fwd_kernel(
                 mu, muv, cnt, inv = _load_centroids(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, s_base, cb_base, n, nmask,
                                                     offs_d, dmask, offs_dv, dvmask, D, DV, STATIC)
                 mu_rd = _operand(mu, READ_PREC)
-            readable = nmask & (cnt > 0)
-            logits = beta * _mm(q_op, tl.trans(mu_rd), READ_PREC)
-            if COUNT_PRIOR:
-                logits += tl.log(tl.maximum(cnt, 1.0))[None, :]
-            logits = tl.where(readable[None, :], logits, float("-inf"))
+                offset = tl.where(nmask, _logit_offset(cnt, COUNT_PRIOR), float("-inf"))
+            logits = beta * _mm(q_op, tl.trans(mu_rd), READ_PREC) + offset[None, :]
             row_max, row_sum, acc = _softmax_step(row_max, row_sum, acc, logits, muv, READ_PREC)
             if not TWO_PASS:
                 if CACHED:
@@ -346,8 +356,9 @@ def ovq_fwd_kernel(
             tl.atomic_add(cnt_ptr + s_base + zs, tl.full([BL], 1.0, tl.float32), mask=own, sem="relaxed")
         tl.debug_barrier()
         if CACHED:  # the slots this chunk changed get fresh operands (a slot hit twice is written twice, alike)
-            _refresh_operands(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, crd_ptr, chi_ptr, clo_ptr, cmv_ptr, s_base, cb_base,
-                              zs, own, offs_d, dmask, offs_dv, dvmask, D, DV, BD, BDV, STATIC, READ_PREC, ASSIGN_PREC)
+            _refresh_operands(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, crd_ptr, chi_ptr, clo_ptr, cmv_ptr, cpr_ptr, s_base,
+                              cb_base, zs, own, offs_d, dmask, offs_dv, dvmask, D, DV, BD, BDV, COUNT_PRIOR, STATIC,
+                              READ_PREC, ASSIGN_PREC)
             tl.debug_barrier()
 
         if writer:
@@ -511,16 +522,15 @@ def ovq_bwd_dict_kernel(
             if not DETACH:
                 rows_k = (s_base + n)[:, None] * D + offs_d[None, :]
                 rows_v = (s_base + n)[:, None] * DV + offs_dv[None, :]
+                # G += this read's gradient as fire-and-forget adds (each slot has one owner, so the sum is the
+                # load-add-store's): a load here would wait on L2 right after the products and cost two
+                # layout round trips through shared memory (compiled for sm_90)
                 if not STATIC:
                     dmu = beta * _mm(tl.trans(ds), q_op, READ_PREC)
                     dsk = (dmu - mu * tl.sum(mu * dmu, axis=1)[:, None]) * inv[:, None]
-                    gk_blk = tl.load(gk_ptr + rows_k, mask=readable[:, None] & dmask[None, :], other=0.0,
-                                     cache_modifier=".cg")
-                    tl.store(gk_ptr + rows_k, gk_blk + dsk, mask=readable[:, None] & dmask[None, :])
+                    tl.atomic_add(gk_ptr + rows_k, dsk, mask=readable[:, None] & dmask[None, :], sem="relaxed")
                 dsv = _mm(tl.trans(p), do_op, READ_PREC) / tl.maximum(cnt, 1.0)[:, None]
-                gv_blk = tl.load(gv_ptr + rows_v, mask=readable[:, None] & dvmask[None, :], other=0.0,
-                                 cache_modifier=".cg")
-                tl.store(gv_ptr + rows_v, gv_blk + dsv, mask=readable[:, None] & dvmask[None, :])
+                tl.atomic_add(gv_ptr + rows_v, dsv, mask=readable[:, None] & dvmask[None, :], sem="relaxed")
         if m_loc > 0:
             tl.atomic_add(dq_ptr + qk_off, dq, mask=tmask[:, None] & dmask[None, :], sem="relaxed")
         tl.debug_barrier()

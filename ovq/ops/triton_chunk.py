@@ -194,17 +194,17 @@ def kernel_scan_or_fallback(backend: str, qhat, khat, v, beta, state: Dictionary
 
 def _operand_buffers(cfg: KernelConfig, bh: int, bd: int, bdv: int, device) -> tuple[torch.Tensor, ...]:
     """Side buffers of the cached forward (read direction, assignment direction hi and lo, value mean per
-    slot, padded to the tile widths), or 1-element stand-ins when it is off."""
+    slot, padded to the tile widths; the logit offset per slot), or 1-element stand-ins when it is off."""
     if not cfg.cached:
         unused = torch.zeros(1, device=device)
-        return unused, unused, unused, unused
+        return unused, unused, unused, unused, unused
     read = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.read_precision, torch.float32)
     split = cfg.assign_precision == "bf16x3"
     n = cfg.capacity
     assign = torch.empty(bh, n, bd, device=device, dtype=torch.bfloat16 if split else torch.float32)
     low = torch.empty_like(assign) if split else torch.zeros(1, device=device)
     return (torch.empty(bh, n, bd, device=device, dtype=read), assign, low,
-            torch.empty(bh, n, bdv, device=device, dtype=read))
+            torch.empty(bh, n, bdv, device=device, dtype=read), torch.empty(bh, n, device=device))
 
 
 class ChunkFunction(torch.autograd.Function):
@@ -230,11 +230,11 @@ class ChunkFunction(torch.autograd.Function):
         xval = torch.empty(xshape, device=v.device, dtype=torch.float32)
         xidx = torch.empty(xshape, device=v.device, dtype=torch.int32)
         barrier = torch.zeros(bh, device=v.device, dtype=torch.int32)
-        crd, chi, clo, cmv = _operand_buffers(cfg, bh, bd, bdv, v.device)
+        crd, chi, clo, cmv, cpr = _operand_buffers(cfg, bh, bd, bdv, v.device)
         if total > 0:
             _launch("fwd", ovq_fwd_kernel, (nb, bh), cfg.chunk_size, d, dv,
                     qhat, khat, v, beta, sum_k, sum_v, count, codebook if cfg.static else sum_k, sched,
-                    o, lse, z, xstat, xacc, xval, xidx, barrier, crd, chi, clo, cmv,
+                    o, lse, z, xstat, xacc, xval, xidx, barrier, crd, chi, clo, cmv, cpr,
                     total, n, cfg.num_heads, sched.shape[0],
                     D=d, DV=dv, L=cfg.chunk_size, BL=bl, BD=bd, BDV=bdv, BN=BLOCK_CENTROIDS, NB=nb,
                     COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, READ_PREC=cfg.read_precision,
