@@ -15,7 +15,12 @@ Two phases:
      from running the bundled ptxas -v on the produced PTX with the flags Triton uses (make_cubin) (and registers are
      cross-checked with the bundled cuobjdump -res-usage on Triton's cubin).
 
-Usage:  python -m ovq.bench.resources [--L 64 128 256] [--stages 1 2] [--json out.json]
+With ``--loops``, each cubin is also disassembled (the bundled nvdisasm) and every loop of its machine code is
+described (:func:`sass_loops`): instructions per iteration, the source line at its head, and counts of the
+instructions that decide a latency-bound loop's time (tensor-core products, barriers, global and shared memory,
+spills, special-function math). The innermost loop over centroid blocks is where the kernels spend their time.
+
+Usage:  python -m ovq.bench.resources [--L 64 128 256] [--stages 1 2] [--loops] [--json out.json]
 (minutes per kernel and L on a 2-core CPU; ptxas on the L = 512 kernels takes much longer)
 """
 
@@ -94,8 +99,9 @@ def tool(name: str) -> str:
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
 
 
-def run_ptxas(rows, timeout, jobs):
-    """ptxas -v (flags as Triton's make_cubin) on each saved PTX, ``jobs`` at a time, smallest L first."""
+def run_ptxas(rows, timeout, jobs, loops=False):
+    """ptxas -v (flags as Triton's make_cubin) on each saved PTX, ``jobs`` at a time, smallest L first; with
+    ``loops``, the cubin's loops too (:func:`sass_loops`)."""
     import concurrent.futures as cf
 
     todo = sorted((r for r in rows if "ptx" in r), key=lambda r: (r["L"], r["kernel"], r["num_stages"]))
@@ -119,8 +125,56 @@ def run_ptxas(rows, timeout, jobs):
                          static_smem=get(r"(\d+) bytes smem") or 0, ptxas_log=log.strip())
                 if os.path.exists(r["ptx"] + ".cubin"):
                     r["cuobjdump_regs"] = cuobjdump_regs(r["ptx"] + ".cubin")
+                    if loops:
+                        listing = subprocess.run([tool("nvdisasm"), "-c", "-g", r["ptx"] + ".cubin"],
+                                                 capture_output=True, text=True, check=True).stdout
+                        r["loops"] = sass_loops(listing)
             print(f"ptxas {r['kernel']:22s} L={r['L']:4d} stages={r['num_stages']}: regs={r.get('regs')} "
                   f"spills(st/ld)={r.get('spill_stores')}/{r.get('spill_loads')} {r.get('ptxas', '')}", flush=True)
+
+
+# Instruction classes counted per loop (SASS opcodes, by prefix of the opcode with its modifiers).
+LOOP_CLASSES = {
+    "mma": ("HGMMA", "HMMA"),                   # tensor-core products
+    "barrier": ("BAR.",),                       # block-wide barriers
+    "global_load": ("LDG.",), "global_store": ("STG.",), "global_atomic": ("RED", "ATOMG"),
+    "async_copy": ("LDGSTS", "UBLKCP", "UTMALDG"),
+    "shared_load": ("LDS", "LDSM"), "shared_store": ("STS",),
+    "spill_load": ("LDL",), "spill_store": ("STL",),
+    "special_math": ("MUFU.",),                 # exp2, log2, reciprocal, ...
+}
+
+
+def sass_loops(listing: str) -> list[dict]:
+    """The loops of an ``nvdisasm -c -g`` listing: each backward branch to a label closes one. Per loop: start and
+    end address, instructions in it, whether another loop lies inside (``innermost``), the source line (file:line)
+    at its head, and counts of :data:`LOOP_CLASSES`."""
+    insts, labels, pending, line = [], {}, [], "?"
+    for text in listing.splitlines():
+        if m := re.search(r'File "([^"]+)", line (\d+)', text):
+            line = f"{os.path.basename(m.group(1))}:{m.group(2)}"
+        elif m := re.match(r"\s*(\.L_x_\d+):", text):
+            pending.append(m.group(1))
+        elif m := re.match(r"\s+/\*([0-9a-f]+)\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_.]+)(.*)", text):
+            address = int(m.group(1), 16)
+            for label in pending:
+                labels[label] = address
+            pending = []
+            insts.append((address, m.group(2), m.group(3), line))
+    head_line = {a: src for a, _, _, src in insts}
+    loops = []
+    for address, opcode, rest, _ in insts:
+        target = re.search(r"(\.L_x_\d+)", rest)
+        if opcode.startswith("BRA") and target and labels.get(target.group(1), address + 1) <= address:
+            start = labels[target.group(1)]
+            body = [op for a, op, _, _ in insts if start <= a <= address]
+            counts = {name: sum(op.startswith(prefixes) for op in body) for name, prefixes in LOOP_CLASSES.items()}
+            loops.append({"start": hex(start), "end": hex(address), "instructions": len(body),
+                          "head": head_line[start], **counts})
+    spans = [(int(lp["start"], 16), int(lp["end"], 16)) for lp in loops]
+    for lp, (lo, hi) in zip(loops, spans):
+        lp["innermost"] = not any(lo <= a and b <= hi and (a, b) != (lo, hi) for a, b in spans)
+    return loops
 
 
 def cuobjdump_regs(cubin_path: str) -> int | None:
@@ -224,6 +278,7 @@ def main():
     ap.add_argument("--BH", type=int, default=16, help="batch x heads (sets the slice counts NB)")
     ap.add_argument("--ptxas-timeout", type=int, default=600, help="seconds per ptxas run (0: skip registers)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="ptxas runs at once")
+    ap.add_argument("--loops", action="store_true", help="also describe each kernel's loops in its machine code")
     ap.add_argument("--json", default="kernel_resources_sm90.json")
     a = ap.parse_args()
     if a.record:
@@ -274,7 +329,7 @@ def _run(a, settings: dict, scratch: str) -> None:
     with open(a.json, "w") as f:  # the shared-memory figures first: ptxas can take many minutes
         json.dump(rows, f, indent=1, default=str)
     if a.ptxas_timeout > 0:
-        run_ptxas(rows, a.ptxas_timeout, a.jobs)
+        run_ptxas(rows, a.ptxas_timeout, a.jobs, a.loops)
     with open(a.json, "w") as f:
         json.dump(rows, f, indent=1, default=str)
     print(f"\n{'kernel':22s} {'L':>4s} {'warps':>5s} {'stages':>6s} {'shared':>8s} {'regs':>5s} {'spill st/ld':>12s}"
@@ -286,6 +341,13 @@ def _run(a, settings: dict, scratch: str) -> None:
         print(f"{r['kernel']:22s} {r['L']:4d} {r['num_warps']:5d} {r['num_stages']:6d} {r['shared']:8d} "
               f"{str(r.get('regs', '?')):>5s} {str(r.get('spill_stores', '?')) + '/' + str(r.get('spill_loads', '?')):>12s}"
               f" {str(r['fits']):>11s}")
+    if a.loops:
+        print(f"\ninnermost loops of 100+ instructions (per iteration; {', '.join(LOOP_CLASSES)}):")
+        for r in rows:
+            for lp in r.get("loops", []):
+                if lp["innermost"] and lp["instructions"] >= 100:
+                    print(f"{r['kernel']:22s} L={r['L']:4d} stages={r['num_stages']} {lp['head']:>16s} "
+                          f"{lp['instructions']:5d}  " + " ".join(str(lp[c]) for c in LOOP_CLASSES))
     print(f"\nfull rows (signature, constexprs, ptxas logs): {a.json}")
 
 

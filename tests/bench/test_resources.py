@@ -24,3 +24,38 @@ def test_forward_at_chunk_512_fits_the_h200_with_one_stage(tmp_path):
     assert (constexprs["READ_PREC"], constexprs["ASSIGN_PREC"], constexprs["KB"]) == ("bf16", "bf16x3", 64)
     assert row["signature"]["q_ptr"] == "*fp32"
     assert 0 < row["shared"] <= 232_448 and row["fits"]
+
+
+LISTING = """\
+ovq_fwd_kernel:
+	//## File "/x/ovq/ops/kernels.py", line 10
+        /*0000*/                   LDC R1, c[0x0][0x28] ;
+.L_x_1:
+	//## File "/x/ovq/ops/kernels.py", line 20
+        /*0010*/                   LDG.E R2, desc[UR4][R4.64] ;
+.L_x_2:
+	//## File "/x/ovq/ops/kernels.py", line 30
+        /*0020*/                   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR8], R24 ;
+        /*0030*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;
+        /*0040*/                   MUFU.EX2 R3, R3 ;
+        /*0050*/              @!P0 BRA `(.L_x_2) ;
+	//## File "/x/ovq/ops/kernels.py", line 40
+        /*0060*/                   REDG.E.ADD.F32x4.FTZ.RN.STRONG.GPU desc[UR4][R6.64], R8 ;
+        /*0070*/                   STL [R1], R9 ;
+        /*0080*/               @P1 BRA `(.L_x_1) ;
+        /*0090*/                   @P2 BRA `(.L_x_3) ;
+.L_x_3:
+        /*00a0*/                   EXIT ;
+"""
+
+
+def test_the_loops_of_a_disassembly_are_found_with_their_instruction_classes():
+    """Two nested loops (backward branches to .L_x_1 and .L_x_2); a forward branch closes none."""
+    from ovq.bench.resources import sass_loops
+
+    inner, outer = sass_loops(LISTING)
+    assert (inner["start"], inner["end"], inner["instructions"], inner["head"]) == ("0x20", "0x50", 4, "kernels.py:30")
+    assert (inner["mma"], inner["barrier"], inner["special_math"], inner["global_load"]) == (1, 1, 1, 0)
+    assert inner["innermost"] and not outer["innermost"]
+    assert (outer["start"], outer["end"], outer["instructions"], outer["head"]) == ("0x10", "0x80", 8, "kernels.py:20")
+    assert (outer["global_load"], outer["global_atomic"], outer["spill_store"], outer["mma"]) == (1, 1, 1, 1)
