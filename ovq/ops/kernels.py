@@ -435,7 +435,7 @@ def ovq_bwd_local_kernel(
 @triton.jit
 def ovq_bwd_dict_kernel(
     q_ptr, k_ptr, v_ptr, beta_ptr, do_ptr, lse_ptr, delta_ptr, z_ptr, sched_ptr,
-    sk_ptr, sv_ptr, cnt_ptr, cb_ptr, gk_ptr, gv_ptr,
+    sk_ptr, sv_ptr, cnt_ptr, cb_ptr, gk_ptr, gv_ptr, off_ptr,
     dq_ptr, dk_ptr, dv_ptr, dbeta_ptr,
     T, N, H, C,
     D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr,
@@ -445,7 +445,8 @@ def ovq_bwd_dict_kernel(
     """Gradients through the dictionary: a reverse scan over chunks per (slice, bh).
 
     sk/sv/cnt hold the *final* sums on entry (a scratch copy: they are rewound chunk by chunk);
-    gk/gv hold the gradient w.r.t. the final sums on entry and w.r.t. the initial sums on exit.
+    gk/gv hold the gradient w.r.t. the final sums on entry and w.r.t. the initial sums on exit. off is scratch
+    for each slot's logit offset (with the count prior), kept up to date as the counts are rewound.
     dq is accumulated atomically (NB slices contribute); dk/dv rows are written by the slice that owns
     the token's centroid.
     """
@@ -462,6 +463,12 @@ def ovq_bwd_dict_kernel(
     in_chunk = offs_l < L
     s_base = bh * N
     cb_base = h * N * D
+    if COUNT_PRIOR:  # the log of the counts per slot, stored when a count changes rather than taken per block
+        for r0 in range(0, _slots_in_slice(N, s, NB), BN):
+            n = s + NB * (r0 + offs_n)
+            cnt = tl.load(cnt_ptr + s_base + n, mask=n < N, other=0.0)
+            tl.store(off_ptr + s_base + n, _logit_offset(cnt, COUNT_PRIOR), mask=n < N)
+        tl.debug_barrier()
     dbeta = tl.zeros([BL], tl.float32)
     for cc in range(0, C):
         c = C - 1 - cc
@@ -492,6 +499,10 @@ def ovq_bwd_dict_kernel(
                       sem="relaxed")
         tl.atomic_add(cnt_ptr + s_base + zs, tl.full([BL], -1.0, tl.float32), mask=own, sem="relaxed")
         tl.debug_barrier()
+        if COUNT_PRIOR:  # the rewound slots' offsets (a slot hit twice is written twice, alike)
+            cnt_z = tl.load(cnt_ptr + s_base + zs, mask=own, other=0.0, cache_modifier=".cg")
+            tl.store(off_ptr + s_base + zs, _logit_offset(cnt_z, COUNT_PRIOR), mask=own)
+            tl.debug_barrier()
 
         # (2) the gradient of this chunk's reads of its dictionary.
         q = tl.load(q_ptr + qk_off, mask=tmask[:, None] & dmask[None, :], other=0.0)
@@ -512,8 +523,8 @@ def ovq_bwd_dict_kernel(
             mu_op = _operand(mu, READ_PREC)
             raw = _mm(q_op, tl.trans(mu_op), READ_PREC)
             logits = beta * raw
-            if COUNT_PRIOR:
-                logits += tl.log(tl.maximum(cnt, 1.0))[None, :]
+            if COUNT_PRIOR:  # the per-block log cost a fifth of this loop's compiled instructions
+                logits += tl.load(off_ptr + s_base + n, mask=nmask, other=float("-inf"), cache_modifier=".cg")[None, :]
             p = tl.where(readable[None, :] & tmask[:, None], tl.exp(logits - lse[:, None]), 0.0)
             dp = _mm(do_op, tl.trans(_operand(muv, READ_PREC)), READ_PREC)
             ds = p * (dp - delta[:, None])

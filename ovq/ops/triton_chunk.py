@@ -278,6 +278,7 @@ def _backward(saved, cfg: KernelConfig, m0: int, do, d_sum_k, d_sum_v) -> tuple:
         _launch("bwd_dict", ovq_bwd_dict_kernel, (nb, bh), cfg.chunk_size, d, dv,
                 qhat, khat, v, beta, do, lse, delta, z, sched,
                 sum_k.clone(), sum_v.clone(), count.clone(), codebook if cfg.static else sum_k, g_k, g_v,
+                torch.empty(count.shape if cfg.count_prior else (1,), device=v.device),  # logit offsets (scratch)
                 dq_dict, dk_dict, dv_dict, dbeta_dict, total, n, cfg.num_heads, chunks,
                 BN=BLOCK_CENTROIDS, NB=nb, COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, DETACH=cfg.detach, **kw)
     dbeta = (dbeta_local.sum(-1) + dbeta_dict.sum(-1)).view(-1, cfg.num_heads).sum(0)
