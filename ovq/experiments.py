@@ -157,10 +157,15 @@ PROFILES = {
                                                           "eval_task_args": {"num_queries": 16},
                                                           "eval_sweeps": {"num_pairs": [8, 16, 32, 64]},
                                                           "sweep_lengths": [4096, 16384]},
-                                    "linear_regression": {"task_args": {"dim": 8}, "model_args": {"window_size": 64},
+                                    # regression at the task's d = 20 (Garg et al.): the first stage with the
+                                    # curriculum on d (d = 20 from step 4,000), which both SWA/attention and
+                                    # OVQ needed to learn it (results/linear_regression-d20-curriculum)
+                                    "linear_regression": {"task_args": {"dim": 20}, "model_args": {"window_size": 64},
                                                           "warm_start": {"seq_len": 256, "batch_size": 64,
-                                                                         "steps": 5000, "lr": 2e-3,
-                                                                         "warmup": 100}}}),
+                                                                         "steps": 6000, "lr": 2e-3, "warmup": 100,
+                                                                         "task_args": {
+                                                                             "dim": 20, "curriculum_start_dim": 4,
+                                                                             "curriculum_batches_per_dim": 250}}}}),
     # A CPU check of the whole pipeline at toy size (no fla mixers: their kernels need a GPU).
     "smoke": Profile(size="tiny", seq_len=64, batch_size=16, steps=40, lr=3e-3, warmup=5, eval_lengths=[64, 128],
                      eval_batches=1, eval_batch_size=4, budget_model="swa-ovq-1024", budgets=[8, 32],

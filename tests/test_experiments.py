@@ -166,7 +166,9 @@ def test_warm_start_must_name_profile_fields():
     with pytest.raises(ValueError, match="eval_chunk_sizes must be chunk sizes >= 1"):
         profile_of("recall", "smoke", {"eval_chunk_sizes": [0]})
     assert profile_of("recall", "h200-t4096").warm_start["steps"] == 3000
-    assert profile_of("linear_regression", "h200-t4096").warm_start["steps"] == 5000
+    regression = profile_of("linear_regression", "h200-t4096")  # d = 20, the curriculum in the first stage only
+    assert (regression.task_args, regression.warm_start["steps"]) == ({"dim": 20}, 6000)
+    assert regression.warm_start["task_args"]["curriculum_start_dim"] == 4
 
 
 def test_per_model_evaluation_settings(tmp_path):
