@@ -95,22 +95,26 @@ def build_model(job: JobConfig, vocab_size: int | None = None) -> nn.Module:
                                                    **job.model_args)))
 
 
-def _set_layer_option(model: nn.Module, layer_types: tuple, name: str, value: int) -> int:
-    """Set ``name`` on every layer of ``layer_types`` and in the model's configs; returns how many layers."""
-    check_int(name, value)
+def _deploy(model: nn.Module, layer_types: tuple, settings) -> int:
+    """Set ``settings(x)`` (attribute -> value, computed from the layer or config ``x``) on every layer of
+    ``layer_types`` and, when there is one, on the model's configs so that ``save_pretrained`` tells the truth.
+    Returns how many layers changed."""
     layers = [m for m in model.modules() if isinstance(m, layer_types)]
     for layer in layers:
-        setattr(layer, name, value)
-    for m in model.modules():  # keep configs truthful for save_pretrained
+        for name, value in settings(layer).items():
+            setattr(layer, name, value)
+    for m in model.modules() if layers else ():
         config = getattr(m, "config", None)
-        if config is not None and hasattr(config, name):
-            setattr(config, name, value)
+        if config is not None and all(hasattr(config, name) for name in settings(layers[0])):
+            for name, value in settings(config).items():
+                setattr(config, name, value)
     return len(layers)
 
 
 def set_max_centroids(model: nn.Module, max_centroids: int) -> int:
     """The deployment knob on a built model: every OVQ layer's N. Returns how many layers changed."""
-    return _set_layer_option(model, (OVQAttention,), "max_centroids", max_centroids)
+    check_int("max_centroids", max_centroids)
+    return _deploy(model, (OVQAttention,), lambda _: {"max_centroids": max_centroids})
 
 
 def set_fill_length(model: nn.Module, fill_length: int) -> int:
@@ -119,21 +123,16 @@ def set_fill_length(model: nn.Module, fill_length: int) -> int:
     there opens ``N·L / fill_length`` centroids, so late items keep centroids of their own where the saturating
     rule opens few (docs/experiments.md). Returns how many layers changed."""
     check_int("fill_length", fill_length)
-    layers = [m for m in model.modules() if isinstance(m, OVQAttention)]
-    for layer in layers:
-        layer.growth, layer.growth_rate = "linear", layer.max_centroids / fill_length
-    for m in model.modules():  # keep configs truthful for save_pretrained
-        config = getattr(m, "config", None)
-        if layers and config is not None and hasattr(config, "growth_rate"):
-            config.growth, config.growth_rate = "linear", config.max_centroids / fill_length
-    return len(layers)
+    return _deploy(model, (OVQAttention,),
+                   lambda x: {"growth": "linear", "growth_rate": x.max_centroids / fill_length})
 
 
 def set_chunk_size(model: nn.Module, chunk_size: int) -> int:
     """Every OVQ/VQ layer's chunk size L (a test-time probe: more tokens per chunk means more chances for
     the growth rule to open a centroid late in a sequence; ``python -m ovq.bench.capacity``). Returns how
     many layers changed."""
-    return _set_layer_option(model, (OVQAttention, VQAttention), "chunk_size", chunk_size)
+    check_int("chunk_size", chunk_size)
+    return _deploy(model, (OVQAttention, VQAttention), lambda _: {"chunk_size": chunk_size})
 
 
 def backbone_of(model: nn.Module) -> nn.Module:
