@@ -531,7 +531,9 @@ def _cache_mib(info: dict) -> str:
 
 def _metric(rows: list[dict]) -> tuple[str, str]:
     """(score name, number format) of task results: accuracy, or squared error (spanning orders of magnitude)."""
-    return ("accuracy", ".3f") if "accuracy" in rows[0] else ("squared_error", ".3g")
+    from .train.evaluate import score_name
+    name = score_name(rows)
+    return name, ".3f" if name == "accuracy" else ".3g"
 
 
 def table(summary: dict, kind: str = "lengths") -> str:

@@ -137,6 +137,8 @@ def cmd_plot(args) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ..train.evaluate import score_name
+
     fig, ax = plt.subplots(figsize=(8, 4))
     colors: dict[str, str] = {}  # one color per run: its evaluation variants are dashed lines in that color
     variants: dict[str, int] = {}  # evaluation variants drawn so far per run (each its own marker)
@@ -158,7 +160,7 @@ def cmd_plot(args) -> None:
             ax.set_xlabel("position (tokens)")
             ax.set_ylabel("loss (nats/token)")
             continue
-        metric = "accuracy" if "accuracy" in rows[0] else "squared_error"
+        metric = score_name(rows)
         lines = _plot_lines(rows, args.x, name)
         for index, (label, sel) in enumerate(lines.items()):
             ax.plot([x for x, _ in sel], [y[metric] for _, y in sel], label=label,

@@ -17,6 +17,12 @@ from .checkpoint import load_checkpoint, weight_mismatch
 from .jobs import JobConfig, build_model, evaluate_task, set_fill_length, set_max_centroids
 
 
+
+def score_name(rows: list[dict]) -> str:
+    """The score task evaluation rows carry: ``"accuracy"`` (recall tasks) or ``"squared_error"`` (regression)."""
+    return "accuracy" if "accuracy" in rows[0] else "squared_error"
+
+
 def load_run(run_dir, device="cpu", model_args: dict | None = None):
     """(model in eval mode, JobConfig) from a run folder's checkpoint.
 
