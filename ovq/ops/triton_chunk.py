@@ -196,15 +196,15 @@ def _operand_buffers(cfg: KernelConfig, bh: int, bd: int, bdv: int, device) -> t
     """Side buffers of the cached forward (read direction, assignment direction hi and lo, value mean per
     slot, padded to the tile widths; the logit offset per slot), or 1-element stand-ins when it is off."""
     if not cfg.cached:
-        unused = torch.zeros(1, device=device)
+        unused = torch.zeros(1, device=device, dtype=torch.float32)
         return unused, unused, unused, unused, unused
     read = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.read_precision, torch.float32)
     split = cfg.assign_precision == "bf16x3"
     n = cfg.capacity
     assign = torch.empty(bh, n, bd, device=device, dtype=torch.bfloat16 if split else torch.float32)
-    low = torch.empty_like(assign) if split else torch.zeros(1, device=device)
+    low = torch.empty_like(assign) if split else torch.zeros(1, device=device, dtype=torch.float32)
     return (torch.empty(bh, n, bd, device=device, dtype=read), assign, low,
-            torch.empty(bh, n, bdv, device=device, dtype=read), torch.empty(bh, n, device=device))
+            torch.empty(bh, n, bdv, device=device, dtype=read), torch.empty(bh, n, device=device, dtype=torch.float32))
 
 
 class ChunkFunction(torch.autograd.Function):
@@ -278,7 +278,7 @@ def _backward(saved, cfg: KernelConfig, m0: int, do, d_sum_k, d_sum_v) -> tuple:
         _launch("bwd_dict", ovq_bwd_dict_kernel, (nb, bh), cfg.chunk_size, d, dv,
                 qhat, khat, v, beta, do, lse, delta, z, sched,
                 sum_k.clone(), sum_v.clone(), count.clone(), codebook if cfg.static else sum_k, g_k, g_v,
-                torch.empty(count.shape if cfg.count_prior else (1,), device=v.device),  # logit offsets (scratch)
+                torch.empty(count.shape if cfg.count_prior else (1,), device=v.device, dtype=torch.float32),  # offsets
                 dq_dict, dk_dict, dv_dict, dbeta_dict, total, n, cfg.num_heads, chunks,
                 BN=BLOCK_CENTROIDS, NB=nb, COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, DETACH=cfg.detach, **kw)
     dbeta = (dbeta_local.sum(-1) + dbeta_dict.sum(-1)).view(-1, cfg.num_heads).sum(0)
