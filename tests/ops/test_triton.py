@@ -264,3 +264,28 @@ def test_the_kernels_launch_with_more_warps_from_chunk_size_128():
 
     for name, stages in (("fwd", 2), ("bwd_local", 1), ("bwd_dict", 2)):
         assert [tc.launch_settings(name, L) for L in (5, 64, 127, 128, 256, 512)] == [(4, stages)] * 3 + [(8, stages)] * 3
+
+
+def test_kernel_buffers_do_not_follow_torch_default_dtype(monkeypatch):
+    """Compiled, a float64 scratch buffer changes the type of values the kernels carry through their loops and
+    fails to compile (the interpreter does not check): every tensor a kernel gets is 32-bit or narrower."""
+    import ovq.ops.triton_chunk as tc
+
+    launched = []
+    real = tc._launch
+
+    def spy(name, kernel, grid, chunk_size, d, dv, *args, **constexprs):
+        launched.extend((name, a.dtype) for a in args if isinstance(a, torch.Tensor))
+        return real(name, kernel, grid, chunk_size, d, dv, *args, **constexprs)
+    monkeypatch.setattr(tc, "_launch", spy)
+    q, k, v = random_qkv(1, 20, 2, 16, dtype=torch.float32, seed=3, device=DEVICE, requires_grad=True)
+    beta = torch.tensor([2.0, 6.0], device=DEVICE, requires_grad=True)
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        o, _ = ovq_attention(q, k, v, beta, chunk_size=8, max_centroids=6, backend="triton")
+        o.sum().backward()
+    finally:
+        torch.set_default_dtype(before)
+    assert {name for name, _ in launched} == {"fwd", "bwd_local", "bwd_dict"}
+    assert not [(name, dtype) for name, dtype in launched if dtype == torch.float64]
