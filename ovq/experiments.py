@@ -482,19 +482,23 @@ def _ran_out_of_memory(log_path: Path) -> bool:
 
 def report(task: str, profile_name: str, labels: list[str], results_root: str = "results",
            overrides: dict | None = None) -> dict:
-    """Plots, ``table.md`` and ``summary.json`` for one task from the models whose results exist."""
+    """Plots, ``table.md`` and ``summary.json`` for one task from the models whose results exist. A model with its
+    scores across lengths and its cache size is reported; an evaluation it lacks (a variant, budget or sweep the
+    profile gained after it ran) is left out of that table and named under ``incomplete``."""
     from .cli.main import main as cli
     from .io import atomic_write_json
 
     profile = profile_of(task, profile_name, overrides)
     out_dir = Path(results_root) / task
-    summary = {"task": task, "profile": dataclasses.asdict(profile), "models": {}, "missing": []}
+    summary = {"task": task, "profile": dataclasses.asdict(profile), "models": {}, "missing": [], "incomplete": {}}
     for label in labels:
         files = result_files(out_dir, label, profile, task)
-        if not all(p.exists() for p in files.values()):
+        if not (files["lengths"].exists() and files["state"].exists()):
             summary["missing"].append(label)
             continue
-        summary["models"][label] = {k: str(v) for k, v in files.items()}
+        if absent := [name for name, path in files.items() if not path.exists()]:
+            summary["incomplete"][label] = absent
+        summary["models"][label] = {k: str(v) for k, v in files.items() if v.exists()}
         summary["models"][label]["state_at"] = json.loads(files["state"].read_text())
         # where and when it was measured (results written before this field existed have none)
         summary["models"][label]["environment"] = json.loads(files["lengths"].read_text()).get("environment")
@@ -504,7 +508,7 @@ def report(task: str, profile_name: str, labels: list[str], results_root: str = 
     variants = [m[name] for m in summary["models"].values() for name in eval_variants(profile) if name in m]
     cli(["plot", *[m["lengths"] for m in summary["models"].values()], *variants,
          "--out", str(out_dir / ("loss_by_position.png" if task == "lm" else "accuracy_vs_length.png"))])
-    if profile.budget_model in summary["models"]:
+    if "budgets" in summary["models"].get(profile.budget_model, {}):
         cli(["plot", summary["models"][profile.budget_model]["budgets"], "--out", str(out_dir / "budget_sweep.png")])
     text = lm_table(summary) if task == "lm" else table(summary)
     for name, args in eval_variants(profile).items():
@@ -514,11 +518,14 @@ def report(task: str, profile_name: str, labels: list[str], results_root: str = 
                      "\n\n" + (lm_table(summary, name) if task == "lm" else table(summary, name)))
     if any("sweep" in info for info in summary["models"].values()):
         sweep = next(iter(profile.eval_sweeps))
-        cli(["plot", *[m["sweep"] for m in summary["models"].values()], "--x", sweep,
+        cli(["plot", *[m["sweep"] for m in summary["models"].values() if "sweep" in m], "--x", sweep,
              "--out", str(out_dir / f"accuracy_vs_{sweep}.png")])
         text += f"\nThe same models with other task settings ({profile.eval_sweeps}):\n\n" + sweep_table(summary)
     if summary["missing"]:
         text += f"\nNot finished: {', '.join(summary['missing'])}.\n"
+    if summary["incomplete"]:
+        text += "\nNot evaluated: " + "; ".join(f"{label} ({', '.join(names)})"
+                                                 for label, names in summary["incomplete"].items()) + ".\n"
     (out_dir / "table.md").write_text(text)
     atomic_write_json(out_dir / "summary.json", summary)
     print(text, flush=True)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from ovq.experiments import PROFILES, run
+from ovq.experiments import LM_PROFILES, PROFILES, report, run
 from tests.data_helpers import prepare_sample
 
 
@@ -72,6 +72,12 @@ def test_smoke_lm_pipeline(tmp_path):
     assert not (out / "swa-attn-linear.json").exists()
     assert table.count("| swa-ovq-4096 |") == 2 and "growth = linear, growth_rate = 0.25" in table
     assert summary["models"]["swa"]["state_at"]["bytes_per_token"] == 0
+    # results from before the profile had a variant: the model is still reported, without that evaluation
+    (out / "swa-ovq-4096-linear.json").unlink()
+    again = report("lm", "smoke", LM_PROFILES["smoke"].models, str(tmp_path / "results"))
+    assert "swa-ovq-4096" in again["models"] and again["incomplete"] == {"swa-ovq-4096": ["linear"]}
+    table = (out / "table.md").read_text()
+    assert table.count("| swa-ovq-4096 |") == 1 and "Not evaluated: swa-ovq-4096 (linear)." in table
 
 
 def test_bad_arguments():
