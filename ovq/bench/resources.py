@@ -27,6 +27,7 @@ Usage:  python -m ovq.bench.resources [--L 64 128 256] [--stages 1 2] [--loops] 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import math
 import os
@@ -148,7 +149,8 @@ LOOP_CLASSES = {
 def sass_loops(listing: str) -> list[dict]:
     """The loops of an ``nvdisasm -c -g`` listing: each backward branch to a label closes one. Per loop: start and
     end address, instructions in it, whether another loop lies inside (``innermost``), the source line (file:line)
-    at its head, and counts of :data:`LOOP_CLASSES`."""
+    at its head, counts of :data:`LOOP_CLASSES`, and the source lines with the most instructions (``lines``, the
+    top ten as [file:line, instructions])."""
     insts, labels, pending, line = [], {}, [], "?"
     for text in listing.splitlines():
         if m := re.search(r'File "([^"]+)", line (\d+)', text):
@@ -167,10 +169,11 @@ def sass_loops(listing: str) -> list[dict]:
         target = re.search(r"(\.L_x_\d+)", rest)
         if opcode.startswith("BRA") and target and labels.get(target.group(1), address + 1) <= address:
             start = labels[target.group(1)]
-            body = [op for a, op, _, _ in insts if start <= a <= address]
-            counts = {name: sum(op.startswith(prefixes) for op in body) for name, prefixes in LOOP_CLASSES.items()}
+            body = [(op, src) for a, op, _, src in insts if start <= a <= address]
+            counts = {name: sum(op.startswith(prefixes) for op, _ in body) for name, prefixes in LOOP_CLASSES.items()}
+            lines = collections.Counter(src for _, src in body).most_common(10)
             loops.append({"start": hex(start), "end": hex(address), "instructions": len(body),
-                          "head": head_line[start], **counts})
+                          "head": head_line[start], **counts, "lines": [list(x) for x in lines]})
     spans = [(int(lp["start"], 16), int(lp["end"], 16)) for lp in loops]
     for lp, (lo, hi) in zip(loops, spans):
         lp["innermost"] = not any(lo <= a and b <= hi and (a, b) != (lo, hi) for a, b in spans)

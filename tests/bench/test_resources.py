@@ -59,3 +59,5 @@ def test_the_loops_of_a_disassembly_are_found_with_their_instruction_classes():
     assert inner["innermost"] and not outer["innermost"]
     assert (outer["start"], outer["end"], outer["instructions"], outer["head"]) == ("0x10", "0x80", 8, "kernels.py:20")
     assert (outer["global_load"], outer["global_atomic"], outer["spill_store"], outer["mma"]) == (1, 1, 1, 1)
+    assert inner["lines"] == [["kernels.py:30", 4]]
+    assert outer["lines"] == [["kernels.py:30", 4], ["kernels.py:40", 3], ["kernels.py:20", 1]]
