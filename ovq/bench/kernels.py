@@ -81,7 +81,9 @@ def _two_programs_per_sm(b: int, t: int, h: int, n: int, fwd, kernel) -> list[di
     resident = _resident_per_sm(info, warps)
     row = {"B": b, "T": t, "kernel": "fwd_2_per_sm", "resident_per_sm": resident} | info
     if resident < 2:
-        return [row | {"skipped": "2 programs per SM do not fit"}]
+        row["skipped"] = "2 programs per SM do not fit"
+        _show(row)
+        return [row]
     tc.FWD_PROGRAMS_PER_SM = 2
     try:
         row |= {"slices": tc._slices(b * h, n, torch.device("cuda"))[0], "ms": _time(fwd)}
@@ -159,7 +161,7 @@ def _chunk_sizes(b: int, t: int, q, k, v, n: int, kernel) -> list[dict]:
                              "warps": tc.launch_settings("fwd", chunk)[0],
                              "max_abs_diff_o": (o.float() - o_ref.float()).abs().max().item(),
                              "count_slots_differing": int((st.count != s_ref.count).sum().item()),
-                             "ms": _time(lambda: run())} | _compiled_info(kernel))
+                             "ms": _time(run)} | _compiled_info(kernel))
             finally:
                 tc.FWD_CACHED_OPERANDS = cached_before
             _show(rows[-1])
@@ -196,9 +198,9 @@ def main(argv=None):
         ap.error(f"--variants: unknown {sorted(chosen - set(VARIANTS))}; known: {VARIANTS}")
     from ..ops import kernels
     global _progress
-    rows, launch_defaults, measured, env = [], dict(tc.LAUNCH), [], environment()
-    save_measured = saving_rows(args.out, {"environment": env}, "rows")
-    _progress = lambda row: (measured.append(row), save_measured(measured))  # noqa: E731
+    rows, launch_defaults, env = [], dict(tc.LAUNCH), environment()  # rows: every row shown, in order
+    save_rows = saving_rows(args.out, {"environment": env}, "rows")
+    _progress = lambda row: (rows.append(row), save_rows(rows))  # noqa: E731
     try:
         for cfg in args.configs.split(","):
             b, t = (int(x) for x in cfg.split("x"))
@@ -219,28 +221,26 @@ def main(argv=None):
                 tc.LAUNCH["fwd"] = {1: (warps, stages)}
                 tc.ASSIGN_PRECISION = prec
                 ms = _time(fwd)
-                rows.append({"B": b, "T": t, "kernel": "fwd", "warps": warps, "stages": stages, "assign": prec,
-                             "ms": ms} | _compiled_info(kernels.ovq_fwd_kernel))
-                _show(rows[-1])
+                _show({"B": b, "T": t, "kernel": "fwd", "warps": warps, "stages": stages, "assign": prec, "ms": ms}
+                      | _compiled_info(kernels.ovq_fwd_kernel))
             tc.LAUNCH["fwd"], tc.ASSIGN_PRECISION = launch_defaults["fwd"], "bf16x3"
+            # each variant shows (and so saves) its rows as it measures them
             if "forward" in chosen:
-                rows.extend(_forward_variants(b, t, fwd, fwd_bwd, q, k, v, n, kernels.ovq_fwd_kernel))
+                _forward_variants(b, t, fwd, fwd_bwd, q, k, v, n, kernels.ovq_fwd_kernel)
             if "chunk" in chosen:
-                rows.extend(_chunk_sizes(b, t, q, k, v, n, kernels.ovq_fwd_kernel))
+                _chunk_sizes(b, t, q, k, v, n, kernels.ovq_fwd_kernel)
             if "2persm" in chosen:
-                rows.extend(_two_programs_per_sm(b, t, h, n, fwd, kernels.ovq_fwd_kernel))
+                _two_programs_per_sm(b, t, h, n, fwd, kernels.ovq_fwd_kernel)
             if "nopicks" in chosen:  # without farthest-point picks (timing only: wrong function): the picks' share
                 real = tc._schedule
                 tc._schedule = lambda *a: tuple((m, 0) for m, _ in real(*a))
-                rows.append({"B": b, "T": t, "kernel": "fwd_no_picks", "ms": _time(fwd)})
-                _show(rows[-1])
+                _show({"B": b, "T": t, "kernel": "fwd_no_picks", "ms": _time(fwd)})
                 tc._schedule = real
             for warps, stages in itertools.product((4, 8), (1, 2)) if "bwd" in chosen else [(4, 2)]:
                 tc.LAUNCH["bwd_dict"] = {1: (warps, stages)}
                 ms = _time(fwd_bwd)
-                rows.append({"B": b, "T": t, "kernel": "fwd+bwd", "bwd_warps": warps, "bwd_stages": stages, "ms": ms}
-                            | _compiled_info(kernels.ovq_bwd_dict_kernel))
-                _show(rows[-1])
+                _show({"B": b, "T": t, "kernel": "fwd+bwd", "bwd_warps": warps, "bwd_stages": stages, "ms": ms}
+                      | _compiled_info(kernels.ovq_bwd_dict_kernel))
             tc.LAUNCH["bwd_dict"] = launch_defaults["bwd_dict"]
     finally:
         _progress = lambda row: None  # noqa: E731
