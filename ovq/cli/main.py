@@ -91,7 +91,7 @@ def cmd_eval(args) -> None:
 
     from ..io import atomic_write_json
     from ..train.evaluate import evaluate_lengths, load_run, loss_by_position
-    from ..train.jobs import set_chunk_size, set_fill_length, set_max_centroids
+    from ..train.jobs import deploy_budget, set_chunk_size, set_fill_length
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     overrides = _kv(args.model_arg, "--model-arg")
@@ -107,10 +107,7 @@ def cmd_eval(args) -> None:
             docs = HeldOutDocuments(args.data or job.data, min_tokens=args.max_len + 1, max_tokens=args.max_len + 1)
             rows = []
             for n in budgets:
-                if n is not None:
-                    set_max_centroids(model, n)
-                if args.fill_length is not None:  # the rate follows N
-                    set_fill_length(model, args.fill_length)
+                deploy_budget(model, n, args.fill_length)
                 rows.append({"max_centroids": n, "documents": len(docs),
                              **loss_by_position(model, docs, block=args.block, prefill=args.prefill, device=device)})
         else:

@@ -14,8 +14,7 @@ import torch.nn.functional as F
 
 from ..ops.utils import check_int
 from .checkpoint import load_checkpoint, weight_mismatch
-from .jobs import JobConfig, build_model, evaluate_task, set_fill_length, set_max_centroids
-
+from .jobs import JobConfig, build_model, deploy_budget, evaluate_task
 
 
 def score_name(rows: list[dict]) -> str:
@@ -58,10 +57,7 @@ def evaluate_lengths(model, job: JobConfig, lengths, budgets=(None,), batches: i
     combos = [dict(zip(names, values)) for values in itertools.product(*(task_sweep or {}).values())]
     rows = []
     for n in budgets:
-        if n is not None:
-            set_max_centroids(model, n)
-        if fill_length is not None:
-            set_fill_length(model, fill_length)
+        deploy_budget(model, n, fill_length)
         for length in lengths:
             for combo in combos:
                 settings = task_overrides | combo

@@ -127,6 +127,15 @@ def set_fill_length(model: nn.Module, fill_length: int) -> int:
                    lambda x: {"growth": "linear", "growth_rate": x.max_centroids / fill_length})
 
 
+def deploy_budget(model: nn.Module, max_centroids: int | None, fill_length: int | None = None) -> None:
+    """Budget N on every OVQ layer (``None``: as built) and, with ``fill_length``, linear growth that reaches that N
+    there (the rate follows N, so it is set after it)."""
+    if max_centroids is not None:
+        set_max_centroids(model, max_centroids)
+    if fill_length is not None:
+        set_fill_length(model, fill_length)
+
+
 def set_chunk_size(model: nn.Module, chunk_size: int) -> int:
     """Every OVQ/VQ layer's chunk size L (a test-time probe: more tokens per chunk means more chances for
     the growth rule to open a centroid late in a sequence; ``python -m ovq.bench.capacity``). Returns how
