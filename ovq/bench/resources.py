@@ -283,6 +283,8 @@ def main():
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="ptxas runs at once")
     ap.add_argument("--loops", action="store_true", help="also describe each kernel's loops in its machine code")
     ap.add_argument("--json", default="kernel_resources_sm90.json")
+    ap.add_argument("--keep", metavar="DIR", help="keep each kernel's PTX and cubin here (read the machine code "
+                    "with Triton's bundled nvdisasm -c -g)")
     a = ap.parse_args()
     if a.record:
         record(a.record)
@@ -302,6 +304,9 @@ def main():
     os.environ["TRITON_CACHE_DIR"] = os.path.join(scratch, "triton_cache")
     try:
         _run(a, settings, scratch)
+        if a.keep:
+            shutil.copytree(os.path.join(scratch, "ptx"), a.keep, dirs_exist_ok=True)
+            print(f"PTX and cubins: {a.keep}")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
