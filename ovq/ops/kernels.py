@@ -34,6 +34,10 @@ EPS = tl.constexpr(1e-6)
 # a tenth of the forward's block loop). Only the stored lse is in natural units.
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
+# Width of the cached forward's offset rows: a slot's logit offset as [hi, lo, 0, ...] in the read's operand type,
+# added to the logits by a product with [1, 1, 0, ...] (the smallest K of a bf16 tensor-core product is 16).
+# Added elementwise, the offsets must sit in the product's layout: 16 per thread, each its own 4-byte copy.
+OFFW = tl.constexpr(16)
 
 
 @triton.jit
@@ -54,6 +58,15 @@ def _mm(a, b, PREC: tl.constexpr):
         return tl.dot(_operand(a, PREC), _operand(b, PREC))
     else:
         return tl.dot(a, b, input_precision=PREC)
+
+
+@triton.jit
+def _mm_acc(a, b, acc, PREC: tl.constexpr):
+    """acc + a @ b (float32 accumulation); operands already cast by ``_operand``."""
+    if PREC == "bf16" or PREC == "fp16":
+        return tl.dot(a, b, acc)
+    else:
+        return tl.dot(a, b, acc, input_precision=PREC)
 
 
 @triton.jit
@@ -174,11 +187,18 @@ def _refresh_operands(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, crd_ptr, chi_ptr, clo_ptr
                       ASSIGN_PREC: tl.constexpr):
     """Store the slots ``n``'s product operands (CACHED forward): the unit key direction in the read's
     precision and in the assignment's (hi/lo bfloat16 parts for bf16x3), the value mean in the read's, and
-    the logit's additive term (log2 count with the prior, else 0; -inf for an empty slot); exactly what the
-    uncached loop computes from the sums, computed once per change instead of per chunk."""
+    the logit's additive term (log2 count with the prior, else 0; -inf for an empty slot) as an OFFW-wide row
+    [hi, lo, 0, ...] in the read's precision (hi + lo carries ~16 bits of it); what the uncached loop computes
+    from the sums, computed once per change instead of per chunk."""
     mu, muv, cnt, inv = _load_centroids(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, s_base, cb_base, n, nmask,
                                         offs_d, dmask, offs_dv, dvmask, D, DV, STATIC)
-    tl.store(cpr_ptr + s_base + n, _logit_offset(cnt, COUNT_PRIOR), mask=nmask)
+    finite = tl.where(cnt > 0, _logit_offset(cnt, COUNT_PRIOR), 0.0)  # (-inf - -inf would be NaN)
+    off_hi = _operand(finite, READ_PREC)
+    off_lo = _operand(finite - off_hi.to(tl.float32), READ_PREC)
+    off_hi = _operand(tl.where(cnt > 0, off_hi.to(tl.float32), float("-inf")), READ_PREC)  # an empty slot: never read
+    offs_w = tl.arange(0, OFFW)
+    row = tl.where(offs_w[None, :] == 0, off_hi[:, None], tl.where(offs_w[None, :] == 1, off_lo[:, None], 0.0))
+    tl.store(cpr_ptr + (s_base + n)[:, None] * OFFW + offs_w[None, :], row.to(off_hi.dtype), mask=nmask[:, None])
     rows_d = (s_base + n)[:, None] * BD + offs_d[None, :]
     tl.store(crd_ptr + rows_d, _operand(mu, READ_PREC), mask=nmask[:, None])
     if ASSIGN_PREC == "bf16x3":
@@ -216,6 +236,8 @@ def ovq_fwd_kernel(
     in_chunk = offs_l < L
     s_base = bh * N  # row offset of this bh's dictionary
     cb_base = h * N * D
+    offs_w = tl.arange(0, OFFW)
+    ones_w = _operand(tl.where(offs_w[None, :] < 2, 1.0, 0.0) + tl.zeros([BL, OFFW], tl.float32), READ_PREC)
     if CACHED:  # operands of the slots active before the first chunk (a carried state, or the codebook)
         first_loc = _slots_in_slice(tl.load(sched_ptr), s, NB)
         for r0 in range(0, first_loc, BN):
@@ -232,8 +254,8 @@ def ovq_fwd_kernel(
         q = tl.load(q_ptr + qk_off, mask=tmask[:, None] & dmask[None, :], other=0.0)
         k = tl.load(k_ptr + qk_off, mask=tmask[:, None] & dmask[None, :], other=0.0)
         # Operands for the centroid loop, cast once; the float32 q, k, v are reloaded after it, which keeps
-        # the loop's live registers low enough for two programs per SM.
-        q_op = _operand(q, READ_PREC)
+        # the loop's live registers low enough for two programs per SM. beta rides in the query operand.
+        q_op = _operand(q * beta2, READ_PREC)
         if not TWO_PASS:
             k_hi, k_lo = _assign_operands(k, ASSIGN_PREC)
         m = tl.load(sched_ptr + 2 * c)
@@ -251,19 +273,23 @@ def ovq_fwd_kernel(
             r = r0 + offs_n
             nmask = r < m_loc
             n = s + NB * r
-            if CACHED:  # the log of the counts is stored per change: in this loop it cost a quarter of the
-                # compiled instructions (every thread holds 16 counts of the block in the product's layout)
-                offset = tl.load(cpr_ptr + s_base + n, mask=nmask, other=float("-inf"), cache_modifier=".cg")
+            if CACHED:  # the log of the counts is stored per change (as a per-block log it cost a quarter of
+                # this loop), and added by a product: loaded for an elementwise add, the 64 offsets of a block
+                # took a fifth of the loop (each thread copies its 16 in the product's layout, 4 bytes at a time)
+                off_rows = tl.load(cpr_ptr + (s_base + n)[:, None] * OFFW + offs_w[None, :], mask=nmask[:, None],
+                                   other=0.0, cache_modifier=".cg")
+                off_rows = _operand(tl.where(nmask[:, None] | (offs_w[None, :] > 0), off_rows.to(tl.float32),
+                                             float("-inf")), READ_PREC)
                 rows_d = (s_base + n)[:, None] * BD + offs_d[None, :]
                 mu_rd = tl.load(crd_ptr + rows_d, mask=nmask[:, None], other=0.0, cache_modifier=".cg")
                 muv = tl.load(cmv_ptr + (s_base + n)[:, None] * BDV + offs_dv[None, :], mask=nmask[:, None],
                               other=0.0, cache_modifier=".cg")
+                logits = _mm_acc(q_op, tl.trans(mu_rd), _mm(ones_w, tl.trans(off_rows), READ_PREC), READ_PREC)
             else:
                 mu, muv, cnt, inv = _load_centroids(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, s_base, cb_base, n, nmask,
                                                     offs_d, dmask, offs_dv, dvmask, D, DV, STATIC)
-                mu_rd = _operand(mu, READ_PREC)
                 offset = tl.where(nmask, _logit_offset(cnt, COUNT_PRIOR), float("-inf"))
-            logits = beta2 * _mm(q_op, tl.trans(mu_rd), READ_PREC) + offset[None, :]
+                logits = _mm(q_op, tl.trans(_operand(mu, READ_PREC)), READ_PREC) + offset[None, :]
             row_max, row_sum, acc = _softmax_step(row_max, row_sum, acc, logits, muv, READ_PREC)
             if not TWO_PASS:
                 if CACHED:

@@ -194,7 +194,10 @@ def kernel_scan_or_fallback(backend: str, qhat, khat, v, beta, state: Dictionary
 
 def _operand_buffers(cfg: KernelConfig, bh: int, bd: int, bdv: int, device) -> tuple[torch.Tensor, ...]:
     """Side buffers of the cached forward (read direction, assignment direction hi and lo, value mean per
-    slot, padded to the tile widths; the logit offset per slot), or 1-element stand-ins when it is off."""
+    slot, padded to the tile widths; the logit offset per slot as a [hi, lo, 0, ...] row), or 1-element
+    stand-ins when it is off."""
+    from .kernels import OFFW
+
     if not cfg.cached:
         unused = torch.zeros(1, device=device, dtype=torch.float32)
         return unused, unused, unused, unused, unused
@@ -204,7 +207,7 @@ def _operand_buffers(cfg: KernelConfig, bh: int, bd: int, bdv: int, device) -> t
     assign = torch.empty(bh, n, bd, device=device, dtype=torch.bfloat16 if split else torch.float32)
     low = torch.empty_like(assign) if split else torch.zeros(1, device=device, dtype=torch.float32)
     return (torch.empty(bh, n, bd, device=device, dtype=read), assign, low,
-            torch.empty(bh, n, bdv, device=device, dtype=read), torch.empty(bh, n, device=device, dtype=torch.float32))
+            torch.empty(bh, n, bdv, device=device, dtype=read), torch.empty(bh, n, OFFW.value, device=device, dtype=read))
 
 
 class ChunkFunction(torch.autograd.Function):
