@@ -181,6 +181,41 @@ def _logit_offset(cnt, COUNT_PRIOR: tl.constexpr):
 
 
 @triton.jit
+def _store_offset_rows(ptr, rows, cnt, mask, COUNT_PRIOR: tl.constexpr, READ_PREC: tl.constexpr):
+    """Store the slots' base-2 logit offsets (``_logit_offset`` of their counts) at ``ptr`` as OFFW-wide rows
+    [hi, lo, 0, ...] in the read's precision: hi + lo keep ~16 bits; an empty slot's hi is -inf."""
+    finite = tl.where(cnt > 0, _logit_offset(cnt, COUNT_PRIOR), 0.0)  # (-inf - -inf would be NaN)
+    off_hi = _operand(finite, READ_PREC)
+    off_lo = _operand(finite - off_hi.to(tl.float32), READ_PREC)
+    off_hi = _operand(tl.where(cnt > 0, off_hi.to(tl.float32), float("-inf")), READ_PREC)
+    offs_w = tl.arange(0, OFFW)
+    row = tl.where(offs_w[None, :] == 0, off_hi[:, None], tl.where(offs_w[None, :] == 1, off_lo[:, None], 0.0))
+    tl.store(ptr + rows[:, None] * OFFW + offs_w[None, :], row.to(off_hi.dtype), mask=mask[:, None])
+
+
+@triton.jit
+def _ones_for_offsets(BL: tl.constexpr, READ_PREC: tl.constexpr):
+    """[BL, OFFW] rows [1, 1, 0, ...]: their product with a block's offset rows broadcasts hi + lo over the chunk."""
+    offs_w = tl.arange(0, OFFW)
+    return _operand(tl.where(offs_w[None, :] < 2, 1.0, 0.0) + tl.zeros([BL, OFFW], tl.float32), READ_PREC)
+
+
+@triton.jit
+def _logits_with_offsets(q_op, mu_op, off_ptr, rows, mask, ones_w, READ_PREC: tl.constexpr):
+    """Base-2 logits of a block: q_op (which carries beta * log2(e)) times the slots' directions ``mu_op``
+    [BN, BD], plus their offset rows at ``off_ptr`` (``_store_offset_rows``), added by a K = OFFW product into
+    the same accumulator. Loaded for an elementwise add, the offsets would sit in the product's layout: 16
+    per thread, each its own 4-byte copy (a fifth of the forward's block loop on sm_90). Slots outside
+    ``mask`` get -inf."""
+    offs_w = tl.arange(0, OFFW)
+    off_rows = tl.load(off_ptr + rows[:, None] * OFFW + offs_w[None, :], mask=mask[:, None], other=0.0,
+                       cache_modifier=".cg")
+    off_rows = _operand(tl.where(mask[:, None] | (offs_w[None, :] > 0), off_rows.to(tl.float32), float("-inf")),
+                        READ_PREC)
+    return _mm_acc(q_op, tl.trans(mu_op), _mm(ones_w, tl.trans(off_rows), READ_PREC), READ_PREC)
+
+
+@triton.jit
 def _refresh_operands(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, crd_ptr, chi_ptr, clo_ptr, cmv_ptr, cpr_ptr, s_base, cb_base, n,
                       nmask, offs_d, dmask, offs_dv, dvmask, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr,
                       BDV: tl.constexpr, COUNT_PRIOR: tl.constexpr, STATIC: tl.constexpr, READ_PREC: tl.constexpr,
@@ -192,13 +227,7 @@ def _refresh_operands(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, crd_ptr, chi_ptr, clo_ptr
     from the sums, computed once per change instead of per chunk."""
     mu, muv, cnt, inv = _load_centroids(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, s_base, cb_base, n, nmask,
                                         offs_d, dmask, offs_dv, dvmask, D, DV, STATIC)
-    finite = tl.where(cnt > 0, _logit_offset(cnt, COUNT_PRIOR), 0.0)  # (-inf - -inf would be NaN)
-    off_hi = _operand(finite, READ_PREC)
-    off_lo = _operand(finite - off_hi.to(tl.float32), READ_PREC)
-    off_hi = _operand(tl.where(cnt > 0, off_hi.to(tl.float32), float("-inf")), READ_PREC)  # an empty slot: never read
-    offs_w = tl.arange(0, OFFW)
-    row = tl.where(offs_w[None, :] == 0, off_hi[:, None], tl.where(offs_w[None, :] == 1, off_lo[:, None], 0.0))
-    tl.store(cpr_ptr + (s_base + n)[:, None] * OFFW + offs_w[None, :], row.to(off_hi.dtype), mask=nmask[:, None])
+    _store_offset_rows(cpr_ptr, s_base + n, cnt, nmask, COUNT_PRIOR, READ_PREC)
     rows_d = (s_base + n)[:, None] * BD + offs_d[None, :]
     tl.store(crd_ptr + rows_d, _operand(mu, READ_PREC), mask=nmask[:, None])
     if ASSIGN_PREC == "bf16x3":
@@ -236,8 +265,7 @@ def ovq_fwd_kernel(
     in_chunk = offs_l < L
     s_base = bh * N  # row offset of this bh's dictionary
     cb_base = h * N * D
-    offs_w = tl.arange(0, OFFW)
-    ones_w = _operand(tl.where(offs_w[None, :] < 2, 1.0, 0.0) + tl.zeros([BL, OFFW], tl.float32), READ_PREC)
+    ones_w = _ones_for_offsets(BL, READ_PREC)
     if CACHED:  # operands of the slots active before the first chunk (a carried state, or the codebook)
         first_loc = _slots_in_slice(tl.load(sched_ptr), s, NB)
         for r0 in range(0, first_loc, BN):
@@ -274,17 +302,12 @@ def ovq_fwd_kernel(
             nmask = r < m_loc
             n = s + NB * r
             if CACHED:  # the log of the counts is stored per change (as a per-block log it cost a quarter of
-                # this loop), and added by a product: loaded for an elementwise add, the 64 offsets of a block
-                # took a fifth of the loop (each thread copies its 16 in the product's layout, 4 bytes at a time)
-                off_rows = tl.load(cpr_ptr + (s_base + n)[:, None] * OFFW + offs_w[None, :], mask=nmask[:, None],
-                                   other=0.0, cache_modifier=".cg")
-                off_rows = _operand(tl.where(nmask[:, None] | (offs_w[None, :] > 0), off_rows.to(tl.float32),
-                                             float("-inf")), READ_PREC)
+                # this loop) and added through the product
                 rows_d = (s_base + n)[:, None] * BD + offs_d[None, :]
                 mu_rd = tl.load(crd_ptr + rows_d, mask=nmask[:, None], other=0.0, cache_modifier=".cg")
                 muv = tl.load(cmv_ptr + (s_base + n)[:, None] * BDV + offs_dv[None, :], mask=nmask[:, None],
                               other=0.0, cache_modifier=".cg")
-                logits = _mm_acc(q_op, tl.trans(mu_rd), _mm(ones_w, tl.trans(off_rows), READ_PREC), READ_PREC)
+                logits = _logits_with_offsets(q_op, mu_rd, cpr_ptr, s_base + n, nmask, ones_w, READ_PREC)
             else:
                 mu, muv, cnt, inv = _load_centroids(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, s_base, cb_base, n, nmask,
                                                     offs_d, dmask, offs_dv, dvmask, D, DV, STATIC)
@@ -477,7 +500,7 @@ def ovq_bwd_dict_kernel(
 
     sk/sv/cnt hold the *final* sums on entry (a scratch copy: they are rewound chunk by chunk);
     gk/gv hold the gradient w.r.t. the final sums on entry and w.r.t. the initial sums on exit. off is scratch
-    for each slot's logit offset (with the count prior), kept up to date as the counts are rewound.
+    for each slot's logit offset row (``_store_offset_rows``), kept up to date as the counts are rewound.
     dq is accumulated atomically (NB slices contribute); dk/dv rows are written by the slice that owns
     the token's centroid.
     """
@@ -494,12 +517,14 @@ def ovq_bwd_dict_kernel(
     in_chunk = offs_l < L
     s_base = bh * N
     cb_base = h * N * D
-    if COUNT_PRIOR:  # the log of the counts per slot, stored when a count changes rather than taken per block
-        for r0 in range(0, _slots_in_slice(N, s, NB), BN):
-            n = s + NB * (r0 + offs_n)
-            cnt = tl.load(cnt_ptr + s_base + n, mask=n < N, other=0.0)
-            tl.store(off_ptr + s_base + n, _logit_offset(cnt, COUNT_PRIOR), mask=n < N)
-        tl.debug_barrier()
+    ones_w = _ones_for_offsets(BL, READ_PREC)
+    # each slot's offset row (log2 count with the prior; -inf when empty), stored when a count changes rather
+    # than taken per block
+    for r0 in range(0, _slots_in_slice(N, s, NB), BN):
+        n = s + NB * (r0 + offs_n)
+        cnt = tl.load(cnt_ptr + s_base + n, mask=n < N, other=0.0)
+        _store_offset_rows(off_ptr, s_base + n, cnt, n < N, COUNT_PRIOR, READ_PREC)
+    tl.debug_barrier()
     dbeta = tl.zeros([BL], tl.float32)
     for cc in range(0, C):
         c = C - 1 - cc
@@ -530,10 +555,10 @@ def ovq_bwd_dict_kernel(
                       sem="relaxed")
         tl.atomic_add(cnt_ptr + s_base + zs, tl.full([BL], -1.0, tl.float32), mask=own, sem="relaxed")
         tl.debug_barrier()
-        if COUNT_PRIOR:  # the rewound slots' offsets (a slot hit twice is written twice, alike)
-            cnt_z = tl.load(cnt_ptr + s_base + zs, mask=own, other=0.0, cache_modifier=".cg")
-            tl.store(off_ptr + s_base + zs, _logit_offset(cnt_z, COUNT_PRIOR), mask=own)
-            tl.debug_barrier()
+        # the rewound slots' offset rows (a slot hit twice is written twice, alike; one rewound to empty reads -inf)
+        cnt_z = tl.load(cnt_ptr + s_base + zs, mask=own, other=0.0, cache_modifier=".cg")
+        _store_offset_rows(off_ptr, s_base + zs, cnt_z, own, COUNT_PRIOR, READ_PREC)
+        tl.debug_barrier()
 
         # (2) the gradient of this chunk's reads of its dictionary.
         q = tl.load(q_ptr + qk_off, mask=tmask[:, None] & dmask[None, :], other=0.0)
@@ -541,9 +566,9 @@ def ovq_bwd_dict_kernel(
         lse2 = tl.load(lse_ptr + bh * T + t, mask=tmask, other=0.0) * LOG2E
         delta = tl.load(delta_ptr + bh * T + t, mask=tmask, other=0.0)
         m_loc = _slots_in_slice(m, s, NB)
-        q_op = _operand(q, READ_PREC)
+        q_op = _operand(q * (beta * LOG2E), READ_PREC)  # base-2 logits, as the forward's
         do_op = _operand(do, READ_PREC)
-        dq = tl.zeros([BL, BD], tl.float32)
+        dq = tl.zeros([BL, BD], tl.float32)  # sum of ds @ mu over the blocks: beta and dbeta come after the loop
         for r0 in range(0, m_loc, BN):
             r = r0 + offs_n
             nmask = r < m_loc
@@ -552,15 +577,11 @@ def ovq_bwd_dict_kernel(
                                                 offs_d, dmask, offs_dv, dvmask, D, DV, STATIC)
             readable = nmask & (cnt > 0.5)
             mu_op = _operand(mu, READ_PREC)
-            raw = _mm(q_op, tl.trans(mu_op), READ_PREC)
-            logits = beta * LOG2E * raw  # base 2, like the offsets
-            if COUNT_PRIOR:  # the per-block log cost a fifth of this loop's compiled instructions
-                logits += tl.load(off_ptr + s_base + n, mask=nmask, other=float("-inf"), cache_modifier=".cg")[None, :]
-            p = tl.where(readable[None, :] & tmask[:, None], tl.exp2(logits - lse2[:, None]), 0.0)
+            logits = _logits_with_offsets(q_op, mu_op, off_ptr, s_base + n, nmask, ones_w, READ_PREC)
+            p = tl.where(tmask[:, None], tl.exp2(logits - lse2[:, None]), 0.0)  # empty slots: -inf offsets
             dp = _mm(do_op, tl.trans(_operand(muv, READ_PREC)), READ_PREC)
             ds = p * (dp - delta[:, None])
-            dq += beta * _mm(ds, mu_op, READ_PREC)
-            dbeta += tl.sum(ds * raw, axis=1)
+            dq += _mm(ds, mu_op, READ_PREC)
             if not DETACH:
                 rows_k = (s_base + n)[:, None] * D + offs_d[None, :]
                 rows_v = (s_base + n)[:, None] * DV + offs_dv[None, :]
@@ -568,12 +589,16 @@ def ovq_bwd_dict_kernel(
                 # load-add-store's): a load here would wait on L2 right after the products and cost two
                 # layout round trips through shared memory (compiled for sm_90)
                 if not STATIC:
-                    dmu = beta * _mm(tl.trans(ds), q_op, READ_PREC)
+                    dmu = _mm(tl.trans(ds), q_op, READ_PREC) * LN2  # q_op carries beta * log2(e)
                     dsk = (dmu - mu * tl.sum(mu * dmu, axis=1)[:, None]) * inv[:, None]
                     tl.atomic_add(gk_ptr + rows_k, dsk, mask=readable[:, None] & dmask[None, :], sem="relaxed")
                 dsv = _mm(tl.trans(p), do_op, READ_PREC) / tl.maximum(cnt, 1.0)[:, None]
                 tl.atomic_add(gv_ptr + rows_v, dsv, mask=readable[:, None] & dvmask[None, :], sem="relaxed")
         if m_loc > 0:
-            tl.atomic_add(dq_ptr + qk_off, dq, mask=tmask[:, None] & dmask[None, :], sem="relaxed")
+            # sum over slots of ds * (q . mu) = q . (sum of ds mu): dbeta without the per-block product's raw
+            # logits (q reloaded: keeping the float32 q live through the loop costs registers)
+            q = tl.load(q_ptr + qk_off, mask=tmask[:, None] & dmask[None, :], other=0.0)
+            dbeta += tl.sum(q * dq, axis=1)
+            tl.atomic_add(dq_ptr + qk_off, beta * dq, mask=tmask[:, None] & dmask[None, :], sem="relaxed")
         tl.debug_barrier()
     tl.store(dbeta_ptr + bh * NB + s, tl.sum(dbeta, axis=0))

@@ -192,6 +192,11 @@ def kernel_scan_or_fallback(backend: str, qhat, khat, v, beta, state: Dictionary
         return None
 
 
+def _read_dtype(cfg: KernelConfig) -> torch.dtype:
+    """The operand type of the read's products (the kernels' READ_PREC)."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.read_precision, torch.float32)
+
+
 def _operand_buffers(cfg: KernelConfig, bh: int, bd: int, bdv: int, device) -> tuple[torch.Tensor, ...]:
     """Side buffers of the cached forward (read direction, assignment direction hi and lo, value mean per
     slot, padded to the tile widths; the logit offset per slot as a [hi, lo, 0, ...] row), or 1-element
@@ -201,7 +206,7 @@ def _operand_buffers(cfg: KernelConfig, bh: int, bd: int, bdv: int, device) -> t
     if not cfg.cached:
         unused = torch.zeros(1, device=device, dtype=torch.float32)
         return unused, unused, unused, unused, unused
-    read = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.read_precision, torch.float32)
+    read = _read_dtype(cfg)
     split = cfg.assign_precision == "bf16x3"
     n = cfg.capacity
     assign = torch.empty(bh, n, bd, device=device, dtype=torch.bfloat16 if split else torch.float32)
@@ -255,7 +260,7 @@ class ChunkFunction(torch.autograd.Function):
 
 def _backward(saved, cfg: KernelConfig, m0: int, do, d_sum_k, d_sum_v) -> tuple:
     """The gradients of :class:`ChunkFunction` (its saved tensors, config and incoming gradients)."""
-    from .kernels import ovq_bwd_dict_kernel, ovq_bwd_local_kernel
+    from .kernels import OFFW, ovq_bwd_dict_kernel, ovq_bwd_local_kernel
 
     qhat, khat, v, beta, o, lse, z, sum_k, sum_v, count, codebook, sched = saved
     bh, total, d = khat.shape
@@ -281,7 +286,7 @@ def _backward(saved, cfg: KernelConfig, m0: int, do, d_sum_k, d_sum_v) -> tuple:
         _launch("bwd_dict", ovq_bwd_dict_kernel, (nb, bh), cfg.chunk_size, d, dv,
                 qhat, khat, v, beta, do, lse, delta, z, sched,
                 sum_k.clone(), sum_v.clone(), count.clone(), codebook if cfg.static else sum_k, g_k, g_v,
-                torch.empty(count.shape if cfg.count_prior else (1,), device=v.device, dtype=torch.float32),  # offsets
+                torch.empty(*count.shape, OFFW.value, device=v.device, dtype=_read_dtype(cfg)),  # offset rows
                 dq_dict, dk_dict, dv_dict, dbeta_dict, total, n, cfg.num_heads, chunks,
                 BN=BLOCK_CENTROIDS, NB=nb, COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, DETACH=cfg.detach, **kw)
     dbeta = (dbeta_local.sum(-1) + dbeta_dict.sum(-1)).view(-1, cfg.num_heads).sum(0)
