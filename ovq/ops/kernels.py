@@ -122,7 +122,7 @@ def _load_centroids(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, s_base, cb_base, n, nmask, 
     mu, inv = _load_directions(sk_ptr, cb_ptr, s_base, cb_base, n, nmask, offs_d, dmask, D, STATIC)
     sv = tl.load(sv_ptr + s_base * DV + n[:, None] * DV + offs_dv[None, :], mask=nmask[:, None] & dvmask[None, :],
                  other=0.0, cache_modifier=".cg")
-    muv = sv / tl.maximum(cnt, 1.0)[:, None]
+    muv = sv * (1.0 / tl.maximum(cnt, 1.0))[:, None]  # one reciprocal per slot: a division per element costs 3
     return mu, muv, cnt, inv
 
 
@@ -563,7 +563,8 @@ def ovq_bwd_dict_kernel(
         # (2) the gradient of this chunk's reads of its dictionary.
         q = tl.load(q_ptr + qk_off, mask=tmask[:, None] & dmask[None, :], other=0.0)
         do = tl.load(do_ptr + v_off, mask=tmask[:, None] & dvmask[None, :], other=0.0)
-        lse2 = tl.load(lse_ptr + bh * T + t, mask=tmask, other=0.0) * LOG2E
+        # a row past the sequence reads lse = +inf, so its p is exp2(-inf) = 0 without a mask per element
+        lse2 = tl.load(lse_ptr + bh * T + t, mask=tmask, other=float("inf")) * LOG2E
         delta = tl.load(delta_ptr + bh * T + t, mask=tmask, other=0.0)
         m_loc = _slots_in_slice(m, s, NB)
         q_op = _operand(q * (beta * LOG2E), READ_PREC)  # base-2 logits, as the forward's
@@ -578,7 +579,7 @@ def ovq_bwd_dict_kernel(
             readable = nmask & (cnt > 0.5)
             mu_op = _operand(mu, READ_PREC)
             logits = _logits_with_offsets(q_op, mu_op, off_ptr, s_base + n, nmask, ones_w, READ_PREC)
-            p = tl.where(tmask[:, None], tl.exp2(logits - lse2[:, None]), 0.0)  # empty slots: -inf offsets
+            p = tl.exp2(logits - lse2[:, None])  # 0 for empty slots (-inf offsets) and rows past the sequence
             dp = _mm(do_op, tl.trans(_operand(muv, READ_PREC)), READ_PREC)
             ds = p * (dp - delta[:, None])
             dq += _mm(ds, mu_op, READ_PREC)
@@ -592,7 +593,7 @@ def ovq_bwd_dict_kernel(
                     dmu = _mm(tl.trans(ds), q_op, READ_PREC) * LN2  # q_op carries beta * log2(e)
                     dsk = (dmu - mu * tl.sum(mu * dmu, axis=1)[:, None]) * inv[:, None]
                     tl.atomic_add(gk_ptr + rows_k, dsk, mask=readable[:, None] & dmask[None, :], sem="relaxed")
-                dsv = _mm(tl.trans(p), do_op, READ_PREC) / tl.maximum(cnt, 1.0)[:, None]
+                dsv = _mm(tl.trans(p), do_op, READ_PREC) * (1.0 / tl.maximum(cnt, 1.0))[:, None]
                 tl.atomic_add(gv_ptr + rows_v, dsv, mask=readable[:, None] & dvmask[None, :], sem="relaxed")
         if m_loc > 0:
             # sum over slots of ds * (q . mu) = q . (sum of ds mu): dbeta without the per-block product's raw
