@@ -38,6 +38,10 @@ LN2 = tl.constexpr(0.6931471805599453)
 # added to the logits by a product with [1, 1, 0, ...] (the smallest K of a bf16 tensor-core product is 16).
 # Added elementwise, the offsets must sit in the product's layout: 16 per thread, each its own 4-byte copy.
 OFFW = tl.constexpr(16)
+# The cached forward's rows are 2 * OFFW wide: the offset row, then [0 for an opened slot, -inf past the opened
+# ones, 0, ...], added to the assignment's similarities by the same product with [1, 1, 0, ...] rows, so that
+# the padded slots past the active ones lose without a mask. (One row could not hold both: its -inf would meet
+# a 0 of the other product's ones, and 0 x -inf is NaN.)
 
 
 @triton.jit
@@ -67,6 +71,12 @@ def _mm_acc(a, b, acc, PREC: tl.constexpr):
         return tl.dot(a, b, acc)
     else:
         return tl.dot(a, b, acc, input_precision=PREC)
+
+
+@triton.jit
+def _mm_split_acc(a_hi, a_lo, b_hi, b_lo, acc):
+    """acc + a @ b from split operands, the three products accumulating into one register tile."""
+    return tl.dot(a_lo, b_hi, tl.dot(a_hi, b_lo, tl.dot(a_hi, b_hi, acc)))
 
 
 @triton.jit
@@ -136,6 +146,15 @@ def _assign_operands(x, ASSIGN_PREC: tl.constexpr):
 
 
 @triton.jit
+def _assign_mm_acc(a_hi, a_lo, b_hi, b_lo, acc, ASSIGN_PREC: tl.constexpr):
+    """acc + a @ b at the assignment's precision."""
+    if ASSIGN_PREC == "bf16x3":
+        return _mm_split_acc(a_hi, a_lo, b_hi, b_lo, acc)
+    else:
+        return _mm_acc(a_hi, b_hi, acc, ASSIGN_PREC)
+
+
+@triton.jit
 def _assign_mm(a_hi, a_lo, b_hi, b_lo, ASSIGN_PREC: tl.constexpr):
     """a @ b at the assignment's precision, from operands as ``_assign_operands`` gives them."""
     if ASSIGN_PREC == "bf16x3":
@@ -162,9 +181,11 @@ def _cached_sim(k_hi, k_lo, chi_ptr, clo_ptr, rows_d, nmask, ASSIGN_PREC: tl.con
 
 
 @triton.jit
-def _track_best(sim, nmask, r0, s, NB: tl.constexpr, best_val, best_idx):
-    """Fold one block's similarities (slots s + NB * (r0 + j)) into each key's best slot so far."""
-    sim = tl.where(nmask[None, :], sim, float("-inf"))
+def _track_best(sim, nmask, r0, s, NB: tl.constexpr, best_val, best_idx, MASKED: tl.constexpr = True):
+    """Fold one block's similarities (slots s + NB * (r0 + j)) into each key's best slot so far (slots outside
+    ``nmask`` excluded when MASKED; else their similarities must already lose)."""
+    if MASKED:
+        sim = tl.where(nmask[None, :], sim, float("-inf"))
     blk_max = tl.max(sim, axis=1)
     blk_arg = tl.argmax(sim, axis=1, tie_break_left=True)
     better = blk_max > best_val  # strict: an earlier block holds lower slots, which win ties
@@ -181,7 +202,8 @@ def _logit_offset(cnt, COUNT_PRIOR: tl.constexpr):
 
 
 @triton.jit
-def _store_offset_rows(ptr, rows, cnt, mask, COUNT_PRIOR: tl.constexpr, READ_PREC: tl.constexpr):
+def _store_offset_rows(ptr, rows, cnt, mask, COUNT_PRIOR: tl.constexpr, READ_PREC: tl.constexpr,
+                       STRIDE: tl.constexpr = OFFW):
     """Store the slots' base-2 logit offsets (``_logit_offset`` of their counts) at ``ptr`` as OFFW-wide rows
     [hi, lo, 0, ...] in the read's precision: hi + lo keep ~16 bits; an empty slot's hi is -inf."""
     finite = tl.where(cnt > 0, _logit_offset(cnt, COUNT_PRIOR), 0.0)  # (-inf - -inf would be NaN)
@@ -190,7 +212,7 @@ def _store_offset_rows(ptr, rows, cnt, mask, COUNT_PRIOR: tl.constexpr, READ_PRE
     off_hi = _operand(tl.where(cnt > 0, off_hi.to(tl.float32), float("-inf")), READ_PREC)
     offs_w = tl.arange(0, OFFW)
     row = tl.where(offs_w[None, :] == 0, off_hi[:, None], tl.where(offs_w[None, :] == 1, off_lo[:, None], 0.0))
-    tl.store(ptr + rows[:, None] * OFFW + offs_w[None, :], row.to(off_hi.dtype), mask=mask[:, None])
+    tl.store(ptr + rows[:, None] * STRIDE + offs_w[None, :], row.to(off_hi.dtype), mask=mask[:, None])
 
 
 @triton.jit
@@ -201,14 +223,15 @@ def _ones_for_offsets(BL: tl.constexpr, READ_PREC: tl.constexpr):
 
 
 @triton.jit
-def _logits_with_offsets(q_op, mu_op, off_ptr, rows, mask, ones_w, READ_PREC: tl.constexpr):
+def _logits_with_offsets(q_op, mu_op, off_ptr, rows, mask, ones_w, READ_PREC: tl.constexpr,
+                         STRIDE: tl.constexpr = OFFW):
     """Base-2 logits of a block: q_op (which carries beta * log2(e)) times the slots' directions ``mu_op``
     [BN, BD], plus their offset rows at ``off_ptr`` (``_store_offset_rows``), added by a K = OFFW product into
     the same accumulator. Loaded for an elementwise add, the offsets would sit in the product's layout: 16
     per thread, each its own 4-byte copy (a fifth of the forward's block loop on sm_90). Slots outside
     ``mask`` get -inf."""
     offs_w = tl.arange(0, OFFW)
-    off_rows = tl.load(off_ptr + rows[:, None] * OFFW + offs_w[None, :], mask=mask[:, None], other=0.0,
+    off_rows = tl.load(off_ptr + rows[:, None] * STRIDE + offs_w[None, :], mask=mask[:, None], other=0.0,
                        cache_modifier=".cg")
     off_rows = _operand(tl.where(mask[:, None] | (offs_w[None, :] > 0), off_rows.to(tl.float32), float("-inf")),
                         READ_PREC)
@@ -216,8 +239,8 @@ def _logits_with_offsets(q_op, mu_op, off_ptr, rows, mask, ones_w, READ_PREC: tl
 
 
 @triton.jit
-def _refresh_operands(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, crd_ptr, chi_ptr, clo_ptr, cmv_ptr, cpr_ptr, s_base, cb_base, n,
-                      nmask, offs_d, dmask, offs_dv, dvmask, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr,
+def _refresh_operands(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, crd_ptr, chi_ptr, clo_ptr, cmv_ptr, cpr_ptr, s_base, c_base,
+                      cb_base, n, nmask, offs_d, dmask, offs_dv, dvmask, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr,
                       BDV: tl.constexpr, COUNT_PRIOR: tl.constexpr, STATIC: tl.constexpr, READ_PREC: tl.constexpr,
                       ASSIGN_PREC: tl.constexpr):
     """Store the slots ``n``'s product operands (CACHED forward): the unit key direction in the read's
@@ -227,8 +250,9 @@ def _refresh_operands(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, crd_ptr, chi_ptr, clo_ptr
     from the sums, computed once per change instead of per chunk."""
     mu, muv, cnt, inv = _load_centroids(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, s_base, cb_base, n, nmask,
                                         offs_d, dmask, offs_dv, dvmask, D, DV, STATIC)
-    _store_offset_rows(cpr_ptr, s_base + n, cnt, nmask, COUNT_PRIOR, READ_PREC)
-    rows_d = (s_base + n)[:, None] * BD + offs_d[None, :]
+    _store_offset_rows(cpr_ptr, c_base + n, cnt, nmask, COUNT_PRIOR, READ_PREC, 2 * OFFW)
+    tl.store(cpr_ptr + (c_base + n) * (2 * OFFW) + OFFW, tl.zeros(n.shape, tl.float32), mask=nmask)  # opened
+    rows_d = (c_base + n)[:, None] * BD + offs_d[None, :]
     tl.store(crd_ptr + rows_d, _operand(mu, READ_PREC), mask=nmask[:, None])
     if ASSIGN_PREC == "bf16x3":
         mu_hi, mu_lo = _split(mu)
@@ -236,7 +260,7 @@ def _refresh_operands(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, crd_ptr, chi_ptr, clo_ptr
         tl.store(clo_ptr + rows_d, mu_lo, mask=nmask[:, None])
     else:
         tl.store(chi_ptr + rows_d, mu, mask=nmask[:, None])
-    tl.store(cmv_ptr + (s_base + n)[:, None] * BDV + offs_dv[None, :], _operand(muv, READ_PREC), mask=nmask[:, None])
+    tl.store(cmv_ptr + (c_base + n)[:, None] * BDV + offs_dv[None, :], _operand(muv, READ_PREC), mask=nmask[:, None])
 
 
 @triton.jit
@@ -264,14 +288,18 @@ def ovq_fwd_kernel(
     dvmask = offs_dv < DV
     in_chunk = offs_l < L
     s_base = bh * N  # row offset of this bh's dictionary
+    # ... and of its cached operands, whose rows are padded so that every slice holds whole blocks (the rows
+    # past the active slots read as unopened: zeros, and -inf in both halves of their offset rows)
+    c_base = bh * (tl.cdiv(N, NB * BN) * NB * BN)
     cb_base = h * N * D
     ones_w = _ones_for_offsets(BL, READ_PREC)
+    offs_w = tl.arange(0, OFFW)
     if CACHED:  # operands of the slots active before the first chunk (a carried state, or the codebook)
         first_loc = _slots_in_slice(tl.load(sched_ptr), s, NB)
         for r0 in range(0, first_loc, BN):
             r = r0 + offs_n
             _refresh_operands(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, crd_ptr, chi_ptr, clo_ptr, cmv_ptr, cpr_ptr, s_base,
-                              cb_base, s + NB * r, r < first_loc, offs_d, dmask, offs_dv, dvmask,
+                              c_base, cb_base, s + NB * r, r < first_loc, offs_d, dmask, offs_dv, dvmask,
                               D, DV, BD, BDV, COUNT_PRIOR, STATIC, READ_PREC, ASSIGN_PREC)
         tl.debug_barrier()
     for c in range(0, C):
@@ -301,25 +329,41 @@ def ovq_fwd_kernel(
             r = r0 + offs_n
             nmask = r < m_loc
             n = s + NB * r
-            if CACHED:  # the log of the counts is stored per change (as a per-block log it cost a quarter of
-                # this loop) and added through the product
-                rows_d = (s_base + n)[:, None] * BD + offs_d[None, :]
-                mu_rd = tl.load(crd_ptr + rows_d, mask=nmask[:, None], other=0.0, cache_modifier=".cg")
-                muv = tl.load(cmv_ptr + (s_base + n)[:, None] * BDV + offs_dv[None, :], mask=nmask[:, None],
-                              other=0.0, cache_modifier=".cg")
-                logits = _logits_with_offsets(q_op, mu_rd, cpr_ptr, s_base + n, nmask, ones_w, READ_PREC)
+            if CACHED and not TWO_PASS:  # (the default) whole blocks without masks: the padded rows past the
+                # active slots read as unopened. Masks took a quarter of this loop's instructions on sm_90, and
+                # the log counts, taken per block, another quarter: they are stored per change.
+                rows_d = (c_base + n)[:, None] * BD + offs_d[None, :]
+                mu_rd = tl.load(crd_ptr + rows_d, cache_modifier=".cg")
+                muv = tl.load(cmv_ptr + (c_base + n)[:, None] * BDV + offs_dv[None, :], cache_modifier=".cg")
+                off_row = (c_base + n)[:, None] * (2 * OFFW) + offs_w[None, :]
+                off_rows = tl.load(cpr_ptr + off_row, cache_modifier=".cg")
+                logits = _mm_acc(q_op, tl.trans(mu_rd), _mm(ones_w, tl.trans(off_rows), READ_PREC), READ_PREC)
+                row_max, row_sum, acc = _softmax_step(row_max, row_sum, acc, logits, muv, READ_PREC)
+                mu_hi = tl.load(chi_ptr + rows_d, cache_modifier=".cg")
+                mu_lo = mu_hi
+                if ASSIGN_PREC == "bf16x3":
+                    mu_lo = tl.load(clo_ptr + rows_d, cache_modifier=".cg")
+                opened = tl.load(cpr_ptr + off_row + OFFW, cache_modifier=".cg")
+                sim = _assign_mm_acc(k_hi, k_lo, tl.trans(mu_hi), tl.trans(mu_lo),
+                                     _mm(ones_w, tl.trans(opened), READ_PREC), ASSIGN_PREC)
+                best_val, best_idx = _track_best(sim, nmask, r0, s, NB, best_val, best_idx, False)
             else:
-                mu, muv, cnt, inv = _load_centroids(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, s_base, cb_base, n, nmask,
-                                                    offs_d, dmask, offs_dv, dvmask, D, DV, STATIC)
-                offset = tl.where(nmask, _logit_offset(cnt, COUNT_PRIOR), float("-inf"))
-                logits = _mm(q_op, tl.trans(_operand(mu, READ_PREC)), READ_PREC) + offset[None, :]
-            row_max, row_sum, acc = _softmax_step(row_max, row_sum, acc, logits, muv, READ_PREC)
-            if not TWO_PASS:
-                if CACHED:
-                    sim = _cached_sim(k_hi, k_lo, chi_ptr, clo_ptr, rows_d, nmask, ASSIGN_PREC)
+                if CACHED:  # (two passes: the similarities come in the second)
+                    rows_d = (c_base + n)[:, None] * BD + offs_d[None, :]
+                    mu_rd = tl.load(crd_ptr + rows_d, mask=nmask[:, None], other=0.0, cache_modifier=".cg")
+                    muv = tl.load(cmv_ptr + (c_base + n)[:, None] * BDV + offs_dv[None, :], mask=nmask[:, None],
+                                  other=0.0, cache_modifier=".cg")
+                    logits = _logits_with_offsets(q_op, mu_rd, cpr_ptr, c_base + n, nmask, ones_w, READ_PREC,
+                                                  2 * OFFW)
                 else:
+                    mu, muv, cnt, inv = _load_centroids(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, s_base, cb_base, n, nmask,
+                                                        offs_d, dmask, offs_dv, dvmask, D, DV, STATIC)
+                    offset = tl.where(nmask, _logit_offset(cnt, COUNT_PRIOR), float("-inf"))
+                    logits = _mm(q_op, tl.trans(_operand(mu, READ_PREC)), READ_PREC) + offset[None, :]
+                row_max, row_sum, acc = _softmax_step(row_max, row_sum, acc, logits, muv, READ_PREC)
+                if not TWO_PASS:
                     sim = _direct_sim(k_hi, k_lo, mu, ASSIGN_PREC)
-                best_val, best_idx = _track_best(sim, nmask, r0, s, NB, best_val, best_idx)
+                    best_val, best_idx = _track_best(sim, nmask, r0, s, NB, best_val, best_idx)
         if TWO_PASS:  # the write's similarities in a second pass: fewer values live in each loop
             k = tl.load(k_ptr + qk_off, mask=tmask[:, None] & dmask[None, :], other=0.0)
             k_hi, k_lo = _assign_operands(k, ASSIGN_PREC)
@@ -328,7 +372,7 @@ def ovq_fwd_kernel(
                 nmask = r < m_loc
                 n = s + NB * r
                 if CACHED:
-                    rows_d = (s_base + n)[:, None] * BD + offs_d[None, :]
+                    rows_d = (c_base + n)[:, None] * BD + offs_d[None, :]
                     sim = _cached_sim(k_hi, k_lo, chi_ptr, clo_ptr, rows_d, nmask, ASSIGN_PREC)
                 else:  # the directions alone: values and counts served the first pass
                     mu, inv = _load_directions(sk_ptr, cb_ptr, s_base, cb_base, n, nmask, offs_d, dmask, D, STATIC)
@@ -411,7 +455,7 @@ def ovq_fwd_kernel(
         tl.debug_barrier()
         if CACHED:  # the slots this chunk changed get fresh operands (a slot hit twice is written twice, alike)
             _refresh_operands(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, crd_ptr, chi_ptr, clo_ptr, cmv_ptr, cpr_ptr, s_base,
-                              cb_base, zs, own, offs_d, dmask, offs_dv, dvmask, D, DV, BD, BDV, COUNT_PRIOR, STATIC,
+                              c_base, cb_base, zs, own, offs_d, dmask, offs_dv, dvmask, D, DV, BD, BDV, COUNT_PRIOR, STATIC,
                               READ_PREC, ASSIGN_PREC)
             tl.debug_barrier()
 
