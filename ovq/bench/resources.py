@@ -293,10 +293,11 @@ def main():
                          ("--BH", [a.BH]), ("--jobs", [a.jobs]), ("--warps", [a.warps or 1])):
         if min(values) < 1:
             ap.error(f"{name} must be >= 1, got {values if len(values) > 1 else values[0]}")
-    unknown = sorted(set(a.kernels or []) - {"ovq_fwd_kernel", "ovq_bwd_local_kernel", "ovq_bwd_dict_kernel"})
+    unknown = sorted(set(a.kernels or []) - {"ovq_fwd_kernel", "ovq_fwd_local_kernel", "ovq_bwd_local_kernel",
+                                             "ovq_bwd_dict_kernel"})
     if unknown:
-        ap.error(f"--kernels: unknown {unknown}; the kernels are ovq_fwd_kernel, ovq_bwd_local_kernel, "
-                 "ovq_bwd_dict_kernel")
+        ap.error(f"--kernels: unknown {unknown}; the kernels are ovq_fwd_kernel, ovq_fwd_local_kernel, "
+                 "ovq_bwd_local_kernel, ovq_bwd_dict_kernel")
     settings = kernel_settings(ap, a.set)
 
     # the PTX-only backend must never write into (or read stubs from) the user's Triton cache

@@ -274,7 +274,7 @@ def ovq_fwd_kernel(
     D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr,
     BL: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, BN: tl.constexpr, NB: tl.constexpr,
     COUNT_PRIOR: tl.constexpr, STATIC: tl.constexpr, READ_PREC: tl.constexpr, ASSIGN_PREC: tl.constexpr,
-    CACHED: tl.constexpr, TWO_PASS: tl.constexpr, KB: tl.constexpr,
+    CACHED: tl.constexpr, TWO_PASS: tl.constexpr,
 ):
     s = tl.program_id(0)
     bh = tl.program_id(1)
@@ -460,25 +460,61 @@ def ovq_fwd_kernel(
             tl.debug_barrier()
 
         if writer:
-            # Merge with the causal keys of the chunk itself: one softmax over everything, KB keys at a time
-            # (an L x L score tile would not fit on chip for large L).
-            q = tl.load(q_ptr + qk_off, mask=tmask[:, None] & dmask[None, :], other=0.0)
-            for kb in range(0, BL, KB):
-                offs_kb = kb + tl.arange(0, KB)
-                t_kb = c * L + offs_kb
-                kb_mask = (offs_kb < L) & (t_kb < T)
-                k_blk = tl.load(k_ptr + (bh * T + t_kb)[:, None] * D + offs_d[None, :],
-                                mask=kb_mask[:, None] & dmask[None, :], other=0.0)
-                v_blk = tl.load(v_ptr + (bh * T + t_kb)[:, None] * DV + offs_dv[None, :],
-                                mask=kb_mask[:, None] & dvmask[None, :], other=0.0)
-                s_loc = beta2 * _mm(q, tl.trans(k_blk), READ_PREC)
-                s_loc = tl.where((offs_kb[None, :] <= offs_l[:, None]) & kb_mask[None, :], s_loc, float("-inf"))
-                row_max, row_sum, acc = _softmax_step(row_max, row_sum, acc, s_loc, v_blk, READ_PREC)
-            safe_max = tl.where(row_max == float("-inf"), 0.0, row_max)
-            row_sum = tl.where(row_sum > 0, row_sum, 1.0)
+            # Merge with the chunk's causal attention to its own keys, which ovq_fwd_local_kernel computed
+            # beforehand, in parallel over chunks (done here, it held the other slices at the next barrier):
+            # its normalized output is in o, its base-2 lse in lse. Every row has at least its own key.
+            o_loc = tl.load(o_ptr + v_off, mask=tmask[:, None] & dvmask[None, :], other=0.0)
+            lse_loc = tl.load(lse_ptr + bh * T + t, mask=tmask, other=0.0)
+            new_max = tl.maximum(row_max, lse_loc)
+            a_self = tl.exp2(row_max - new_max)  # 0 for a row the dictionary did not reach (-inf)
+            a_loc = tl.exp2(lse_loc - new_max)
+            row_sum = row_sum * a_self + a_loc
+            acc = acc * a_self[:, None] + o_loc * a_loc[:, None]
             tl.store(o_ptr + v_off, acc / row_sum[:, None], mask=tmask[:, None] & dvmask[None, :])
-            tl.store(lse_ptr + bh * T + t, (safe_max + tl.log2(row_sum)) * LN2, mask=tmask)
+            tl.store(lse_ptr + bh * T + t, (new_max + tl.log2(row_sum)) * LN2, mask=tmask)
             tl.store(z_ptr + bh * T + t, z, mask=tmask)
+
+
+@triton.jit
+def ovq_fwd_local_kernel(
+    q_ptr, k_ptr, v_ptr, beta_ptr, o_ptr, lse_ptr,
+    T, H,
+    D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr,
+    BL: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, READ_PREC: tl.constexpr, KB: tl.constexpr,
+):
+    """Each chunk's causal attention to its own keys, one program per (chunk, bh), KB keys at a time (no L x L
+    tile): its normalized output into o and its base-2 lse into lse, which ``ovq_fwd_kernel`` then merges with
+    the dictionary's read and overwrites."""
+    c = tl.program_id(0)
+    bh = tl.program_id(1)
+    beta2 = tl.load(beta_ptr + bh % H) * LOG2E
+    offs_l = tl.arange(0, BL)
+    offs_d = tl.arange(0, BD)
+    offs_dv = tl.arange(0, BDV)
+    dmask = offs_d < D
+    dvmask = offs_dv < DV
+    t = c * L + offs_l
+    tmask = (offs_l < L) & (t < T)
+    q = tl.load(q_ptr + (bh * T + t)[:, None] * D + offs_d[None, :], mask=tmask[:, None] & dmask[None, :], other=0.0)
+    row_max = tl.full([BL], float("-inf"), tl.float32)
+    row_sum = tl.zeros([BL], tl.float32)
+    acc = tl.zeros([BL, BDV], tl.float32)
+    for kb in range(0, BL, KB):
+        offs_kb = kb + tl.arange(0, KB)
+        t_kb = c * L + offs_kb
+        kb_mask = (offs_kb < L) & (t_kb < T)
+        k_blk = tl.load(k_ptr + (bh * T + t_kb)[:, None] * D + offs_d[None, :], mask=kb_mask[:, None] & dmask[None, :],
+                        other=0.0)
+        v_blk = tl.load(v_ptr + (bh * T + t_kb)[:, None] * DV + offs_dv[None, :],
+                        mask=kb_mask[:, None] & dvmask[None, :], other=0.0)
+        s_loc = beta2 * _mm(q, tl.trans(k_blk), READ_PREC)
+        s_loc = tl.where((offs_kb[None, :] <= offs_l[:, None]) & kb_mask[None, :], s_loc, float("-inf"))
+        row_max, row_sum, acc = _softmax_step(row_max, row_sum, acc, s_loc, v_blk, READ_PREC)
+    safe_max = tl.where(row_max == float("-inf"), 0.0, row_max)
+    row_sum = tl.where(row_sum > 0, row_sum, 1.0)
+    tl.store(o_ptr + (bh * T + t)[:, None] * DV + offs_dv[None, :], acc / row_sum[:, None],
+             mask=tmask[:, None] & dvmask[None, :])
+    tl.store(lse_ptr + bh * T + t, safe_max + tl.log2(row_sum), mask=tmask)
 
 
 @triton.jit

@@ -28,7 +28,7 @@ LOCAL_BLOCK = 64
 # ms (4 warps spill far more at these L); at L = 64 4 warps were faster (61 vs 66 ms). The backward kernels
 # follow: compiled for the H200 at L = 128 they spill 1.1-1.9 KB per thread with 4 warps and at most 80 bytes
 # with 8 (results/kernel_resources_bwd_sm90_cpu.json; not yet timed).
-LAUNCH = {"fwd": {1: (4, 2), 128: (8, 2)}, "bwd_local": {1: (4, 1), 128: (8, 1)},
+LAUNCH = {"fwd": {1: (4, 2), 128: (8, 2)}, "fwd_local": {1: (4, 1), 128: (8, 1)}, "bwd_local": {1: (4, 1), 128: (8, 1)},
           "bwd_dict": {1: (4, 2), 128: (8, 2)}}
 
 
@@ -223,7 +223,7 @@ def _operand_buffers(cfg: KernelConfig, bh: int, bd: int, bdv: int, device) -> t
 class ChunkFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qhat, khat, v, beta, sum_k0, sum_v0, count0, codebook, sched, cfg: KernelConfig, m0: int):
-        from .kernels import ovq_fwd_kernel
+        from .kernels import ovq_fwd_kernel, ovq_fwd_local_kernel
 
         bh, total, d = khat.shape
         dv = v.shape[-1]
@@ -245,14 +245,16 @@ class ChunkFunction(torch.autograd.Function):
         barrier = torch.zeros(bh, device=v.device, dtype=torch.int32)
         crd, chi, clo, cmv, cpr = _operand_buffers(cfg, bh, bd, bdv, v.device)
         if total > 0:
+            kw = dict(D=d, DV=dv, L=cfg.chunk_size, BL=bl, BD=bd, BDV=bdv, READ_PREC=cfg.read_precision)
+            # each chunk's attention to its own keys, in parallel over chunks, into o and lse; the scan merges it
+            _launch("fwd_local", ovq_fwd_local_kernel, (sched.shape[0], bh), cfg.chunk_size, d, dv,
+                    qhat, khat, v, beta, o, lse, total, cfg.num_heads, **kw, KB=min(bl, LOCAL_BLOCK))
             _launch("fwd", ovq_fwd_kernel, (nb, bh), cfg.chunk_size, d, dv,
                     qhat, khat, v, beta, sum_k, sum_v, count, codebook if cfg.static else sum_k, sched,
                     o, lse, z, xstat, xacc, xval, xidx, barrier, crd, chi, clo, cmv, cpr,
-                    total, n, cfg.num_heads, sched.shape[0],
-                    D=d, DV=dv, L=cfg.chunk_size, BL=bl, BD=bd, BDV=bdv, BN=BLOCK_CENTROIDS, NB=nb,
-                    COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, READ_PREC=cfg.read_precision,
-                    ASSIGN_PREC=cfg.assign_precision, CACHED=cfg.cached, TWO_PASS=cfg.two_pass,
-                    KB=min(bl, LOCAL_BLOCK))
+                    total, n, cfg.num_heads, sched.shape[0], **kw, BN=BLOCK_CENTROIDS, NB=nb,
+                    COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, ASSIGN_PREC=cfg.assign_precision,
+                    CACHED=cfg.cached, TWO_PASS=cfg.two_pass)
         ctx.save_for_backward(qhat, khat, v, beta, o, lse, z, sum_k, sum_v, count, codebook, sched)
         ctx.cfg, ctx.m0 = cfg, m0
         ctx.mark_non_differentiable(count)

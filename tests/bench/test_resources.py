@@ -22,7 +22,7 @@ def test_forward_at_chunk_512_fits_the_h200_with_one_stage(tmp_path):
     (row,) = json.loads(out.read_text())
     assert (row["kernel"], row["L"], row["num_stages"]) == ("ovq_fwd_kernel", 512, 1)
     constexprs = row["constexprs"]
-    assert (constexprs["READ_PREC"], constexprs["ASSIGN_PREC"], constexprs["KB"]) == ("bf16", "bf16x3", 64)
+    assert (constexprs["READ_PREC"], constexprs["ASSIGN_PREC"], constexprs["NB"]) == ("bf16", "bf16x3", 8)
     assert row["signature"]["q_ptr"] == "*fp32"
     assert 0 < row["shared"] <= 232_448 and row["fits"]
 

@@ -262,7 +262,7 @@ def test_the_kernels_launch_with_more_warps_from_chunk_size_128():
     kernel's own pipeline stages."""
     import ovq.ops.triton_chunk as tc
 
-    for name, stages in (("fwd", 2), ("bwd_local", 1), ("bwd_dict", 2)):
+    for name, stages in (("fwd", 2), ("fwd_local", 1), ("bwd_local", 1), ("bwd_dict", 2)):
         assert [tc.launch_settings(name, L) for L in (5, 64, 127, 128, 256, 512)] == [(4, stages)] * 3 + [(8, stages)] * 3
 
 
@@ -287,5 +287,5 @@ def test_kernel_buffers_do_not_follow_torch_default_dtype(monkeypatch):
         o.sum().backward()
     finally:
         torch.set_default_dtype(before)
-    assert {name for name, _ in launched} == {"fwd", "bwd_local", "bwd_dict"}
+    assert {name for name, _ in launched} == {"fwd_local", "fwd", "bwd_local", "bwd_dict"}
     assert not [(name, dtype) for name, dtype in launched if dtype == torch.float64]
