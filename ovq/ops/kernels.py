@@ -13,8 +13,9 @@ With NB > 1 the programs of one bh swap these partial results through a small do
 exchange and a spin barrier (they must be co-resident: the launcher keeps the grid within the SM
 count). Every program then finishes the assignment (farthest-point picks, argmax including the new
 centroids) identically, scatters the tokens that land in its own slice, and one program per chunk merges
-the partial reads with the causal in-chunk attention (64 keys at a time) and writes o. No tile is L x L,
-so the chunk size is bounded by the [L, D] tiles alone.
+the partial reads with the causal in-chunk attention and writes o. That attention (64 keys at a time)
+comes from ``ovq_fwd_local_kernel``, run before the scan in parallel over chunks. No tile is L x L, so the
+chunk size is bounded by the [L, D] tiles alone.
 
 Backward: ``ovq_bwd_local_kernel`` (in-chunk attention, parallel over chunks) and
 ``ovq_bwd_dict_kernel`` (a reverse scan per (bh, slice) that recovers each chunk's dictionary by
