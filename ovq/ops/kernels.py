@@ -241,8 +241,8 @@ def _logits_with_offsets(q_op, mu_op, off_ptr, rows, mask, ones_w, READ_PREC: tl
 
 @triton.jit
 def _refresh_operands(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, crd_ptr, chi_ptr, clo_ptr, cmv_ptr, cpr_ptr, s_base, c_base,
-                      cb_base, n, nmask, offs_d, dmask, offs_dv, dvmask, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr,
-                      BDV: tl.constexpr, COUNT_PRIOR: tl.constexpr, STATIC: tl.constexpr, READ_PREC: tl.constexpr,
+                      cb_base, n, nmask, offs_d, dmask, offs_dv, dvmask, D: tl.constexpr, DV: tl.constexpr,
+                      BD: tl.constexpr, BDV: tl.constexpr, COUNT_PRIOR: tl.constexpr, STATIC: tl.constexpr, READ_PREC: tl.constexpr,
                       ASSIGN_PREC: tl.constexpr):
     """Store the slots ``n``'s product operands (CACHED forward): the unit key direction in the read's
     precision and in the assignment's (hi/lo bfloat16 parts for bf16x3), the value mean in the read's, and
@@ -456,8 +456,8 @@ def ovq_fwd_kernel(
         tl.debug_barrier()
         if CACHED:  # the slots this chunk changed get fresh operands (a slot hit twice is written twice, alike)
             _refresh_operands(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, crd_ptr, chi_ptr, clo_ptr, cmv_ptr, cpr_ptr, s_base,
-                              c_base, cb_base, zs, own, offs_d, dmask, offs_dv, dvmask, D, DV, BD, BDV, COUNT_PRIOR, STATIC,
-                              READ_PREC, ASSIGN_PREC)
+                              c_base, cb_base, zs, own, offs_d, dmask, offs_dv, dvmask, D, DV, BD, BDV, COUNT_PRIOR,
+                              STATIC, READ_PREC, ASSIGN_PREC)
             tl.debug_barrier()
 
         if writer:
