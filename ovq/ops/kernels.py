@@ -336,6 +336,8 @@ def ovq_fwd_kernel(
                 rows_d = (c_base + n)[:, None] * BD + offs_d[None, :]
                 mu_rd = tl.load(crd_ptr + rows_d, cache_modifier=".cg")
                 muv = tl.load(cmv_ptr + (c_base + n)[:, None] * BDV + offs_dv[None, :], cache_modifier=".cg")
+                # (_logits_with_offsets without its masks, inline: the offset rows' address is shared with the
+                # opened flags below, which a call would compute twice: 12 B of spills at L = 128)
                 off_row = (c_base + n)[:, None] * (2 * OFFW) + offs_w[None, :]
                 off_rows = tl.load(cpr_ptr + off_row, cache_modifier=".cg")
                 logits = _mm_acc(q_op, tl.trans(mu_rd), _mm(ones_w, tl.trans(off_rows), READ_PREC), READ_PREC)

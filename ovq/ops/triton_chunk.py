@@ -200,9 +200,9 @@ def _read_dtype(cfg: KernelConfig) -> torch.dtype:
 def _operand_buffers(cfg: KernelConfig, bh: int, bd: int, bdv: int, device) -> tuple[torch.Tensor, ...]:
     """Side buffers of the cached forward (read direction, assignment direction hi and lo, value mean per
     slot, padded to the tile widths; per slot the logit offset row [hi, lo, 0, ...] and [0 or -inf, 0, ...]
-    for opened or not), or
-    1-element stand-ins when it is off. Their rows are padded so that each of the forward's slices holds whole
-    blocks of BLOCK_CENTROIDS, and start as unopened slots (the kernel reads whole blocks without masks)."""
+    for opened or not), or 1-element stand-ins when it is off. Their rows are padded so that each of the
+    forward's slices holds whole blocks of BLOCK_CENTROIDS, and start as unopened slots (the kernel reads whole
+    blocks without masks)."""
     from .kernels import OFFW
 
     if not cfg.cached:
@@ -215,7 +215,7 @@ def _operand_buffers(cfg: KernelConfig, bh: int, bd: int, bdv: int, device) -> t
     assign = torch.zeros(bh, n, bd, device=device, dtype=torch.bfloat16 if split else torch.float32)
     low = torch.zeros_like(assign) if split else torch.zeros(1, device=device, dtype=torch.float32)
     offsets = torch.zeros(bh, n, 2 * OFFW.value, device=device, dtype=read)
-    offsets[..., 0] = offsets[..., OFFW.value] = float("-inf")  # unopened: never read, never assigned
+    offsets[..., 0] = offsets[..., OFFW.value] = float("-inf")  # unopened: read as empty, never assigned
     return (torch.zeros(bh, n, bd, device=device, dtype=read), assign, low,
             torch.zeros(bh, n, bdv, device=device, dtype=read), offsets)
 
