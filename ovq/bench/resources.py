@@ -43,6 +43,7 @@ from .common import kernel_settings
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 H200_SHARED = 232_448
 H200_SMS = 132
+KERNELS = ("ovq_fwd_kernel", "ovq_fwd_local_kernel", "ovq_bwd_local_kernel", "ovq_bwd_dict_kernel")
 
 
 # ----------------------------------------------------------------------------------------------------- record
@@ -293,11 +294,11 @@ def main():
                          ("--BH", [a.BH]), ("--jobs", [a.jobs]), ("--warps", [a.warps or 1])):
         if min(values) < 1:
             ap.error(f"{name} must be >= 1, got {values if len(values) > 1 else values[0]}")
-    unknown = sorted(set(a.kernels or []) - {"ovq_fwd_kernel", "ovq_fwd_local_kernel", "ovq_bwd_local_kernel",
-                                             "ovq_bwd_dict_kernel"})
+    unknown = sorted(set(a.kernels or []) - set(KERNELS))
     if unknown:
-        ap.error(f"--kernels: unknown {unknown}; the kernels are ovq_fwd_kernel, ovq_fwd_local_kernel, "
-                 "ovq_bwd_local_kernel, ovq_bwd_dict_kernel")
+        ap.error(f"--kernels: unknown {unknown}; the kernels are {', '.join(KERNELS)}")
+    if a.loops and a.ptxas_timeout <= 0:
+        ap.error("--loops reads the cubins ptxas makes: it needs --ptxas-timeout > 0")
     settings = kernel_settings(ap, a.set)
 
     # the PTX-only backend must never write into (or read stubs from) the user's Triton cache

@@ -62,3 +62,13 @@ def test_the_loops_of_a_disassembly_are_found_with_their_instruction_classes():
     assert (outer["global_load"], outer["global_atomic"], outer["spill_store"], outer["mma"]) == (1, 1, 1, 1)
     assert inner["lines"] == [["kernels.py:30", 4]]
     assert outer["lines"] == [["kernels.py:30", 4], ["kernels.py:40", 3], ["kernels.py:20", 1]]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--kernels", "ovq_nope_kernel"], "--kernels: unknown ['ovq_nope_kernel']; the kernels are ovq_fwd_kernel"),
+    (["--loops", "--ptxas-timeout", "0"], "--loops reads the cubins ptxas makes: it needs --ptxas-timeout > 0"),
+])
+def test_bad_arguments_are_named_before_anything_compiles(args, message):
+    proc = subprocess.run([sys.executable, "-m", "ovq.bench.resources", *args], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr
