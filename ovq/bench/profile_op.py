@@ -46,6 +46,9 @@ def main(argv=None) -> None:
     ap.add_argument("--beta", type=float, default=12.0, help="inverse temperature (12, as the other benchmarks)")
     ap.add_argument("--passes", type=int, default=2)
     args = ap.parse_args(argv)
+    for name in ("batch", "seq_len", "heads", "head_dim", "centroids", "chunk_size", "passes"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not torch.cuda.is_available():
         raise SystemExit("profile_op runs the Triton kernels: it needs a CUDA GPU")
     run_passes(args.batch, args.seq_len, args.heads, args.head_dim, args.centroids, args.chunk_size, args.passes,

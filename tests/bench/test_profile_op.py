@@ -22,3 +22,9 @@ def test_passes_run_forward_and_backward_through_the_op(monkeypatch):
 def test_without_cuda_the_cli_says_it_needs_a_gpu():
     with pytest.raises(SystemExit, match="needs a CUDA GPU"):
         profile_op.main(["--seq-len", "64"])
+
+
+def test_a_bad_shape_is_an_error_naming_it(capsys):
+    with pytest.raises(SystemExit):
+        profile_op.main(["--passes", "0"])
+    assert "--passes must be >= 1, got 0" in capsys.readouterr().err
