@@ -96,11 +96,11 @@ class Profile:
     # Also evaluate models with OVQ/VQ layers at these chunk sizes L (a deployment knob like N):
     # results/<task>/<label>-chunk<L>.json. Shorthand for eval_variants {"chunk<L>": {"chunk_size": L}}.
     eval_chunk_sizes: list[int] = field(default_factory=list)
-    # Also evaluate models with OVQ/VQ layers with other model settings that keep the weights (deployment
-    # knobs), name -> model args: results/<task>/<label>-<name>.json; e.g. {"linear16": {"growth": "linear",
+    # Also evaluate the models they apply to (variant_applies) with other model settings that keep the weights
+    # (deployment knobs), name -> model args: results/<task>/<label>-<name>.json; e.g. {"linear16": {"growth": "linear",
     # "growth_rate": 1 / 16}}, a dictionary that grows evenly to N over 16·N tokens, or {"fill64k":
     # {"fill_length": 65536}}, linear growth that reaches each model's N at 64K (`ovq eval --fill-length`;
-    # VQ has no growth rule: its row repeats its plain evaluation).
+    # growth settings apply to OVQ layers only: VQ models have no row for them).
     eval_variants: dict = field(default_factory=dict)
     # Per model: evaluation settings that keep the weights. fla's Mamba2 without mamba_ssm runs a PyTorch
     # SSD whose inter-block step is quadratic in the number of blocks (513 GiB at 64K with 64-token blocks),
@@ -282,28 +282,33 @@ def cache_bytes_at(run: Path, length: int, device) -> dict:
             "measured": {"256": sizes[0], "512": sizes[1]}}
 
 
-def has_dictionary(task: str, label: str) -> bool:
-    """Whether the model has OVQ or VQ layers (the ones a chunk size applies to)."""
+GROWTH_SETTINGS = {"fill_length", "growth", "growth_rate"}  # eval-variant settings of OVQ's growth: VQ has none
+
+
+def variant_applies(task: str, label: str, settings: dict) -> bool:
+    """Whether an eval variant's settings change the model: growth settings need OVQ layers, the others
+    (a chunk size) OVQ or VQ layers."""
     from .models.presets import PRESET_PATTERNS
-    return bool({"ovq", "vq"} & set(PRESET_PATTERNS[models_of(task)[label][0]]))
+    layers = set(PRESET_PATTERNS[models_of(task)[label][0]])
+    return bool(({"ovq"} if GROWTH_SETTINGS & set(settings) else {"ovq", "vq"}) & layers)
 
 
 RESULT_KINDS = ("lengths", "state", "budgets", "sweep")  # a job's result files besides its eval variants
 
 
 def eval_variants(profile: Profile) -> dict[str, dict]:
-    """Evaluation-time model settings for the models with OVQ/VQ layers: name -> model args."""
+    """Evaluation-time model settings for the models they apply to (:func:`variant_applies`): name -> model args."""
     return {f"chunk{c}": {"chunk_size": c} for c in profile.eval_chunk_sizes} | profile.eval_variants
 
 
 def result_files(out_dir: Path, label: str, profile: Profile, task: str) -> dict[str, Path]:
     """A job's result files: scores across lengths, the budget sweep (budget model only), the cache size,
-    scores with each eval variant (models with OVQ/VQ layers) and the task-setting sweep, when the profile asks."""
+    scores with each eval variant that applies to the model and the task-setting sweep, when the profile asks."""
     files = {"lengths": out_dir / f"{label}.json", "state": out_dir / f"{label}-state.json"}
     if label == profile.budget_model:
         files["budgets"] = out_dir / f"{label}-budgets.json"
-    if has_dictionary(task, label):
-        for name in eval_variants(profile):
+    for name, settings in eval_variants(profile).items():
+        if variant_applies(task, label, settings):
             files[name] = out_dir / f"{label}-{name}.json"
     if task != "lm" and profile.eval_sweeps:
         files["sweep"] = out_dir / f"{label}-sweep.json"
@@ -514,7 +519,7 @@ def report(task: str, profile_name: str, labels: list[str], results_root: str = 
     for name, args in eval_variants(profile).items():
         if any(name in info for info in summary["models"].values()):
             settings = ", ".join(f"{k} = {v}" for k, v in args.items())
-            text += (f"\nEvaluated with {settings} (`{name}`; models with OVQ/VQ layers, trained with their own):"
+            text += (f"\nEvaluated with {settings} (`{name}`; the models it applies to, trained with their own):"
                      "\n\n" + (lm_table(summary, name) if task == "lm" else table(summary, name)))
     if any("sweep" in info for info in summary["models"].values()):
         sweep = next(iter(profile.eval_sweeps))

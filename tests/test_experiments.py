@@ -149,6 +149,17 @@ def test_two_stage_training_and_evaluation_at_another_chunk_size(tmp_path):
     assert "Evaluated with chunk_size = 32 (`chunk32`" in table and "growth = linear, growth_rate = 0.25" in table
 
 
+def test_growth_variants_apply_to_ovq_models_and_chunk_variants_to_vq_too(tmp_path):
+    """A VQ model has no growth rule: a growth variant gives it no result file (its evaluation used to fail on
+    `--fill-length` and leave the job unfinished), while a chunk-size variant does."""
+    from ovq.experiments import profile_of, result_files
+    profile = profile_of("recall", "smoke", {"eval_chunk_sizes": [32], "eval_variants": {
+        "fill": {"fill_length": 128}, "linear": {"growth": "linear", "growth_rate": 0.25}}})
+    names = {label: set(result_files(tmp_path, label, profile, "recall")) - {"lengths", "state", "budgets", "sweep"}
+             for label in ("swa-ovq-1024", "swa-vq-1024", "swa")}
+    assert names == {"swa-ovq-1024": {"chunk32", "fill", "linear"}, "swa-vq-1024": {"chunk32"}, "swa": set()}
+
+
 def test_warm_start_must_name_profile_fields():
     from ovq.experiments import profile_of
     with pytest.raises(ValueError, match="warm_start may set profile fields"):

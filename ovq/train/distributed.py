@@ -33,6 +33,8 @@ class DistributedContext:
             dev = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
         else:
             dev = torch.device(device)
+            if dev.type == "cuda" and dev.index is None:  # "cuda": this process's GPU, as torchrun numbers them
+                dev = torch.device("cuda", local_rank)
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         if world_size > 1 and not dist.is_initialized():
