@@ -126,6 +126,17 @@ class JsonlLog:
             self._tb.flush()
 
 
+def compile_model(model: nn.Module, **compile_kwargs) -> nn.Module:
+    """``torch.compile(model)`` with room for one graph per layer in training and in eval mode. Dynamo treats
+    a module's integer attributes as constants, so layers that read theirs (fla's layers look up
+    ``layer_idx``) compile once per layer; past ``recompile_limit`` (8) it gave up and ran the remaining
+    layers eagerly, which is why ``--compile`` left fla's Mamba2 LM as slow as eager (session 9)."""
+    layers = sum(isinstance(getattr(m, "layer_idx", None), int) for m in model.modules())
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, 2 * layers)
+    return torch.compile(model, **compile_kwargs)
+
+
 class Trainer:
     """Train ``model`` on batches from ``source`` (see :class:`BatchSource`).
 
@@ -143,7 +154,7 @@ class Trainer:
         self.device = self.dist.device
         self.raw_model = model.to(self.device)
         self.model = self.dist.wrap(self.raw_model, fsdp=cfg.fsdp)
-        self.forward_model = torch.compile(self.model) if cfg.compile else self.model
+        self.forward_model = compile_model(self.model) if cfg.compile else self.model
         self.source, self.loss_fn, self.eval_fn = source, loss_fn, eval_fn
         self.flops_per_token = flops_per_token
         self.extra_state = extra_state or {}

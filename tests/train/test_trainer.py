@@ -121,3 +121,39 @@ def test_sigterm_stops_after_the_step_with_a_checkpoint_and_resume_is_exact(tmp_
     assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
     second = _trainer(tmp_path / "cut", 8).fit()
     assert [r["loss"] for r in first + second if "loss" in r] == full
+
+
+
+def test_compile_gives_every_layer_its_graph_instead_of_running_the_rest_eagerly(monkeypatch):
+    """On CUDA fla's layers have graph breaks (their Triton functions ask the device's properties), so each
+    layer's forward is compiled as a frame of its own, guarded on the layer's integer ``layer_idx``: one graph
+    per layer. Past ``recompile_limit`` (8) dynamo ran the remaining layers eagerly (session 9: the 60M
+    Mamba2 LM was no faster compiled). A stack of that shape, with dynamo told to fail where it would fall back."""
+    import torch._dynamo
+    import torch.nn as nn
+
+    from ovq.train.trainer import compile_model
+
+    class Layer(nn.Module):
+        def __init__(self, layer_idx):
+            super().__init__()
+            self.layer_idx, self.proj = layer_idx, nn.Linear(4, 4)
+
+        def forward(self, x):
+            x = self.proj(x) * (self.layer_idx + 1)
+            torch._dynamo.graph_break()
+            return torch.tanh(x)
+
+    model = nn.Sequential(*[Layer(i) for i in range(10)])
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
+    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
+    x = torch.randn(2, 4)
+    try:
+        compiled = compile_model(model, backend="eager")
+        out = compiled(x)
+        model.eval()
+        compiled(x)  # eval mode: the layers' graphs again, guarded on self.training
+    finally:
+        torch._dynamo.reset()
+    torch.testing.assert_close(out, model(x))
