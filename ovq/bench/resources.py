@@ -150,8 +150,9 @@ LOOP_CLASSES = {
 def sass_loops(listing: str) -> list[dict]:
     """The loops of an ``nvdisasm -c -g`` listing: each backward branch to a label closes one. Per loop: start and
     end address, instructions in it, whether another loop lies inside (``innermost``), the source line (file:line)
-    at its head, counts of :data:`LOOP_CLASSES`, and the source lines with the most instructions (``lines``, the
-    top ten as [file:line, instructions])."""
+    at its head, counts of :data:`LOOP_CLASSES`, the source lines with the most instructions (``lines``, the
+    top ten as [file:line, instructions]), and the instructions and classes outside its nested loops
+    (``outside_nested``)."""
     insts, labels, pending, line = [], {}, [], "?"
     for text in listing.splitlines():
         if m := re.search(r'File "([^"]+)", line (\d+)', text):
@@ -177,7 +178,13 @@ def sass_loops(listing: str) -> list[dict]:
                           "head": head_line[start], **counts, "lines": [list(x) for x in lines]})
     spans = [(int(lp["start"], 16), int(lp["end"], 16)) for lp in loops]
     for lp, (lo, hi) in zip(loops, spans):
-        lp["innermost"] = not any(lo <= a and b <= hi and (a, b) != (lo, hi) for a, b in spans)
+        nested = [(a, b) for a, b in spans if lo <= a and b <= hi and (a, b) != (lo, hi)]
+        lp["innermost"] = not nested
+        # what one iteration runs besides its nested loops (for a kernel's chunk loop: the per-chunk work)
+        own = [op for a, op, _, _ in insts if lo <= a <= hi and not any(x <= a <= y for x, y in nested)]
+        lp["outside_nested"] = {"instructions": len(own),
+                                **{name: sum(op.startswith(prefixes) for op in own) for name, prefixes in
+                                   LOOP_CLASSES.items()}}
     return loops
 
 
@@ -259,6 +266,8 @@ def compile_all(records, Ls, stages_list, ints, nb_fwd, nb_bwd, ptx_dir, warps_o
                 ptx_path = os.path.join(ptx_dir, f"{rec['kernel']}_L{L}_w{warps}_s{stages}.ptx")
                 with open(ptx_path, "w") as f:
                     f.write(c.asm["ptx"])
+                with open(ptx_path[:-len(".ptx")] + ".ttgir", "w") as f:  # the layouts Triton chose (for --keep)
+                    f.write(c.asm["ttgir"])
                 row["ptx"] = ptx_path
                 rows.append(row)
                 print(f"{rec['kernel']:22s} L={L:4d} warps={warps} stages={stages}: shared={c.metadata.shared:7d} "
@@ -284,7 +293,7 @@ def main():
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="ptxas runs at once")
     ap.add_argument("--loops", action="store_true", help="also describe each kernel's loops in its machine code")
     ap.add_argument("--json", default="kernel_resources_sm90.json")
-    ap.add_argument("--keep", metavar="DIR", help="keep each kernel's PTX and cubin here (read the machine code "
+    ap.add_argument("--keep", metavar="DIR", help="keep each kernel's PTX, TTGIR and cubin here (read the machine code "
                     "with Triton's bundled nvdisasm -c -g)")
     a = ap.parse_args()
     if a.record:
@@ -358,6 +367,13 @@ def _run(a, settings: dict, scratch: str) -> None:
                 if lp["innermost"] and lp["instructions"] >= 100:
                     print(f"{r['kernel']:22s} L={r['L']:4d} stages={r['num_stages']} {lp['head']:>16s} "
                           f"{lp['instructions']:5d}  " + " ".join(str(lp[c]) for c in LOOP_CLASSES))
+        print("\nloops with nested loops (per iteration, outside the nested ones: e.g. a chunk's own work):")
+        for r in rows:
+            for lp in r.get("loops", []):
+                if not lp["innermost"]:
+                    own = lp["outside_nested"]
+                    print(f"{r['kernel']:22s} L={r['L']:4d} stages={r['num_stages']} {lp['head']:>16s} "
+                          f"{own['instructions']:5d}  " + " ".join(str(own[c]) for c in LOOP_CLASSES))
     print(f"\nfull rows (signature, constexprs, ptxas logs): {a.json}")
 
 

@@ -194,6 +194,25 @@ def _track_best(sim, nmask, r0, s, NB: tl.constexpr, best_val, best_idx, MASKED:
 
 
 @triton.jit
+def _pack_best(val, idx):
+    """(similarity, slot) as one int64 that orders as "higher similarity, then lower slot", so that the best over
+    the forward's slices is one atomic max: the float's bits made order-preserving as a signed int32 (negative
+    floats flip their magnitude bits; -0.0 is made +0.0 first, which compares equal to it) in the high half,
+    0xFFFFFFFF - slot in the low half."""
+    bits = tl.where(val == 0.0, 0.0, val).to(tl.int32, bitcast=True)
+    key = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+    return (key.to(tl.int64) << 32) | (0xFFFFFFFF - idx.to(tl.int64))
+
+
+@triton.jit
+def _unpack_best(packed):
+    """The inverse of ``_pack_best``: (similarity, slot)."""
+    key = (packed >> 32).to(tl.int32)
+    val = tl.where(key < 0, key ^ 0x7FFFFFFF, key).to(tl.float32, bitcast=True)
+    return val, (0xFFFFFFFF - (packed & 0xFFFFFFFF)).to(tl.int32)
+
+
+@triton.jit
 def _logit_offset(cnt, COUNT_PRIOR: tl.constexpr):
     """What a slot adds to its base-2 logits: log2 count with the count prior (else 0), -inf for an empty slot."""
     offset = tl.zeros(cnt.shape, tl.float32)
@@ -269,7 +288,7 @@ def ovq_fwd_kernel(
     q_ptr, k_ptr, v_ptr, beta_ptr,
     sk_ptr, sv_ptr, cnt_ptr, cb_ptr, sched_ptr,
     o_ptr, lse_ptr, z_ptr,
-    xstat_ptr, xacc_ptr, xval_ptr, xidx_ptr, bar_ptr,
+    xstat_ptr, xacc_ptr, xbest_ptr, bar_ptr,
     crd_ptr, chi_ptr, clo_ptr, cmv_ptr, cpr_ptr,
     T, N, H, C,
     D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr,
@@ -388,27 +407,29 @@ def ovq_fwd_kernel(
             tl.store(xstat_ptr + slot * 2, row_max)
             tl.store(xstat_ptr + slot * 2 + 1, row_sum)
             tl.store(xacc_ptr + slot[:, None] * BDV + offs_dv[None, :], acc)
-            tl.store(xval_ptr + slot, best_val)
-            tl.store(xidx_ptr + slot, best_idx)
+            # Each key's best slot over the slices: one atomic max of packed (similarity, slot) per key into this
+            # chunk's buffer (three in turn: the writer of chunk c resets chunk c + 2's after the barrier, when
+            # every program has read it at chunk c - 1). A loop over the slices' stored pairs cost every program
+            # NB iterations with four barriers each.
+            best_row = (bh * 3 + c % 3) * BL + offs_l
+            tl.atomic_max(xbest_ptr + best_row, _pack_best(best_val, best_idx), sem="relaxed", scope="gpu")
             # Spin barrier over the NB programs of this bh (the counter only grows: no reset race).
             tl.atomic_add(bar_ptr + bh, 1, sem="acq_rel", scope="gpu")
             arrived = tl.atomic_add(bar_ptr + bh, 0, sem="acq_rel", scope="gpu")
             while arrived < NB * (c + 1):
                 arrived = tl.atomic_add(bar_ptr + bh, 0, sem="acq_rel", scope="gpu")
-            best_val = tl.full([BL], float("-inf"), tl.float32)
-            best_idx = tl.zeros([BL], tl.int32)
+            best_val, best_idx = _unpack_best(tl.load(xbest_ptr + best_row, cache_modifier=".cg"))
+            # the writer merges every slice's stored partial read, its own included; the others' partials are
+            # dead from here, and reset in every program (a constant in any layout: carrying them into the
+            # branch's join instead converted the [BL, BDV] accumulator with 12 barriers, sm_90 at L = 128)
+            row_max = tl.full([BL], float("-inf"), tl.float32)
+            row_sum = tl.zeros([BL], tl.float32)
+            acc = tl.zeros([BL, BDV], tl.float32)
             if writer:
-                row_max = tl.full([BL], float("-inf"), tl.float32)
-                row_sum = tl.zeros([BL], tl.float32)
-                acc = tl.zeros([BL, BDV], tl.float32)
-            for j in range(0, NB):
-                other = ((bh * 2 + c % 2) * NB + j) * BL + offs_l
-                val = tl.load(xval_ptr + other, cache_modifier=".cg")
-                idx = tl.load(xidx_ptr + other, cache_modifier=".cg")
-                better = (val > best_val) | ((val == best_val) & (idx < best_idx))
-                best_val = tl.where(better, val, best_val)
-                best_idx = tl.where(better, idx, best_idx)
-                if writer:
+                tl.store(xbest_ptr + (bh * 3 + (c + 2) % 3) * BL + offs_l,
+                         tl.full([BL], -9223372036854775808, tl.int64))
+                for j in range(0, NB):
+                    other = ((bh * 2 + c % 2) * NB + j) * BL + offs_l
                     j_max = tl.load(xstat_ptr + other * 2, cache_modifier=".cg")
                     j_sum = tl.load(xstat_ptr + other * 2 + 1, cache_modifier=".cg")
                     j_acc = tl.load(xacc_ptr + other[:, None] * BDV + offs_dv[None, :], cache_modifier=".cg")

@@ -243,8 +243,8 @@ class ChunkFunction(torch.autograd.Function):
         xshape = (bh, 2, nb, bl)
         xstat = torch.empty(*xshape, 2, device=v.device, dtype=torch.float32)
         xacc = torch.empty(*xshape, bdv, device=v.device, dtype=torch.float32)
-        xval = torch.empty(xshape, device=v.device, dtype=torch.float32)
-        xidx = torch.empty(xshape, device=v.device, dtype=torch.int32)
+        # each key's best (similarity, slot) over the slices, packed, three chunks in turn; starts below any pair
+        xbest = torch.full((bh, 3, bl), torch.iinfo(torch.int64).min, device=v.device, dtype=torch.int64)
         barrier = torch.zeros(bh, device=v.device, dtype=torch.int32)
         crd, chi, clo, cmv, cpr = _operand_buffers(cfg, bh, bd, bdv, v.device)
         if total > 0:
@@ -254,7 +254,7 @@ class ChunkFunction(torch.autograd.Function):
                     qhat, khat, v, beta, o, lse, total, cfg.num_heads, **kw, KB=min(bl, LOCAL_BLOCK))
             _launch("fwd", ovq_fwd_kernel, (nb, bh), cfg.chunk_size, d, dv,
                     qhat, khat, v, beta, sum_k, sum_v, count, codebook if cfg.static else sum_k, sched,
-                    o, lse, z, xstat, xacc, xval, xidx, barrier, crd, chi, clo, cmv, cpr,
+                    o, lse, z, xstat, xacc, xbest, barrier, crd, chi, clo, cmv, cpr,
                     total, n, cfg.num_heads, sched.shape[0], **kw, BN=BLOCK_CENTROIDS, NB=nb,
                     COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, ASSIGN_PREC=cfg.assign_precision,
                     CACHED=cfg.cached, TWO_PASS=cfg.two_pass)

@@ -62,6 +62,9 @@ def test_the_loops_of_a_disassembly_are_found_with_their_instruction_classes():
     assert (outer["global_load"], outer["global_atomic"], outer["spill_store"], outer["mma"]) == (1, 1, 1, 1)
     assert inner["lines"] == [["kernels.py:30", 4]]
     assert outer["lines"] == [["kernels.py:30", 4], ["kernels.py:40", 3], ["kernels.py:20", 1]]
+    # the outer loop's own work, without the inner loop's four instructions
+    assert outer["outside_nested"]["instructions"] == 4 and outer["outside_nested"]["barrier"] == 0
+    assert (outer["outside_nested"]["global_atomic"], inner["outside_nested"]["instructions"]) == (1, 4)
 
 
 @pytest.mark.parametrize("args, message", [
