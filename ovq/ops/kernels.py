@@ -289,12 +289,12 @@ def ovq_fwd_kernel(
     sk_ptr, sv_ptr, cnt_ptr, cb_ptr, sched_ptr,
     o_ptr, lse_ptr, z_ptr,
     xstat_ptr, xacc_ptr, xbest_ptr, bar_ptr,
-    crd_ptr, chi_ptr, clo_ptr, cmv_ptr, cpr_ptr,
+    crd_ptr, chi_ptr, clo_ptr, cmv_ptr, cpr_ptr, gram_ptr,
     T, N, H, C,
     D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr,
     BL: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, BN: tl.constexpr, NB: tl.constexpr,
     COUNT_PRIOR: tl.constexpr, STATIC: tl.constexpr, READ_PREC: tl.constexpr, ASSIGN_PREC: tl.constexpr,
-    CACHED: tl.constexpr, TWO_PASS: tl.constexpr,
+    CACHED: tl.constexpr, TWO_PASS: tl.constexpr, GRAM_PICKS: tl.constexpr,
 ):
     s = tl.program_id(0)
     bh = tl.program_id(1)
@@ -446,13 +446,22 @@ def ovq_fwd_kernel(
         own = offs_l < 0  # this chunk's tokens that land in this program's slots
         zs = tl.zeros([BL], tl.int32)
         k = tl.load(k_ptr + qk_off, mask=tmask[:, None] & dmask[None, :], other=0.0)
-        v = tl.load(v_ptr + v_off, mask=tmask[:, None] & dvmask[None, :], other=0.0)
         if full & (m + n_new > 0):
             z = best_idx
             if n_new > 0:  # most chunks of a long sequence open none: no picks
                 # Farthest-point picks without an L x L Gram matrix (it would not fit on chip for large L):
                 # each pick's similarities to every key, float32, also give each key's best new centroid
                 # (the first pick wins ties, as the lowest index does in the op's argmax).
+                # With GRAM_PICKS (triton_chunk.FWD_GRAM_PICKS), the chunk's key similarities once, by one product
+                # at the assignment's precision, into this program's scratch rows: a pick then reads its row
+                # instead of loading its key and reducing over D.
+                g_base = gram_ptr + (bh * NB + s) * BL * BL
+                GRAM: tl.constexpr = GRAM_PICKS and BL <= 128  # (the host asks it only there: larger do not fit)
+                if GRAM:  # (operands split again from k: keeping the read's k_hi, k_lo alive to here spilled)
+                    g_hi, g_lo = _assign_operands(k, ASSIGN_PREC)
+                    tl.store(g_base + offs_l[:, None] * BL + offs_l[None, :],
+                             _assign_mm(g_hi, g_lo, tl.trans(g_hi), tl.trans(g_lo), ASSIGN_PREC))
+                    tl.debug_barrier()  # every thread's rows stored before any is read
                 sim_pick = tl.where(in_chunk, best_val, float("inf"))  # padding rows are never picked
                 order = tl.full([BL], -1, tl.int32)
                 new_val = tl.full([BL], float("-inf"), tl.float32)
@@ -460,8 +469,11 @@ def ovq_fwd_kernel(
                 for i in range(0, n_new):
                     j = tl.argmin(tl.where(order >= 0, float("inf"), sim_pick), axis=0, tie_break_left=True)
                     order = tl.where(offs_l == j, i, order)
-                    k_j = tl.load(k_ptr + (bh * T + c * L + j) * D + offs_d, mask=dmask, other=0.0)
-                    row_j = tl.sum(k * k_j[None, :], axis=1)
+                    if GRAM:
+                        row_j = tl.load(g_base + j * BL + offs_l)
+                    else:
+                        k_j = tl.load(k_ptr + (bh * T + c * L + j) * D + offs_d, mask=dmask, other=0.0)
+                        row_j = tl.sum(k * k_j[None, :], axis=1)
                     sim_pick = tl.maximum(sim_pick, row_j)
                     new_ord = tl.where(row_j > new_val, i, new_ord)
                     new_val = tl.maximum(new_val, row_j)
@@ -473,6 +485,7 @@ def ovq_fwd_kernel(
             if not STATIC:
                 tl.atomic_add(sk_ptr + (s_base + zs)[:, None] * D + offs_d[None, :], k,
                               mask=own[:, None] & dmask[None, :], sem="relaxed")
+            v = tl.load(v_ptr + v_off, mask=tmask[:, None] & dvmask[None, :], other=0.0)  # (not live in the picks)
             tl.atomic_add(sv_ptr + (s_base + zs)[:, None] * DV + offs_dv[None, :], v,
                           mask=own[:, None] & dvmask[None, :], sem="relaxed")
             tl.atomic_add(cnt_ptr + s_base + zs, tl.full([BL], 1.0, tl.float32), mask=own, sem="relaxed")

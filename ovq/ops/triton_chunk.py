@@ -93,6 +93,7 @@ class KernelConfig:
     bwd_slices: int
     cached: bool = False
     two_pass: bool = False
+    gram_picks: bool = False
 
 
 # The assignment's similarity precision for 16-bit inputs on the GPU: "bf16x3" (hi/lo bfloat16 split,
@@ -124,6 +125,12 @@ FWD_CACHED_OPERANDS = True
 # loops over the slice instead of one: fewer values live at once (the compiled forward spills registers),
 # and with cached operands the two loops read disjoint buffers. Timed by ovq.bench.kernels; off until faster.
 FWD_TWO_PASS = False
+# The farthest-point picks read each pick's similarities to the chunk's keys from the chunk's Gram matrix, one
+# product per chunk stored in a scratch buffer, instead of a key load and a reduction over D per pick (the
+# picks were half of the forward's instructions at 4K, 64 per chunk; 159 -> 77 instructions per pick at
+# L = 128 on sm_90, at 88 B of spills). Chunks over 128 tokens always take the per-pick rows (the product does
+# not fit in registers). Not yet timed (session 9): ovq.bench.ops --set FWD_GRAM_PICKS=False times without.
+FWD_GRAM_PICKS = True
 
 
 def _slices(bh: int, capacity: int, device: torch.device) -> tuple[int, int]:
@@ -247,6 +254,8 @@ class ChunkFunction(torch.autograd.Function):
         xbest = torch.full((bh, 3, bl), torch.iinfo(torch.int64).min, device=v.device, dtype=torch.int64)
         barrier = torch.zeros(bh, device=v.device, dtype=torch.int32)
         crd, chi, clo, cmv, cpr = _operand_buffers(cfg, bh, bd, bdv, v.device)
+        # each program's scratch for its chunk's key similarities (FWD_GRAM_PICKS)
+        gram = torch.empty(bh * nb * bl * bl if cfg.gram_picks else 1, device=v.device, dtype=torch.float32)
         if total > 0:
             kw = dict(D=d, DV=dv, L=cfg.chunk_size, BL=bl, BD=bd, BDV=bdv, READ_PREC=cfg.read_precision)
             # each chunk's attention to its own keys, in parallel over chunks, into o and lse; the scan merges it
@@ -254,10 +263,10 @@ class ChunkFunction(torch.autograd.Function):
                     qhat, khat, v, beta, o, lse, total, cfg.num_heads, **kw, KB=min(bl, LOCAL_BLOCK))
             _launch("fwd", ovq_fwd_kernel, (nb, bh), cfg.chunk_size, d, dv,
                     qhat, khat, v, beta, sum_k, sum_v, count, codebook if cfg.static else sum_k, sched,
-                    o, lse, z, xstat, xacc, xbest, barrier, crd, chi, clo, cmv, cpr,
+                    o, lse, z, xstat, xacc, xbest, barrier, crd, chi, clo, cmv, cpr, gram,
                     total, n, cfg.num_heads, sched.shape[0], **kw, BN=BLOCK_CENTROIDS, NB=nb,
                     COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, ASSIGN_PREC=cfg.assign_precision,
-                    CACHED=cfg.cached, TWO_PASS=cfg.two_pass)
+                    CACHED=cfg.cached, TWO_PASS=cfg.two_pass, GRAM_PICKS=cfg.gram_picks)
         ctx.save_for_backward(qhat, khat, v, beta, o, lse, z, sum_k, sum_v, count, codebook, sched)
         ctx.cfg, ctx.m0 = cfg, m0
         ctx.mark_non_differentiable(count)
@@ -360,7 +369,7 @@ def triton_chunk_scan(qhat, khat, v, beta, state: DictionaryState, *, count_prio
     read, assign = _precisions(input_dtype)
     fwd_slices, bwd_slices = _slices(b * h, capacity, v.device)
     cfg = KernelConfig(chunk, capacity, h, count_prior, static, detach_state, read, assign, fwd_slices, bwd_slices,
-                       FWD_CACHED_OPERANDS, FWD_TWO_PASS)
+                       FWD_CACHED_OPERANDS, FWD_TWO_PASS, FWD_GRAM_PICKS and not static and _pow2(chunk) <= 128)
     beta_h = (beta.reshape(-1).expand(h) if isinstance(beta, torch.Tensor)
               else torch.full((h,), float(beta), device=v.device)).float().contiguous()
     needs_grad = torch.is_grad_enabled() and any(

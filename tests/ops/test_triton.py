@@ -83,6 +83,21 @@ def test_small_centroid_blocks(case, monkeypatch):
              _run(ovq_attention, q, k, v, beta, do, **kw, backend="triton"), 1e-5, 1e-5)
 
 
+@pytest.mark.parametrize("case", [CASES[0], CASES[3]], ids=lambda c: f"T{c[0]}-L{c[1]}-N{c[2]}-{c[5]}")
+def test_picks_from_per_pick_rows(case, monkeypatch):
+    """The picks' similarities computed per pick (a key load and a reduction over D), as for chunks over 128
+    tokens, instead of from the chunk's Gram matrix (FWD_GRAM_PICKS, the default for smaller chunks)."""
+    import ovq.ops.triton_chunk as tc
+    monkeypatch.setattr(tc, "FWD_GRAM_PICKS", False)
+    T, L, N, D, Dv, growth = case
+    q, k, v = random_qkv(2, T, 2, D, Dv, dtype=torch.float32, seed=T + 2, device=DEVICE, requires_grad=True)
+    beta = torch.tensor([3.0, 7.0], device=DEVICE, requires_grad=True)
+    do = torch.randn(2, T, 2, Dv, device=DEVICE)
+    kw = dict(chunk_size=L, max_centroids=N, growth=growth, growth_rate=0.5)
+    _compare(_run(ovq_attention, q, k, v, beta, do, **kw, backend="torch"),
+             _run(ovq_attention, q, k, v, beta, do, **kw, backend="triton"), 1e-5, 1e-5)
+
+
 @pytest.mark.parametrize("growth", ["saturating", "linear"])
 def test_in_chunk_attention_in_several_key_blocks(growth, monkeypatch):
     """Keys of a chunk taken 16 at a time (LOCAL_BLOCK; 64 on the GPU): the in-chunk softmax runs across key
