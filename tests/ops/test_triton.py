@@ -58,14 +58,18 @@ CASES = [  # (T, L, N, D, Dv, growth)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"T{c[0]}-L{c[1]}-N{c[2]}-D{c[3]}-{c[5]}")
 @pytest.mark.parametrize("count_prior", [True, False])
 def test_ovq_kernels_match_torch(case, count_prior):
+    _kernels_match_torch(case, seed=case[0], count_prior=count_prior)
+
+
+def _kernels_match_torch(case, seed, **options):
+    """The kernels against the PyTorch op on one of CASES: outputs, gradients (q, k, v, beta) and final state."""
     T, L, N, D, Dv, growth = case
-    q, k, v = random_qkv(2, T, 2, D, Dv, dtype=torch.float32, seed=T, device=DEVICE, requires_grad=True)
+    q, k, v = random_qkv(2, T, 2, D, Dv, dtype=torch.float32, seed=seed, device=DEVICE, requires_grad=True)
     beta = torch.tensor([3.0, 7.0], device=DEVICE, requires_grad=True)
     do = torch.randn(2, T, 2, Dv, device=DEVICE)
-    kw = dict(chunk_size=L, max_centroids=N, growth=growth, growth_rate=0.5, count_prior=count_prior)
-    ref = _run(ovq_attention, q, k, v, beta, do, **kw, backend="torch")
-    out = _run(ovq_attention, q, k, v, beta, do, **kw, backend="triton")
-    _compare(ref, out, 1e-5, 1e-5)
+    kw = dict(chunk_size=L, max_centroids=N, growth=growth, growth_rate=0.5, **options)
+    _compare(_run(ovq_attention, q, k, v, beta, do, **kw, backend="torch"),
+             _run(ovq_attention, q, k, v, beta, do, **kw, backend="triton"), 1e-5, 1e-5)
 
 
 @pytest.mark.parametrize("case", CASES[::3], ids=lambda c: f"T{c[0]}-L{c[1]}-N{c[2]}")
@@ -74,13 +78,7 @@ def test_small_centroid_blocks(case, monkeypatch):
     across block boundaries (ties go to the lower slot) in these small cases too."""
     import ovq.ops.triton_chunk as tc
     monkeypatch.setattr(tc, "BLOCK_CENTROIDS", 16)
-    T, L, N, D, Dv, growth = case
-    q, k, v = random_qkv(2, T, 2, D, Dv, dtype=torch.float32, seed=T + 1, device=DEVICE, requires_grad=True)
-    beta = torch.tensor([3.0, 7.0], device=DEVICE, requires_grad=True)
-    do = torch.randn(2, T, 2, Dv, device=DEVICE)
-    kw = dict(chunk_size=L, max_centroids=N, growth=growth, growth_rate=0.5)
-    _compare(_run(ovq_attention, q, k, v, beta, do, **kw, backend="torch"),
-             _run(ovq_attention, q, k, v, beta, do, **kw, backend="triton"), 1e-5, 1e-5)
+    _kernels_match_torch(case, seed=case[0] + 1)
 
 
 @pytest.mark.parametrize("case", [CASES[0], CASES[3]], ids=lambda c: f"T{c[0]}-L{c[1]}-N{c[2]}-{c[5]}")
@@ -89,13 +87,7 @@ def test_picks_from_per_pick_rows(case, monkeypatch):
     tokens, instead of from the chunk's Gram matrix (FWD_GRAM_PICKS, the default for smaller chunks)."""
     import ovq.ops.triton_chunk as tc
     monkeypatch.setattr(tc, "FWD_GRAM_PICKS", False)
-    T, L, N, D, Dv, growth = case
-    q, k, v = random_qkv(2, T, 2, D, Dv, dtype=torch.float32, seed=T + 2, device=DEVICE, requires_grad=True)
-    beta = torch.tensor([3.0, 7.0], device=DEVICE, requires_grad=True)
-    do = torch.randn(2, T, 2, Dv, device=DEVICE)
-    kw = dict(chunk_size=L, max_centroids=N, growth=growth, growth_rate=0.5)
-    _compare(_run(ovq_attention, q, k, v, beta, do, **kw, backend="torch"),
-             _run(ovq_attention, q, k, v, beta, do, **kw, backend="triton"), 1e-5, 1e-5)
+    _kernels_match_torch(case, seed=case[0] + 2)
 
 
 @pytest.mark.parametrize("growth", ["saturating", "linear"])
