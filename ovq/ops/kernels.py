@@ -455,7 +455,7 @@ def ovq_fwd_kernel(
                 # With GRAM_PICKS (triton_chunk.FWD_GRAM_PICKS), the chunk's key similarities once, by one product
                 # at the assignment's precision, into this program's scratch rows: a pick then reads its row
                 # instead of loading its key and reducing over D.
-                g_base = gram_ptr + (bh * NB + s) * BL * BL
+                g_base = gram_ptr + (bh * NB + s) * (BL + 3) * BL
                 GRAM: tl.constexpr = GRAM_PICKS and BL <= 128  # (the host asks it only there: larger do not fit)
                 if GRAM:  # (operands split again from k: keeping the read's k_hi, k_lo alive to here spilled)
                     g_hi, g_lo = _assign_operands(k, ASSIGN_PREC)
@@ -463,20 +463,51 @@ def ovq_fwd_kernel(
                              _assign_mm(g_hi, g_lo, tl.trans(g_hi), tl.trans(g_lo), ASSIGN_PREC))
                     tl.debug_barrier()  # every thread's rows stored before any is read
                 sim_pick = tl.where(in_chunk, best_val, float("inf"))  # padding rows are never picked
-                order = tl.full([BL], -1, tl.int32)
-                new_val = tl.full([BL], float("-inf"), tl.float32)
-                new_ord = tl.zeros([BL], tl.int32)
-                for i in range(0, n_new):
-                    j = tl.argmin(tl.where(order >= 0, float("inf"), sim_pick), axis=0, tie_break_left=True)
-                    order = tl.where(offs_l == j, i, order)
-                    if GRAM:
-                        row_j = tl.load(g_base + j * BL + offs_l)
-                    else:
+                if GRAM:
+                    # The pick state held REP times over, a copy per warp ([REP, BL], each row of it within one
+                    # warp), so each pick's argmin is a reduction inside a warp: over [BL] rows spread across
+                    # the warps it met three barriers per pick. Every copy makes the same picks. The state goes
+                    # in and out through rows of the scratch after the Gram matrix (a barrier each way), which
+                    # costs fewer barriers than converting it between the two layouts.
+                    REP: tl.constexpr = 8
+                    cols = offs_l[None, :]
+                    copy0 = tl.arange(0, REP)[:, None] == 0
+                    stage = g_base + BL * BL
+                    tl.store(stage + offs_l, sim_pick)
+                    tl.debug_barrier()
+                    sim2 = tl.load(stage + tl.zeros([REP, 1], tl.int32) + cols)
+                    order2 = tl.full((REP, BL), -1, tl.int32)
+                    new_val2 = tl.full((REP, BL), float("-inf"), tl.float32)
+                    new_ord2 = tl.zeros((REP, BL), tl.int32)
+                    for i in range(0, n_new):
+                        j = tl.argmin(tl.where(order2 >= 0, float("inf"), sim2), axis=1, tie_break_left=True)
+                        order2 = tl.where(cols == j[:, None], i, order2)
+                        row_j = tl.load(g_base + j[:, None] * BL + cols)
+                        sim2 = tl.maximum(sim2, row_j)
+                        new_ord2 = tl.where(row_j > new_val2, i, new_ord2)
+                        new_val2 = tl.maximum(new_val2, row_j)
+                    tl.debug_barrier()  # (every copy has read the staged row before copy 0 overwrites it)
+                    tl.store(stage + cols + tl.zeros([REP, 1], tl.int32), new_val2, mask=copy0)
+                    tl.store(stage + BL + cols + tl.zeros([REP, 1], tl.int32), order2.to(tl.float32, bitcast=True),
+                             mask=copy0)
+                    tl.store(stage + 2 * BL + cols + tl.zeros([REP, 1], tl.int32),
+                             new_ord2.to(tl.float32, bitcast=True), mask=copy0)
+                    tl.debug_barrier()
+                    new_val = tl.load(stage + offs_l)
+                    order = tl.load(stage + BL + offs_l).to(tl.int32, bitcast=True)
+                    new_ord = tl.load(stage + 2 * BL + offs_l).to(tl.int32, bitcast=True)
+                else:
+                    order = tl.full([BL], -1, tl.int32)
+                    new_val = tl.full([BL], float("-inf"), tl.float32)
+                    new_ord = tl.zeros([BL], tl.int32)
+                    for i in range(0, n_new):
+                        j = tl.argmin(tl.where(order >= 0, float("inf"), sim_pick), axis=0, tie_break_left=True)
+                        order = tl.where(offs_l == j, i, order)
                         k_j = tl.load(k_ptr + (bh * T + c * L + j) * D + offs_d, mask=dmask, other=0.0)
                         row_j = tl.sum(k * k_j[None, :], axis=1)
-                    sim_pick = tl.maximum(sim_pick, row_j)
-                    new_ord = tl.where(row_j > new_val, i, new_ord)
-                    new_val = tl.maximum(new_val, row_j)
+                        sim_pick = tl.maximum(sim_pick, row_j)
+                        new_ord = tl.where(row_j > new_val, i, new_ord)
+                        new_val = tl.maximum(new_val, row_j)
                 picked = order >= 0
                 z = tl.where(picked, m + order, tl.where(new_val > best_val, m + new_ord, best_idx))
             z = tl.where(in_chunk, z, -1)

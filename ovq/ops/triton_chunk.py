@@ -126,10 +126,11 @@ FWD_CACHED_OPERANDS = True
 # and with cached operands the two loops read disjoint buffers. Timed by ovq.bench.kernels; off until faster.
 FWD_TWO_PASS = False
 # The farthest-point picks read each pick's similarities to the chunk's keys from the chunk's Gram matrix, one
-# product per chunk stored in a scratch buffer, instead of a key load and a reduction over D per pick (the
-# picks were half of the forward's instructions at 4K, 64 per chunk; 159 -> 77 instructions per pick at
-# L = 128 on sm_90, at 88 B of spills). Chunks over 128 tokens always take the per-pick rows (the product does
-# not fit in registers). Not yet timed (session 9): ovq.bench.ops --set FWD_GRAM_PICKS=False times without.
+# product per chunk stored in a scratch buffer, instead of a key load and a reduction over D per pick, and keep
+# their state once per warp, so a pick's argmin needs no barrier (the picks were half of the forward's
+# instructions at 4K, 64 per chunk; per pick 159 -> 89 instructions and 3 -> 0 barriers at L = 128 on sm_90,
+# at 188 B of spills). Chunks over 128 tokens always take the per-pick rows (the product does not fit in
+# registers). Not yet timed (session 9): ovq.bench.ops --set FWD_GRAM_PICKS=False times without.
 FWD_GRAM_PICKS = True
 
 
@@ -254,8 +255,8 @@ class ChunkFunction(torch.autograd.Function):
         xbest = torch.full((bh, 3, bl), torch.iinfo(torch.int64).min, device=v.device, dtype=torch.int64)
         barrier = torch.zeros(bh, device=v.device, dtype=torch.int32)
         crd, chi, clo, cmv, cpr = _operand_buffers(cfg, bh, bd, bdv, v.device)
-        # each program's scratch for its chunk's key similarities (FWD_GRAM_PICKS)
-        gram = torch.empty(bh * nb * bl * bl if cfg.gram_picks else 1, device=v.device, dtype=torch.float32)
+        # each program's scratch for its chunk's key similarities and 3 rows of pick state (FWD_GRAM_PICKS)
+        gram = torch.empty(bh * nb * (bl + 3) * bl if cfg.gram_picks else 1, device=v.device, dtype=torch.float32)
         if total > 0:
             kw = dict(D=d, DV=dv, L=cfg.chunk_size, BL=bl, BD=bd, BDV=bdv, READ_PREC=cfg.read_precision)
             # each chunk's attention to its own keys, in parallel over chunks, into o and lse; the scan merges it
