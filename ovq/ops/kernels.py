@@ -456,14 +456,13 @@ def ovq_fwd_kernel(
                 # at the assignment's precision, into this program's scratch rows: a pick then reads its row
                 # instead of loading its key and reducing over D.
                 g_base = gram_ptr + (bh * NB + s) * (BL + 3) * BL
-                GRAM: tl.constexpr = GRAM_PICKS and BL <= 128  # (the host asks it only there: larger do not fit)
-                if GRAM:  # (operands split again from k: keeping the read's k_hi, k_lo alive to here spilled)
+                if GRAM_PICKS:  # (operands split again from k: keeping the read's k_hi, k_lo alive to here spilled)
                     g_hi, g_lo = _assign_operands(k, ASSIGN_PREC)
                     tl.store(g_base + offs_l[:, None] * BL + offs_l[None, :],
                              _assign_mm(g_hi, g_lo, tl.trans(g_hi), tl.trans(g_lo), ASSIGN_PREC))
                     tl.debug_barrier()  # every thread's rows stored before any is read
                 sim_pick = tl.where(in_chunk, best_val, float("inf"))  # padding rows are never picked
-                if GRAM:
+                if GRAM_PICKS:
                     # The pick state held REP times over, a copy per warp ([REP, BL], each row of it within one
                     # warp), so each pick's argmin is a reduction inside a warp: over [BL] rows spread across
                     # the warps it met three barriers per pick. Every copy makes the same picks. The state goes

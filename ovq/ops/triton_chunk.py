@@ -134,6 +134,12 @@ FWD_TWO_PASS = False
 FWD_GRAM_PICKS = True
 
 
+def gram_picks(static: bool, chunk_size: int) -> bool:
+    """Whether the forward's picks read the chunk's Gram matrix (FWD_GRAM_PICKS; VQ never picks; chunks of at most
+    128 tokens, padded to a power of two, where the [L, L] product fits in registers)."""
+    return FWD_GRAM_PICKS and not static and _pow2(chunk_size) <= 128
+
+
 def _slices(bh: int, capacity: int, device: torch.device) -> tuple[int, int]:
     """How many programs share one (batch, head)'s dictionary, forward and backward.
 
@@ -370,7 +376,7 @@ def triton_chunk_scan(qhat, khat, v, beta, state: DictionaryState, *, count_prio
     read, assign = _precisions(input_dtype)
     fwd_slices, bwd_slices = _slices(b * h, capacity, v.device)
     cfg = KernelConfig(chunk, capacity, h, count_prior, static, detach_state, read, assign, fwd_slices, bwd_slices,
-                       FWD_CACHED_OPERANDS, FWD_TWO_PASS, FWD_GRAM_PICKS and not static and _pow2(chunk) <= 128)
+                       FWD_CACHED_OPERANDS, FWD_TWO_PASS, gram_picks(static, chunk))
     beta_h = (beta.reshape(-1).expand(h) if isinstance(beta, torch.Tensor)
               else torch.full((h,), float(beta), device=v.device)).float().contiguous()
     needs_grad = torch.is_grad_enabled() and any(
