@@ -284,6 +284,68 @@ def _refresh_operands(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, crd_ptr, chi_ptr, clo_ptr
 
 
 @triton.jit
+def _picks_from_rows(k, sim_pick, n_new, keys, offs_l, offs_d, dmask, D: tl.constexpr, BL: tl.constexpr):
+    """The chunk's farthest-point picks, each pick's similarities to every key by a key load and a reduction
+    over D (float32). ``sim_pick``: each key's best similarity so far (+inf: never picked). Returns per key
+    its pick order (-1: not picked), its best new centroid's similarity and that centroid's order (the first
+    pick wins ties, as the lowest index does in the op's argmax). No L x L matrix: fits any chunk size."""
+    order = tl.full([BL], -1, tl.int32)
+    new_val = tl.full([BL], float("-inf"), tl.float32)
+    new_ord = tl.zeros([BL], tl.int32)
+    for i in range(0, n_new):
+        j = tl.argmin(tl.where(order >= 0, float("inf"), sim_pick), axis=0, tie_break_left=True)
+        order = tl.where(offs_l == j, i, order)
+        k_j = tl.load(keys + j * D + offs_d, mask=dmask, other=0.0)
+        row_j = tl.sum(k * k_j[None, :], axis=1)
+        sim_pick = tl.maximum(sim_pick, row_j)
+        new_ord = tl.where(row_j > new_val, i, new_ord)
+        new_val = tl.maximum(new_val, row_j)
+    return order, new_val, new_ord
+
+
+@triton.jit
+def _picks_from_gram(k, sim_pick, n_new, g_base, offs_l, BL: tl.constexpr, ASSIGN_PREC: tl.constexpr):
+    """The same picks as ``_picks_from_rows``, reading each pick's similarities from the chunk's Gram matrix:
+    one product at the assignment's precision into this program's scratch (``g_base``: BL + 3 rows of BL),
+    then a row load per pick instead of a key load and a reduction over D.
+
+    The pick state is held REP times over, a copy per warp ([REP, BL], each row of it within one warp), so a
+    pick's argmin is a reduction inside a warp: over [BL] rows spread across the warps it met three barriers
+    per pick. Every copy makes the same picks. The state goes in and out through the scratch rows after the
+    Gram matrix (a barrier each way), which costs fewer barriers than converting it between the layouts."""
+    g_hi, g_lo = _assign_operands(k, ASSIGN_PREC)  # (split again from k: keeping the read's split alive spilled)
+    tl.store(g_base + offs_l[:, None] * BL + offs_l[None, :], _assign_mm(g_hi, g_lo, tl.trans(g_hi),
+                                                                           tl.trans(g_lo), ASSIGN_PREC))
+    REP: tl.constexpr = 8
+    cols = offs_l[None, :]
+    copy0 = tl.arange(0, REP)[:, None] == 0
+    stage = g_base + BL * BL
+    tl.store(stage + offs_l, sim_pick)
+    tl.debug_barrier()  # every thread's rows stored before any is read
+    sim2 = tl.load(stage + tl.zeros([REP, 1], tl.int32) + cols)
+    order2 = tl.full((REP, BL), -1, tl.int32)
+    new_val2 = tl.full((REP, BL), float("-inf"), tl.float32)
+    new_ord2 = tl.zeros((REP, BL), tl.int32)
+    for i in range(0, n_new):
+        j = tl.argmin(tl.where(order2 >= 0, float("inf"), sim2), axis=1, tie_break_left=True)
+        order2 = tl.where(cols == j[:, None], i, order2)
+        row_j = tl.load(g_base + j[:, None] * BL + cols)
+        sim2 = tl.maximum(sim2, row_j)
+        new_ord2 = tl.where(row_j > new_val2, i, new_ord2)
+        new_val2 = tl.maximum(new_val2, row_j)
+    tl.debug_barrier()  # (every copy has read the staged row before copy 0 overwrites it)
+    tl.store(stage + cols + tl.zeros([REP, 1], tl.int32), new_val2, mask=copy0)
+    tl.store(stage + BL + cols + tl.zeros([REP, 1], tl.int32), order2.to(tl.float32, bitcast=True), mask=copy0)
+    tl.store(stage + 2 * BL + cols + tl.zeros([REP, 1], tl.int32), new_ord2.to(tl.float32, bitcast=True),
+             mask=copy0)
+    tl.debug_barrier()
+    new_val = tl.load(stage + offs_l)
+    order = tl.load(stage + BL + offs_l).to(tl.int32, bitcast=True)
+    new_ord = tl.load(stage + 2 * BL + offs_l).to(tl.int32, bitcast=True)
+    return order, new_val, new_ord
+
+
+@triton.jit
 def ovq_fwd_kernel(
     q_ptr, k_ptr, v_ptr, beta_ptr,
     sk_ptr, sv_ptr, cnt_ptr, cb_ptr, sched_ptr,
@@ -294,7 +356,7 @@ def ovq_fwd_kernel(
     D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr,
     BL: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, BN: tl.constexpr, NB: tl.constexpr,
     COUNT_PRIOR: tl.constexpr, STATIC: tl.constexpr, READ_PREC: tl.constexpr, ASSIGN_PREC: tl.constexpr,
-    CACHED: tl.constexpr, TWO_PASS: tl.constexpr, GRAM_PICKS: tl.constexpr,
+    CACHED: tl.constexpr, TWO_PASS: tl.constexpr, GRAM_PICKS: tl.constexpr, GRAM_MIN_PICKS: tl.constexpr,
 ):
     s = tl.program_id(0)
     bh = tl.program_id(1)
@@ -449,64 +511,19 @@ def ovq_fwd_kernel(
         if full & (m + n_new > 0):
             z = best_idx
             if n_new > 0:  # most chunks of a long sequence open none: no picks
-                # Farthest-point picks without an L x L Gram matrix (it would not fit on chip for large L):
-                # each pick's similarities to every key, float32, also give each key's best new centroid
-                # (the first pick wins ties, as the lowest index does in the op's argmax).
-                # With GRAM_PICKS (triton_chunk.FWD_GRAM_PICKS), the chunk's key similarities once, by one product
-                # at the assignment's precision, into this program's scratch rows: a pick then reads its row
-                # instead of loading its key and reducing over D.
-                g_base = gram_ptr + (bh * NB + s) * (BL + 3) * BL
-                if GRAM_PICKS:  # (operands split again from k: keeping the read's k_hi, k_lo alive to here spilled)
-                    g_hi, g_lo = _assign_operands(k, ASSIGN_PREC)
-                    tl.store(g_base + offs_l[:, None] * BL + offs_l[None, :],
-                             _assign_mm(g_hi, g_lo, tl.trans(g_hi), tl.trans(g_lo), ASSIGN_PREC))
-                    tl.debug_barrier()  # every thread's rows stored before any is read
+                # Farthest-point picks. Chunks with many picks read the chunk's Gram matrix (one product); the
+                # rest take a key load and a reduction over D per pick (triton_chunk.FWD_GRAM_PICKS, GRAM_MIN_PICKS)
                 sim_pick = tl.where(in_chunk, best_val, float("inf"))  # padding rows are never picked
+                keys = k_ptr + (bh * T + c * L) * D
                 if GRAM_PICKS:
-                    # The pick state held REP times over, a copy per warp ([REP, BL], each row of it within one
-                    # warp), so each pick's argmin is a reduction inside a warp: over [BL] rows spread across
-                    # the warps it met three barriers per pick. Every copy makes the same picks. The state goes
-                    # in and out through rows of the scratch after the Gram matrix (a barrier each way), which
-                    # costs fewer barriers than converting it between the two layouts.
-                    REP: tl.constexpr = 8
-                    cols = offs_l[None, :]
-                    copy0 = tl.arange(0, REP)[:, None] == 0
-                    stage = g_base + BL * BL
-                    tl.store(stage + offs_l, sim_pick)
-                    tl.debug_barrier()
-                    sim2 = tl.load(stage + tl.zeros([REP, 1], tl.int32) + cols)
-                    order2 = tl.full((REP, BL), -1, tl.int32)
-                    new_val2 = tl.full((REP, BL), float("-inf"), tl.float32)
-                    new_ord2 = tl.zeros((REP, BL), tl.int32)
-                    for i in range(0, n_new):
-                        j = tl.argmin(tl.where(order2 >= 0, float("inf"), sim2), axis=1, tie_break_left=True)
-                        order2 = tl.where(cols == j[:, None], i, order2)
-                        row_j = tl.load(g_base + j[:, None] * BL + cols)
-                        sim2 = tl.maximum(sim2, row_j)
-                        new_ord2 = tl.where(row_j > new_val2, i, new_ord2)
-                        new_val2 = tl.maximum(new_val2, row_j)
-                    tl.debug_barrier()  # (every copy has read the staged row before copy 0 overwrites it)
-                    tl.store(stage + cols + tl.zeros([REP, 1], tl.int32), new_val2, mask=copy0)
-                    tl.store(stage + BL + cols + tl.zeros([REP, 1], tl.int32), order2.to(tl.float32, bitcast=True),
-                             mask=copy0)
-                    tl.store(stage + 2 * BL + cols + tl.zeros([REP, 1], tl.int32),
-                             new_ord2.to(tl.float32, bitcast=True), mask=copy0)
-                    tl.debug_barrier()
-                    new_val = tl.load(stage + offs_l)
-                    order = tl.load(stage + BL + offs_l).to(tl.int32, bitcast=True)
-                    new_ord = tl.load(stage + 2 * BL + offs_l).to(tl.int32, bitcast=True)
+                    if n_new >= GRAM_MIN_PICKS:  # (the product costs more than a few picks save: timed)
+                        order, new_val, new_ord = _picks_from_gram(
+                            k, sim_pick, n_new, gram_ptr + (bh * NB + s) * (BL + 3) * BL, offs_l, BL, ASSIGN_PREC)
+                    else:
+                        order, new_val, new_ord = _picks_from_rows(k, sim_pick, n_new, keys, offs_l, offs_d, dmask,
+                                                                   D, BL)
                 else:
-                    order = tl.full([BL], -1, tl.int32)
-                    new_val = tl.full([BL], float("-inf"), tl.float32)
-                    new_ord = tl.zeros([BL], tl.int32)
-                    for i in range(0, n_new):
-                        j = tl.argmin(tl.where(order >= 0, float("inf"), sim_pick), axis=0, tie_break_left=True)
-                        order = tl.where(offs_l == j, i, order)
-                        k_j = tl.load(k_ptr + (bh * T + c * L + j) * D + offs_d, mask=dmask, other=0.0)
-                        row_j = tl.sum(k * k_j[None, :], axis=1)
-                        sim_pick = tl.maximum(sim_pick, row_j)
-                        new_ord = tl.where(row_j > new_val, i, new_ord)
-                        new_val = tl.maximum(new_val, row_j)
+                    order, new_val, new_ord = _picks_from_rows(k, sim_pick, n_new, keys, offs_l, offs_d, dmask, D, BL)
                 picked = order >= 0
                 z = tl.where(picked, m + order, tl.where(new_val > best_val, m + new_ord, best_idx))
             z = tl.where(in_chunk, z, -1)

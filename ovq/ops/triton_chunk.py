@@ -94,6 +94,7 @@ class KernelConfig:
     cached: bool = False
     two_pass: bool = False
     gram_picks: bool = False
+    gram_min_picks: int = 1
 
 
 # The assignment's similarity precision for 16-bit inputs on the GPU: "bf16x3" (hi/lo bfloat16 split,
@@ -125,12 +126,15 @@ FWD_CACHED_OPERANDS = True
 # loops over the slice instead of one: fewer values live at once (the compiled forward spills registers),
 # and with cached operands the two loops read disjoint buffers. Timed by ovq.bench.kernels; off until faster.
 FWD_TWO_PASS = False
-# The farthest-point picks read each pick's similarities to the chunk's keys from the chunk's Gram matrix, one
-# product per chunk stored in a scratch buffer, instead of a key load and a reduction over D per pick, and keep
-# their state once per warp, so a pick's argmin needs no barrier (the picks were half of the forward's
-# instructions at 4K, 64 per chunk; per pick 159 -> 89 instructions and 3 -> 0 barriers at L = 128 on sm_90,
-# at 188 B of spills). Chunks over 128 tokens always take the per-pick rows (the product does not fit in
-# registers). Not yet timed (session 9): ovq.bench.ops --set FWD_GRAM_PICKS=False times without.
+# The farthest-point picks of a chunk with at least GRAM_MIN_PICKS picks read each pick's similarities to the
+# chunk's keys from the chunk's Gram matrix, one product per chunk stored in a scratch buffer, instead of a key
+# load and a reduction over D per pick, and keep their state once per warp, so a pick's argmin needs no barrier
+# (per pick 159 -> 89 instructions and 3 -> 0 barriers at L = 128 on sm_90). Chunks over 128 tokens always take
+# the per-pick rows (the product does not fit in registers). Timed on an H200 (session 12, D = 64, L = 128,
+# N = 4,096, fwd+bwd) with the product in every chunk with picks: 4K 26.78 ms with it, 28.62 without (64 picks
+# per chunk); 64K 58.09 with, 54.91 without (452 of 512 chunks open fewer than 16 centroids, 2.6 on average).
+FWD_GRAM_PICKS = True
+GRAM_MIN_PICKS = 16
 FWD_GRAM_PICKS = True
 
 
@@ -273,7 +277,8 @@ class ChunkFunction(torch.autograd.Function):
                     o, lse, z, xstat, xacc, xbest, barrier, crd, chi, clo, cmv, cpr, gram,
                     total, n, cfg.num_heads, sched.shape[0], **kw, BN=BLOCK_CENTROIDS, NB=nb,
                     COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, ASSIGN_PREC=cfg.assign_precision,
-                    CACHED=cfg.cached, TWO_PASS=cfg.two_pass, GRAM_PICKS=cfg.gram_picks)
+                    CACHED=cfg.cached, TWO_PASS=cfg.two_pass, GRAM_PICKS=cfg.gram_picks,
+                    GRAM_MIN_PICKS=cfg.gram_min_picks)
         ctx.save_for_backward(qhat, khat, v, beta, o, lse, z, sum_k, sum_v, count, codebook, sched)
         ctx.cfg, ctx.m0 = cfg, m0
         ctx.mark_non_differentiable(count)
@@ -376,7 +381,7 @@ def triton_chunk_scan(qhat, khat, v, beta, state: DictionaryState, *, count_prio
     read, assign = _precisions(input_dtype)
     fwd_slices, bwd_slices = _slices(b * h, capacity, v.device)
     cfg = KernelConfig(chunk, capacity, h, count_prior, static, detach_state, read, assign, fwd_slices, bwd_slices,
-                       FWD_CACHED_OPERANDS, FWD_TWO_PASS, gram_picks(static, chunk))
+                       FWD_CACHED_OPERANDS, FWD_TWO_PASS, gram_picks(static, chunk), GRAM_MIN_PICKS)
     beta_h = (beta.reshape(-1).expand(h) if isinstance(beta, torch.Tensor)
               else torch.full((h,), float(beta), device=v.device)).float().contiguous()
     needs_grad = torch.is_grad_enabled() and any(
