@@ -242,8 +242,8 @@ def compile_all(records, Ls, stages_list, ints, nb_fwd, nb_bwd, ptx_dir, warps_o
                     cx["KB"] = min(cx["BL"], tc.LOCAL_BLOCK)
                 if "NB" in cx:
                     cx["NB"] = nb_fwd if rec["name"] == "fwd" else nb_bwd
-                if "GRAM_PICKS" in cx:  # the launcher's rule at this L (the record's was for its L)
-                    cx["GRAM_PICKS"] = tc.gram_picks(cx["STATIC"], L)
+                if "GRAM_PICKS" in cx:  # the launcher's rule at this L for chunks that open many centroids (as at 4K)
+                    cx["GRAM_PICKS"] = tc.gram_picks(cx["STATIC"], L, [(0, tc.GRAM_MIN_PICKS)])
                 kwargs = dict(cx, num_warps=warps, num_stages=stages, debug=False)
                 binder = create_function_from_signature(kernel.signature, kernel.params, backend)
                 bound, spec, opts = binder(*args, **kwargs)

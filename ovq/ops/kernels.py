@@ -356,7 +356,7 @@ def ovq_fwd_kernel(
     D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr,
     BL: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, BN: tl.constexpr, NB: tl.constexpr,
     COUNT_PRIOR: tl.constexpr, STATIC: tl.constexpr, READ_PREC: tl.constexpr, ASSIGN_PREC: tl.constexpr,
-    CACHED: tl.constexpr, TWO_PASS: tl.constexpr, GRAM_PICKS: tl.constexpr, GRAM_MIN_PICKS: tl.constexpr,
+    CACHED: tl.constexpr, TWO_PASS: tl.constexpr, GRAM_PICKS: tl.constexpr,
 ):
     s = tl.program_id(0)
     bh = tl.program_id(1)
@@ -511,19 +511,15 @@ def ovq_fwd_kernel(
         if full & (m + n_new > 0):
             z = best_idx
             if n_new > 0:  # most chunks of a long sequence open none: no picks
-                # Farthest-point picks. Chunks with many picks read the chunk's Gram matrix (one product); the
-                # rest take a key load and a reduction over D per pick (triton_chunk.FWD_GRAM_PICKS, GRAM_MIN_PICKS)
+                # Farthest-point picks, from the chunk's Gram matrix when the launch's chunks open many centroids
+                # (triton_chunk.gram_picks), else by a key load and a reduction over D per pick
                 sim_pick = tl.where(in_chunk, best_val, float("inf"))  # padding rows are never picked
-                keys = k_ptr + (bh * T + c * L) * D
                 if GRAM_PICKS:
-                    if n_new >= GRAM_MIN_PICKS:  # (the product costs more than a few picks save: timed)
-                        order, new_val, new_ord = _picks_from_gram(
-                            k, sim_pick, n_new, gram_ptr + (bh * NB + s) * (BL + 3) * BL, offs_l, BL, ASSIGN_PREC)
-                    else:
-                        order, new_val, new_ord = _picks_from_rows(k, sim_pick, n_new, keys, offs_l, offs_d, dmask,
-                                                                   D, BL)
+                    order, new_val, new_ord = _picks_from_gram(
+                        k, sim_pick, n_new, gram_ptr + (bh * NB + s) * (BL + 3) * BL, offs_l, BL, ASSIGN_PREC)
                 else:
-                    order, new_val, new_ord = _picks_from_rows(k, sim_pick, n_new, keys, offs_l, offs_d, dmask, D, BL)
+                    order, new_val, new_ord = _picks_from_rows(k, sim_pick, n_new, k_ptr + (bh * T + c * L) * D,
+                                                               offs_l, offs_d, dmask, D, BL)
                 picked = order >= 0
                 z = tl.where(picked, m + order, tl.where(new_val > best_val, m + new_ord, best_idx))
             z = tl.where(in_chunk, z, -1)

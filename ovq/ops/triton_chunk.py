@@ -94,7 +94,6 @@ class KernelConfig:
     cached: bool = False
     two_pass: bool = False
     gram_picks: bool = False
-    gram_min_picks: int = 1
 
 
 # The assignment's similarity precision for 16-bit inputs on the GPU: "bf16x3" (hi/lo bfloat16 split,
@@ -126,22 +125,29 @@ FWD_CACHED_OPERANDS = True
 # loops over the slice instead of one: fewer values live at once (the compiled forward spills registers),
 # and with cached operands the two loops read disjoint buffers. Timed by ovq.bench.kernels; off until faster.
 FWD_TWO_PASS = False
-# The farthest-point picks of a chunk with at least GRAM_MIN_PICKS picks read each pick's similarities to the
-# chunk's keys from the chunk's Gram matrix, one product per chunk stored in a scratch buffer, instead of a key
-# load and a reduction over D per pick, and keep their state once per warp, so a pick's argmin needs no barrier
-# (per pick 159 -> 89 instructions and 3 -> 0 barriers at L = 128 on sm_90). Chunks over 128 tokens always take
-# the per-pick rows (the product does not fit in registers). Timed on an H200 (session 12, D = 64, L = 128,
-# N = 4,096, fwd+bwd) with the product in every chunk with picks: 4K 26.78 ms with it, 28.62 without (64 picks
-# per chunk); 64K 58.09 with, 54.91 without (452 of 512 chunks open fewer than 16 centroids, 2.6 on average).
+# The farthest-point picks read each pick's similarities to the chunk's keys from the chunk's Gram matrix, one
+# product per chunk stored in a scratch buffer, instead of a key load and a reduction over D per pick, and keep
+# their state once per warp, so a pick's argmin needs no barrier (per pick 159 -> 89 instructions and 3 -> 0
+# barriers at L = 128 on sm_90). The product pays only where chunks open many centroids: on an H200 (session 12,
+# D = 64, L = 128, N = 4,096, fwd+bwd) 4K took 26.78 ms with it and 28.62 without (64 picks per chunk), 64K
+# 58.09 with and 54.91 without (8.5 per chunk that picks); the choice made per chunk inside one kernel, at 16,
+# was 27.14 and 56.35 (the kernel holding both ways is slower). So it is chosen per launch, by gram_picks.
 FWD_GRAM_PICKS = True
+# The fewest centroids per chunk that opens any, on average over a launch, for which the picks read the Gram
+# matrix: between the measured 8.5 (slower with it) and 64 (faster), near the break-even those two timings give
+# (a product costs ~17 picks' worth).
 GRAM_MIN_PICKS = 16
-FWD_GRAM_PICKS = True
 
 
-def gram_picks(static: bool, chunk_size: int) -> bool:
-    """Whether the forward's picks read the chunk's Gram matrix (FWD_GRAM_PICKS; VQ never picks; chunks of at most
-    128 tokens, padded to a power of two, where the [L, L] product fits in registers)."""
-    return FWD_GRAM_PICKS and not static and _pow2(chunk_size) <= 128
+def gram_picks(static: bool, chunk_size: int, sched_rows) -> bool:
+    """Whether the forward's picks read the chunk's Gram matrix: FWD_GRAM_PICKS, not VQ (it never picks), chunks of
+    at most 128 tokens padded to a power of two (the [L, L] product fits in registers), and the launch's chunks
+    that open centroids open at least GRAM_MIN_PICKS of them on average. ``sched_rows``: (active, opened) per
+    chunk, as ``_schedule`` gives them."""
+    if not FWD_GRAM_PICKS or static or _pow2(chunk_size) > 128:
+        return False
+    opened = [n for _, n in sched_rows if n > 0]
+    return bool(opened) and sum(opened) >= GRAM_MIN_PICKS * len(opened)
 
 
 def _slices(bh: int, capacity: int, device: torch.device) -> tuple[int, int]:
@@ -277,8 +283,7 @@ class ChunkFunction(torch.autograd.Function):
                     o, lse, z, xstat, xacc, xbest, barrier, crd, chi, clo, cmv, cpr, gram,
                     total, n, cfg.num_heads, sched.shape[0], **kw, BN=BLOCK_CENTROIDS, NB=nb,
                     COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, ASSIGN_PREC=cfg.assign_precision,
-                    CACHED=cfg.cached, TWO_PASS=cfg.two_pass, GRAM_PICKS=cfg.gram_picks,
-                    GRAM_MIN_PICKS=cfg.gram_min_picks)
+                    CACHED=cfg.cached, TWO_PASS=cfg.two_pass, GRAM_PICKS=cfg.gram_picks)
         ctx.save_for_backward(qhat, khat, v, beta, o, lse, z, sum_k, sum_v, count, codebook, sched)
         ctx.cfg, ctx.m0 = cfg, m0
         ctx.mark_non_differentiable(count)
@@ -381,7 +386,7 @@ def triton_chunk_scan(qhat, khat, v, beta, state: DictionaryState, *, count_prio
     read, assign = _precisions(input_dtype)
     fwd_slices, bwd_slices = _slices(b * h, capacity, v.device)
     cfg = KernelConfig(chunk, capacity, h, count_prior, static, detach_state, read, assign, fwd_slices, bwd_slices,
-                       FWD_CACHED_OPERANDS, FWD_TWO_PASS, gram_picks(static, chunk), GRAM_MIN_PICKS)
+                       FWD_CACHED_OPERANDS, FWD_TWO_PASS, gram_picks(static, chunk, rows))
     beta_h = (beta.reshape(-1).expand(h) if isinstance(beta, torch.Tensor)
               else torch.full((h,), float(beta), device=v.device)).float().contiguous()
     needs_grad = torch.is_grad_enabled() and any(

@@ -17,15 +17,18 @@ pytest.importorskip("triton")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@pytest.fixture(autouse=True, params=[(False, False), (True, False), (True, True)],
-                ids=["sums", "cached-operands", "cached-two-pass"])
+@pytest.fixture(autouse=True, params=[(False, False, 1), (True, False, 16), (True, True, 16)],
+                ids=["sums-gram", "cached-operands", "cached-two-pass"])
 def forward_variant(request, monkeypatch):
     """Every test runs with each forward: operands computed from the sums in every chunk, or kept in side
     buffers refreshed for the slots a chunk changes (``FWD_CACHED_OPERANDS``), and that with the read and
-    the write's similarities in two loops (``FWD_TWO_PASS``)."""
+    the write's similarities in two loops (``FWD_TWO_PASS``). The first reads the picks' similarities from the
+    chunk's Gram matrix wherever a chunk picks (``GRAM_MIN_PICKS`` = 1); the others take them per pick, as the
+    launcher does where chunks open few centroids (these small cases open fewer than the default 16)."""
     import ovq.ops.triton_chunk as tc
     monkeypatch.setattr(tc, "FWD_CACHED_OPERANDS", request.param[0])
     monkeypatch.setattr(tc, "FWD_TWO_PASS", request.param[1])
+    monkeypatch.setattr(tc, "GRAM_MIN_PICKS", request.param[2])
     return request.param
 
 
@@ -82,24 +85,26 @@ def test_small_centroid_blocks(case, monkeypatch):
 
 
 @pytest.mark.parametrize("case", [CASES[0], CASES[3]], ids=lambda c: f"T{c[0]}-L{c[1]}-N{c[2]}-{c[5]}")
-def test_picks_from_per_pick_rows(case, monkeypatch):
-    """The picks' similarities computed per pick (a key load and a reduction over D), as for chunks over 128
-    tokens, instead of from the chunk's Gram matrix (FWD_GRAM_PICKS, the default for smaller chunks with many
-    picks)."""
+def test_picks_from_gram_matrix(case, monkeypatch):
+    """The picks from the chunk's Gram matrix, which the launcher chooses where chunks open many centroids, with
+    the cached operands too (the fixture's other variants take the picks per pick)."""
     import ovq.ops.triton_chunk as tc
-    monkeypatch.setattr(tc, "FWD_GRAM_PICKS", False)
-    _kernels_match_torch(case, seed=case[0] + 2)
-
-
-@pytest.mark.parametrize("min_picks", [1, 4])
-@pytest.mark.parametrize("case", [CASES[0], CASES[3]], ids=lambda c: f"T{c[0]}-L{c[1]}-N{c[2]}-{c[5]}")
-def test_picks_from_gram_matrix(case, min_picks, monkeypatch):
-    """The picks from the chunk's Gram matrix in chunks with at least GRAM_MIN_PICKS picks (the default, 16, is
-    more than these small chunks open): with 1 every chunk with picks reads it; with 4 CASES[0] mixes both ways
-    in one launch (chunks opening 9, 4, 3 and 1 centroids)."""
-    import ovq.ops.triton_chunk as tc
-    monkeypatch.setattr(tc, "GRAM_MIN_PICKS", min_picks)
+    monkeypatch.setattr(tc, "GRAM_MIN_PICKS", 1)
     _kernels_match_torch(case, seed=case[0] + 3)
+
+
+def test_gram_picks_rule(monkeypatch):
+    """The launch reads the Gram matrix where its picking chunks open GRAM_MIN_PICKS centroids on average,
+    never for VQ or chunks over 128 tokens."""
+    import ovq.ops.triton_chunk as tc
+    monkeypatch.setattr(tc, "GRAM_MIN_PICKS", 16)
+    many, few = [(0, 124), (124, 40), (164, 0)], [(0, 20), (20, 10), (30, 2), (32, 0)]
+    assert tc.gram_picks(False, 128, many) and not tc.gram_picks(False, 128, few)
+    assert tc.gram_picks(False, 100, many)  # padded to 128
+    assert not tc.gram_picks(True, 128, many) and not tc.gram_picks(False, 256, many)
+    assert not tc.gram_picks(False, 128, [(0, 0), (0, 0)])  # nothing opens
+    monkeypatch.setattr(tc, "FWD_GRAM_PICKS", False)
+    assert not tc.gram_picks(False, 128, many)
 
 
 @pytest.mark.parametrize("growth", ["saturating", "linear"])
