@@ -647,6 +647,16 @@ def ovq_bwd_local_kernel(
 
 
 @triton.jit
+def _load_rows(ptr, rows, offs, W: tl.constexpr, BW: tl.constexpr):
+    """Rows ``rows`` [R, BW] of a row-major buffer of width W, unmasked but for the columns past W (zeros)."""
+    addr = ptr + rows[:, None] * W + offs[None, :]
+    if W == BW:
+        return tl.load(addr, cache_modifier=".cg")
+    else:
+        return tl.load(addr, mask=(offs < W)[None, :], other=0.0, cache_modifier=".cg")
+
+
+@triton.jit
 def ovq_bwd_dict_kernel(
     q_ptr, k_ptr, v_ptr, beta_ptr, do_ptr, lse_ptr, delta_ptr, z_ptr, sched_ptr,
     sk_ptr, sv_ptr, cnt_ptr, cb_ptr, gk_ptr, gv_ptr, off_ptr,
@@ -675,15 +685,21 @@ def ovq_bwd_dict_kernel(
     dmask = offs_d < D
     dvmask = offs_dv < DV
     in_chunk = offs_l < L
-    s_base = bh * N
-    cb_base = h * N * D
+    s_base = bh * N  # row offset of this bh's gradients (gk, gv)
+    # ... and of its scratch sums, counts and offset rows (and codes), padded so that every slice holds whole
+    # blocks: the padded rows read as empty slots (zero sums, count 0, -inf offsets), so the block loop loads
+    # whole blocks without masks
+    NP = tl.cdiv(N, NB * BN) * NB * BN
+    p_base = bh * NP
+    cb_base = h * NP * D
     ones_w = _ones_for_offsets(BL, READ_PREC)
+    offs_w = tl.arange(0, OFFW)
     # each slot's offset row (log2 count with the prior; -inf when empty), stored when a count changes rather
     # than taken per block
     for r0 in range(0, _slots_in_slice(N, s, NB), BN):
         n = s + NB * (r0 + offs_n)
-        cnt = tl.load(cnt_ptr + s_base + n, mask=n < N, other=0.0)
-        _store_offset_rows(off_ptr, s_base + n, cnt, n < N, COUNT_PRIOR, READ_PREC)
+        cnt = tl.load(cnt_ptr + p_base + n, mask=n < N, other=0.0)
+        _store_offset_rows(off_ptr, p_base + n, cnt, n < N, COUNT_PRIOR, READ_PREC)
     tl.debug_barrier()
     dbeta = tl.zeros([BL], tl.float32)
     for cc in range(0, C):
@@ -709,15 +725,15 @@ def ovq_bwd_dict_kernel(
                          other=0.0, cache_modifier=".cg")
             tl.store(dv_ptr + v_off, gv, mask=own[:, None] & dvmask[None, :])
         if not STATIC:
-            tl.atomic_add(sk_ptr + (s_base + zs)[:, None] * D + offs_d[None, :], -k, mask=own[:, None] & dmask[None, :],
+            tl.atomic_add(sk_ptr + (p_base + zs)[:, None] * D + offs_d[None, :], -k, mask=own[:, None] & dmask[None, :],
                           sem="relaxed")
-        tl.atomic_add(sv_ptr + (s_base + zs)[:, None] * DV + offs_dv[None, :], -v, mask=own[:, None] & dvmask[None, :],
+        tl.atomic_add(sv_ptr + (p_base + zs)[:, None] * DV + offs_dv[None, :], -v, mask=own[:, None] & dvmask[None, :],
                       sem="relaxed")
-        tl.atomic_add(cnt_ptr + s_base + zs, tl.full([BL], -1.0, tl.float32), mask=own, sem="relaxed")
+        tl.atomic_add(cnt_ptr + p_base + zs, tl.full([BL], -1.0, tl.float32), mask=own, sem="relaxed")
         tl.debug_barrier()
         # the rewound slots' offset rows (a slot hit twice is written twice, alike; one rewound to empty reads -inf)
-        cnt_z = tl.load(cnt_ptr + s_base + zs, mask=own, other=0.0, cache_modifier=".cg")
-        _store_offset_rows(off_ptr, s_base + zs, cnt_z, own, COUNT_PRIOR, READ_PREC)
+        cnt_z = tl.load(cnt_ptr + p_base + zs, mask=own, other=0.0, cache_modifier=".cg")
+        _store_offset_rows(off_ptr, p_base + zs, cnt_z, own, COUNT_PRIOR, READ_PREC)
         tl.debug_barrier()
 
         # (2) the gradient of this chunk's reads of its dictionary.
@@ -731,14 +747,22 @@ def ovq_bwd_dict_kernel(
         do_op = _operand(do, READ_PREC)
         dq = tl.zeros([BL, BD], tl.float32)  # sum of ds @ mu over the blocks: beta and dbeta come after the loop
         for r0 in range(0, m_loc, BN):
-            r = r0 + offs_n
-            nmask = r < m_loc
-            n = s + NB * r
-            mu, muv, cnt, inv = _load_centroids(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, s_base, cb_base, n, nmask,
-                                                offs_d, dmask, offs_dv, dvmask, D, DV, STATIC)
-            readable = nmask & (cnt > 0.5)
+            n = s + NB * (r0 + offs_n)
+            # whole blocks, unmasked: a slot past the ones this chunk read (opened later: rewound to count 0) or
+            # past N (padding) has a -inf offset row, so p = 0 there, and count 0, so no gradient is added
+            cnt = tl.load(cnt_ptr + p_base + n, cache_modifier=".cg")
+            if STATIC:
+                mu = _load_rows(cb_ptr + cb_base, n, offs_d, D, BD)
+                inv = tl.full(n.shape, 1.0, tl.float32)
+            else:
+                sk = _load_rows(sk_ptr, p_base + n, offs_d, D, BD)
+                inv = 1.0 / tl.maximum(tl.sqrt(tl.sum(sk * sk, axis=1)), EPS)
+                mu = sk * inv[:, None]
+            muv = _load_rows(sv_ptr, p_base + n, offs_dv, DV, BDV) * (1.0 / tl.maximum(cnt, 1.0))[:, None]
+            readable = cnt > 0.5
             mu_op = _operand(mu, READ_PREC)
-            logits = _logits_with_offsets(q_op, mu_op, off_ptr, s_base + n, nmask, ones_w, READ_PREC)
+            off_rows = tl.load(off_ptr + (p_base + n)[:, None] * OFFW + offs_w[None, :], cache_modifier=".cg")
+            logits = _mm_acc(q_op, tl.trans(mu_op), _mm(ones_w, tl.trans(off_rows), READ_PREC), READ_PREC)
             p = tl.exp2(logits - lse2[:, None])  # 0 for empty slots (-inf offsets) and rows past the sequence
             dp = _mm(do_op, tl.trans(_operand(muv, READ_PREC)), READ_PREC)
             ds = p * (dp - delta[:, None])

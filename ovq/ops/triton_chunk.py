@@ -319,10 +319,15 @@ def _backward(saved, cfg: KernelConfig, m0: int, do, d_sum_k, d_sum_v) -> tuple:
     dq_dict, dk_dict, dv_dict = (torch.zeros_like(x) for x in (qhat, khat, v))
     dbeta_dict = torch.zeros(bh, nb, device=v.device, dtype=torch.float32)
     if total > 0:
+        # scratch the reverse scan rewinds, with rows padded to whole blocks in every slice: empty slots there
+        padded = math.ceil(n / (nb * BLOCK_CENTROIDS)) * nb * BLOCK_CENTROIDS
+        pad = lambda x: F.pad(x, (0, 0) * (x.dim() - 2) + (0, padded - n))  # noqa: E731 - rows are dim 1
+        offset_rows = torch.zeros(bh, padded, OFFW.value, device=v.device, dtype=_read_dtype(cfg))
+        offset_rows[..., 0] = float("-inf")  # (the kernel stores the rows of slots < N from their counts)
         _launch("bwd_dict", ovq_bwd_dict_kernel, (nb, bh), cfg.chunk_size, d, dv,
                 qhat, khat, v, beta, do, lse, delta, z, sched,
-                sum_k.clone(), sum_v.clone(), count.clone(), codebook if cfg.static else sum_k, g_k, g_v,
-                torch.empty(*count.shape, OFFW.value, device=v.device, dtype=_read_dtype(cfg)),  # offset rows
+                pad(sum_k) if not cfg.static else sum_k, pad(sum_v), pad(count),
+                pad(codebook.view(cfg.num_heads, n, d)) if cfg.static else sum_k, g_k, g_v, offset_rows,
                 dq_dict, dk_dict, dv_dict, dbeta_dict, total, n, cfg.num_heads, chunks,
                 BN=BLOCK_CENTROIDS, NB=nb, COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, DETACH=cfg.detach, **kw)
     dbeta = (dbeta_local.sum(-1) + dbeta_dict.sum(-1)).view(-1, cfg.num_heads).sum(0)
