@@ -701,7 +701,7 @@ def ovq_bwd_dict_kernel(
         cnt = tl.load(cnt_ptr + p_base + n, mask=n < N, other=0.0)
         _store_offset_rows(off_ptr, p_base + n, cnt, n < N, COUNT_PRIOR, READ_PREC)
     tl.debug_barrier()
-    dbeta = tl.zeros([BL], tl.float32)
+    dbeta = 0.0  # a scalar: a [BL] accumulator fixed the reduction's layout (two [BL, BD] conversions a chunk)
     for cc in range(0, C):
         c = C - 1 - cc
         t = c * L + offs_l
@@ -783,7 +783,7 @@ def ovq_bwd_dict_kernel(
             # sum over slots of ds * (q . mu) = q . (sum of ds mu): dbeta without the per-block product's raw
             # logits (q reloaded: keeping the float32 q live through the loop costs registers)
             q = tl.load(q_ptr + qk_off, mask=tmask[:, None] & dmask[None, :], other=0.0)
-            dbeta += tl.sum(q * dq, axis=1)
+            dbeta += tl.sum(q * dq)
             tl.atomic_add(dq_ptr + qk_off, beta * dq, mask=tmask[:, None] & dmask[None, :], sem="relaxed")
         tl.debug_barrier()
-    tl.store(dbeta_ptr + bh * NB + s, tl.sum(dbeta, axis=0))
+    tl.store(dbeta_ptr + bh * NB + s, dbeta)
