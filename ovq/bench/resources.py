@@ -242,6 +242,8 @@ def compile_all(records, Ls, stages_list, ints, nb_fwd, nb_bwd, ptx_dir, warps_o
                     cx["KB"] = min(cx["BL"], tc.LOCAL_BLOCK)
                 if "NB" in cx:
                     cx["NB"] = nb_fwd if rec["name"] == "fwd" else nb_bwd
+                if "MERGE_ROWS" in cx:
+                    cx["MERGE_ROWS"] = tc.merge_rows(cx["BL"], cx["NB"])
                 if "GRAM_PICKS" in cx:  # the launcher's rule at this L for chunks that open many centroids (as at 4K)
                     cx["GRAM_PICKS"] = tc.gram_picks(cx["STATIC"], L, [(0, tc.GRAM_MIN_PICKS)])
                 kwargs = dict(cx, num_warps=warps, num_stages=stages, debug=False)

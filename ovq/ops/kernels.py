@@ -346,6 +346,27 @@ def _picks_from_gram(k, sim_pick, n_new, g_base, offs_l, BL: tl.constexpr, ASSIG
 
 
 @triton.jit
+def _finish_rows(o_ptr, lse_ptr, bh, T, c, L: tl.constexpr, rows, row_max, row_sum, acc, offs_dv, dvmask,
+                 DV: tl.constexpr):
+    """Rows ``rows`` of chunk c's output: their read of the dictionary (online-softmax state, base 2) merged
+    with the chunk's causal attention to its own keys, which ovq_fwd_local_kernel computed beforehand, in
+    parallel over chunks (normalized output in o, base-2 lse in lse; every row has at least its own key).
+    Stores the rows' output and natural-log lse."""
+    t = c * L + rows
+    tmask = (rows < L) & (t < T)
+    v_off = (bh * T + t)[:, None] * DV + offs_dv[None, :]
+    o_loc = tl.load(o_ptr + v_off, mask=tmask[:, None] & dvmask[None, :], other=0.0)
+    lse_loc = tl.load(lse_ptr + bh * T + t, mask=tmask, other=0.0)
+    new_max = tl.maximum(row_max, lse_loc)
+    a_self = tl.exp2(row_max - new_max)  # 0 for a row the dictionary did not reach (-inf)
+    a_loc = tl.exp2(lse_loc - new_max)
+    row_sum = row_sum * a_self + a_loc
+    acc = acc * a_self[:, None] + o_loc * a_loc[:, None]
+    tl.store(o_ptr + v_off, acc / row_sum[:, None], mask=tmask[:, None] & dvmask[None, :])
+    tl.store(lse_ptr + bh * T + t, (new_max + tl.log2(row_sum)) * LN2, mask=tmask)
+
+
+@triton.jit
 def ovq_fwd_kernel(
     q_ptr, k_ptr, v_ptr, beta_ptr,
     sk_ptr, sv_ptr, cnt_ptr, cb_ptr, sched_ptr,
@@ -356,7 +377,7 @@ def ovq_fwd_kernel(
     D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr,
     BL: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, BN: tl.constexpr, NB: tl.constexpr,
     COUNT_PRIOR: tl.constexpr, STATIC: tl.constexpr, READ_PREC: tl.constexpr, ASSIGN_PREC: tl.constexpr,
-    CACHED: tl.constexpr, TWO_PASS: tl.constexpr, GRAM_PICKS: tl.constexpr,
+    CACHED: tl.constexpr, TWO_PASS: tl.constexpr, GRAM_PICKS: tl.constexpr, MERGE_ROWS: tl.constexpr,
 ):
     s = tl.program_id(0)
     bh = tl.program_id(1)
@@ -463,7 +484,7 @@ def ovq_fwd_kernel(
                     sim = _direct_sim(k_hi, k_lo, mu, ASSIGN_PREC)
                 best_val, best_idx = _track_best(sim, nmask, r0, s, NB, best_val, best_idx)
 
-        writer = s == (c % NB)  # the program that merges the reads and writes o for this chunk
+        writer = s == (c % NB)  # the program that writes z and resets an exchange buffer for this chunk
         if NB > 1:
             slot = ((bh * 2 + c % 2) * NB + s) * BL + offs_l
             tl.store(xstat_ptr + slot * 2, row_max)
@@ -481,27 +502,9 @@ def ovq_fwd_kernel(
             while arrived < NB * (c + 1):
                 arrived = tl.atomic_add(bar_ptr + bh, 0, sem="acq_rel", scope="gpu")
             best_val, best_idx = _unpack_best(tl.load(xbest_ptr + best_row, cache_modifier=".cg"))
-            # the writer merges every slice's stored partial read, its own included; the others' partials are
-            # dead from here, and reset in every program (a constant in any layout: carrying them into the
-            # branch's join instead converted the [BL, BDV] accumulator with 12 barriers, sm_90 at L = 128)
-            row_max = tl.full([BL], float("-inf"), tl.float32)
-            row_sum = tl.zeros([BL], tl.float32)
-            acc = tl.zeros([BL, BDV], tl.float32)
             if writer:
                 tl.store(xbest_ptr + (bh * 3 + (c + 2) % 3) * BL + offs_l,
                          tl.full([BL], -9223372036854775808, tl.int64))
-                for j in range(0, NB):
-                    other = ((bh * 2 + c % 2) * NB + j) * BL + offs_l
-                    j_max = tl.load(xstat_ptr + other * 2, cache_modifier=".cg")
-                    j_sum = tl.load(xstat_ptr + other * 2 + 1, cache_modifier=".cg")
-                    j_acc = tl.load(xacc_ptr + other[:, None] * BDV + offs_dv[None, :], cache_modifier=".cg")
-                    new_max = tl.maximum(row_max, j_max)
-                    safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)
-                    a_self = tl.exp2(row_max - safe_max)
-                    a_j = tl.exp2(j_max - safe_max)
-                    row_sum = row_sum * a_self + j_sum * a_j
-                    acc = acc * a_self[:, None] + j_acc * a_j[:, None]
-                    row_max = new_max
 
         # ---- the write's decisions: farthest-point picks, then argmax over old and new centroids ----
         z = tl.full([BL], -1, tl.int32)
@@ -532,6 +535,8 @@ def ovq_fwd_kernel(
             tl.atomic_add(sv_ptr + (s_base + zs)[:, None] * DV + offs_dv[None, :], v,
                           mask=own[:, None] & dvmask[None, :], sem="relaxed")
             tl.atomic_add(cnt_ptr + s_base + zs, tl.full([BL], 1.0, tl.float32), mask=own, sem="relaxed")
+        if writer:  # (stored here, z is not live through the output's merge)
+            tl.store(z_ptr + bh * T + t, z, mask=tmask)
         tl.debug_barrier()
         if CACHED:  # the slots this chunk changed get fresh operands (a slot hit twice is written twice, alike)
             _refresh_operands(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, crd_ptr, chi_ptr, clo_ptr, cmv_ptr, cpr_ptr, s_base,
@@ -539,20 +544,31 @@ def ovq_fwd_kernel(
                               STATIC, READ_PREC, ASSIGN_PREC)
             tl.debug_barrier()
 
-        if writer:
-            # Merge with the chunk's causal attention to its own keys, which ovq_fwd_local_kernel computed
-            # beforehand, in parallel over chunks (done here, it held the other slices at the next barrier):
-            # its normalized output is in o, its base-2 lse in lse. Every row has at least its own key.
-            o_loc = tl.load(o_ptr + v_off, mask=tmask[:, None] & dvmask[None, :], other=0.0)
-            lse_loc = tl.load(lse_ptr + bh * T + t, mask=tmask, other=0.0)
-            new_max = tl.maximum(row_max, lse_loc)
-            a_self = tl.exp2(row_max - new_max)  # 0 for a row the dictionary did not reach (-inf)
-            a_loc = tl.exp2(lse_loc - new_max)
-            row_sum = row_sum * a_self + a_loc
-            acc = acc * a_self[:, None] + o_loc * a_loc[:, None]
-            tl.store(o_ptr + v_off, acc / row_sum[:, None], mask=tmask[:, None] & dvmask[None, :])
-            tl.store(lse_ptr + bh * T + t, (new_max + tl.log2(row_sum)) * LN2, mask=tmask)
-            tl.store(z_ptr + bh * T + t, z, mask=tmask)
+        # ---- the chunk's output: the dictionary's read merged with the chunk's attention to its own keys ----
+        if NB > 1:
+            # Every slice merges the NB stored partial reads for its share of the rows (MERGE_ROWS each), so no
+            # program carries the whole merge (NB loads of [BL, BDV]) into the next chunk's barrier.
+            rows = s * MERGE_ROWS + tl.arange(0, MERGE_ROWS)
+            rmask = rows < BL
+            m_rows = tl.full([MERGE_ROWS], float("-inf"), tl.float32)
+            sum_rows = tl.zeros([MERGE_ROWS], tl.float32)
+            acc_rows = tl.zeros([MERGE_ROWS, BDV], tl.float32)
+            for j in range(0, NB):
+                other = ((bh * 2 + c % 2) * NB + j) * BL + rows
+                j_max = tl.load(xstat_ptr + other * 2, mask=rmask, other=float("-inf"), cache_modifier=".cg")
+                j_sum = tl.load(xstat_ptr + other * 2 + 1, mask=rmask, other=0.0, cache_modifier=".cg")
+                j_acc = tl.load(xacc_ptr + other[:, None] * BDV + offs_dv[None, :], mask=rmask[:, None], other=0.0,
+                                cache_modifier=".cg")
+                new_max = tl.maximum(m_rows, j_max)
+                safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)
+                a_self = tl.exp2(m_rows - safe_max)
+                a_j = tl.exp2(j_max - safe_max)
+                sum_rows = sum_rows * a_self + j_sum * a_j
+                acc_rows = acc_rows * a_self[:, None] + j_acc * a_j[:, None]
+                m_rows = new_max
+            _finish_rows(o_ptr, lse_ptr, bh, T, c, L, rows, m_rows, sum_rows, acc_rows, offs_dv, dvmask, DV)
+        else:
+            _finish_rows(o_ptr, lse_ptr, bh, T, c, L, offs_l, row_max, row_sum, acc, offs_dv, dvmask, DV)
 
 
 @triton.jit

@@ -150,6 +150,12 @@ def gram_picks(static: bool, chunk_size: int, sched_rows) -> bool:
     return bool(opened) and sum(opened) >= GRAM_MIN_PICKS * len(opened)
 
 
+def merge_rows(block_l: int, slices: int) -> int:
+    """How many of a chunk's rows each forward slice merges into the output (all of them with one slice): the
+    NB slices' shares, a power of two each, cover the chunk's BL rows."""
+    return 1 << max(0, math.ceil(block_l / slices) - 1).bit_length()
+
+
 def _slices(bh: int, capacity: int, device: torch.device) -> tuple[int, int]:
     """How many programs share one (batch, head)'s dictionary, forward and backward.
 
@@ -283,7 +289,7 @@ class ChunkFunction(torch.autograd.Function):
                     o, lse, z, xstat, xacc, xbest, barrier, crd, chi, clo, cmv, cpr, gram,
                     total, n, cfg.num_heads, sched.shape[0], **kw, BN=BLOCK_CENTROIDS, NB=nb,
                     COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, ASSIGN_PREC=cfg.assign_precision,
-                    CACHED=cfg.cached, TWO_PASS=cfg.two_pass, GRAM_PICKS=cfg.gram_picks)
+                    CACHED=cfg.cached, TWO_PASS=cfg.two_pass, GRAM_PICKS=cfg.gram_picks, MERGE_ROWS=merge_rows(bl, nb))
         ctx.save_for_backward(qhat, khat, v, beta, o, lse, z, sum_k, sum_v, count, codebook, sched)
         ctx.cfg, ctx.m0 = cfg, m0
         ctx.mark_non_differentiable(count)
