@@ -111,6 +111,20 @@ def _slots_in_slice(m, s, NB: tl.constexpr):
 
 
 @triton.jit
+def _unit_rows(sk):
+    """Unit directions of key sums [R, BD] (rows of zeros stay zero) and each row's 1/||sum_k||."""
+    inv = 1.0 / tl.maximum(tl.sqrt(tl.sum(sk * sk, axis=1)), EPS)
+    return sk * inv[:, None], inv
+
+
+@triton.jit
+def _padded_rows(N, NB: tl.constexpr, BN: tl.constexpr):
+    """Rows per bh of a buffer padded so that each of the NB slices holds whole blocks of BN slots
+    (``triton_chunk.padded_capacity`` on the host)."""
+    return tl.cdiv(N, NB * BN) * NB * BN
+
+
+@triton.jit
 def _load_directions(sk_ptr, cb_ptr, s_base, cb_base, n, nmask, offs_d, dmask, D: tl.constexpr, STATIC: tl.constexpr):
     """Unit key directions of the slots ``n`` (codes, or normalized key sums) and 1/||sum_k|| (1 for codes)."""
     if STATIC:
@@ -120,8 +134,7 @@ def _load_directions(sk_ptr, cb_ptr, s_base, cb_base, n, nmask, offs_d, dmask, D
     else:
         sk = tl.load(sk_ptr + s_base * D + n[:, None] * D + offs_d[None, :], mask=nmask[:, None] & dmask[None, :],
                      other=0.0, cache_modifier=".cg")
-        inv = 1.0 / tl.maximum(tl.sqrt(tl.sum(sk * sk, axis=1)), EPS)
-        mu = sk * inv[:, None]
+        mu, inv = _unit_rows(sk)
     return mu, inv
 
 
@@ -393,7 +406,7 @@ def ovq_fwd_kernel(
     s_base = bh * N  # row offset of this bh's dictionary
     # ... and of its cached operands, whose rows are padded so that every slice holds whole blocks (the rows
     # past the active slots read as unopened: zeros, and -inf in both halves of their offset rows)
-    c_base = bh * (tl.cdiv(N, NB * BN) * NB * BN)
+    c_base = bh * _padded_rows(N, NB, BN)
     cb_base = h * N * D
     ones_w = _ones_for_offsets(BL, READ_PREC)
     offs_w = tl.arange(0, OFFW)
@@ -705,9 +718,8 @@ def ovq_bwd_dict_kernel(
     # ... and of its scratch sums, counts and offset rows (and codes), padded so that every slice holds whole
     # blocks: the padded rows read as empty slots (zero sums, count 0, -inf offsets), so the block loop loads
     # whole blocks without masks
-    NP = tl.cdiv(N, NB * BN) * NB * BN
-    p_base = bh * NP
-    cb_base = h * NP * D
+    p_base = bh * _padded_rows(N, NB, BN)
+    cb_base = h * _padded_rows(N, NB, BN) * D
     ones_w = _ones_for_offsets(BL, READ_PREC)
     offs_w = tl.arange(0, OFFW)
     # each slot's offset row (log2 count with the prior; -inf when empty), stored when a count changes rather
@@ -771,9 +783,7 @@ def ovq_bwd_dict_kernel(
                 mu = _load_rows(cb_ptr + cb_base, n, offs_d, D, BD)
                 inv = tl.full(n.shape, 1.0, tl.float32)
             else:
-                sk = _load_rows(sk_ptr, p_base + n, offs_d, D, BD)
-                inv = 1.0 / tl.maximum(tl.sqrt(tl.sum(sk * sk, axis=1)), EPS)
-                mu = sk * inv[:, None]
+                mu, inv = _unit_rows(_load_rows(sk_ptr, p_base + n, offs_d, D, BD))
             muv = _load_rows(sv_ptr, p_base + n, offs_dv, DV, BDV) * (1.0 / tl.maximum(cnt, 1.0))[:, None]
             readable = cnt > 0.5
             mu_op = _operand(mu, READ_PREC)

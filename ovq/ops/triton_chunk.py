@@ -150,6 +150,13 @@ def gram_picks(static: bool, chunk_size: int, sched_rows) -> bool:
     return bool(opened) and sum(opened) >= GRAM_MIN_PICKS * len(opened)
 
 
+def padded_capacity(capacity: int, slices: int) -> int:
+    """Rows per bh of the kernels' per-slot buffers padded so that each slice holds whole blocks of
+    BLOCK_CENTROIDS slots (the kernels compute the same, ``kernels._padded_rows``), so that blocks are read
+    whole, without masks; the padded rows hold empty slots."""
+    return math.ceil(capacity / (slices * BLOCK_CENTROIDS)) * slices * BLOCK_CENTROIDS
+
+
 def merge_rows(block_l: int, slices: int) -> int:
     """How many of a chunk's rows each forward slice merges into the output (all of them with one slice): the
     NB slices' shares, a power of two each, cover the chunk's BL rows."""
@@ -243,8 +250,7 @@ def _operand_buffers(cfg: KernelConfig, bh: int, bd: int, bdv: int, device) -> t
         return unused, unused, unused, unused, unused
     read = _read_dtype(cfg)
     split = cfg.assign_precision == "bf16x3"
-    per_round = cfg.fwd_slices * BLOCK_CENTROIDS
-    n = -(-cfg.capacity // per_round) * per_round
+    n = padded_capacity(cfg.capacity, cfg.fwd_slices)
     assign = torch.zeros(bh, n, bd, device=device, dtype=torch.bfloat16 if split else torch.float32)
     low = torch.zeros_like(assign) if split else torch.zeros(1, device=device, dtype=torch.float32)
     offsets = torch.zeros(bh, n, 2 * OFFW.value, device=device, dtype=read)
@@ -326,7 +332,7 @@ def _backward(saved, cfg: KernelConfig, m0: int, do, d_sum_k, d_sum_v) -> tuple:
     dbeta_dict = torch.zeros(bh, nb, device=v.device, dtype=torch.float32)
     if total > 0:
         # scratch the reverse scan rewinds, with rows padded to whole blocks in every slice: empty slots there
-        padded = math.ceil(n / (nb * BLOCK_CENTROIDS)) * nb * BLOCK_CENTROIDS
+        padded = padded_capacity(n, nb)
         pad = lambda x: F.pad(x, (0, 0) * (x.dim() - 2) + (0, padded - n))  # noqa: E731 - rows are dim 1
         offset_rows = torch.zeros(bh, padded, OFFW.value, device=v.device, dtype=_read_dtype(cfg))
         offset_rows[..., 0] = float("-inf")  # (the kernel stores the rows of slots < N from their counts)
