@@ -28,6 +28,16 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one intra-op thread for the test: tiny ops run ~3x faster than on two threads fighting over a
+    busy machine (or an xdist peer), and one summation order makes CPU results reproducible."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def sample_data(tmp_path_factory):
     """ovq.data's built-in sample, prepared once per test module (small shards: several per split)."""

@@ -8,7 +8,6 @@ of the 4 values of the context would score 25%; a value at random, 1/28.
 
 import time
 
-import pytest
 import torch
 
 from ovq.tasks import get_task
@@ -41,15 +40,6 @@ def sparse_accuracy(model) -> float:
     task = get_task("recall", **TASK, num_queries=4)
     batch = task.sample(512, seed=1)                     # seeds never used in training
     return task.score(model(batch.inputs), batch).item()
-
-
-@pytest.fixture
-def one_thread():
-    """These ops are tiny: one thread is ~3x faster than two fighting over a busy machine (or an xdist peer)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_tiny_model_learns_recall_on_cpu(one_thread):

@@ -55,14 +55,6 @@ def train_losses(name: str, out_dir: Path) -> list[float]:
     return [r["loss"] for r in history if "loss" in r]
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("name", sorted(JOBS))
 def test_training_reproduces_the_golden_losses(name, tmp_path, one_thread):
     losses = train_losses(name, tmp_path)
