@@ -56,11 +56,16 @@ def save_json(path: str | os.PathLike, payload: dict) -> Path:
     return atomic_write_json(path, payload)
 
 
+def save_unfinished(path: str | os.PathLike, payload: dict) -> Path:
+    """Save what a benchmark has measured so far, marked unfinished (its final :func:`save_json` has no mark), so
+    a run stopped at a time limit keeps it."""
+    return save_json(path, payload | {"unfinished": True})
+
+
 def saving_rows(path: str | os.PathLike, payload: dict, key: str):
     """A callback ``(rows) -> None`` for a benchmark to call after each measured row: it saves ``payload`` with
-    the rows so far under ``key``, marked unfinished (the benchmark's final save has no mark), so a run stopped
-    at a time limit keeps what it measured."""
-    return lambda rows: save_json(path, payload | {key: list(rows), "unfinished": True})
+    the rows so far under ``key`` (:func:`save_unfinished`)."""
+    return lambda rows: save_unfinished(path, payload | {key: list(rows)})
 
 
 def kernel_settings(ap, items: list[str]) -> dict:

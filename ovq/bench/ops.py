@@ -20,7 +20,7 @@ from ..ops import OVQState, ovq_attention, ovq_step, vq_attention
 from ..ops import triton_chunk as tc
 from ..ops.triton_chunk import _schedule, _slices
 from ..ops.utils import growth_target
-from .common import environment, kernel_settings, save_json, saving_rows
+from .common import environment, kernel_settings, save_json, save_unfinished, saving_rows
 
 
 def _rel(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -259,7 +259,7 @@ def main(argv=None) -> dict:
     out = args.out or ("results/ops_decode_h200.json" if args.decode_only else "results/ops_h200.json")
     if not (args.no_check or args.decode_only):  # the decode rows carry their own difference from the PyTorch read
         payload["check"] = check()
-        save_json(out, payload | {"unfinished": True})  # kept if the timings are cut short
+        save_unfinished(out, payload)  # kept if the timings are cut short
     ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
     if args.decode_only:
         payload["decode"] = decode(ints(args.decode_contexts), args.heads, 64, 4096, args.chunk_size)
