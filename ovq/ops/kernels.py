@@ -700,8 +700,9 @@ def ovq_bwd_dict_kernel(
     sk/sv/cnt hold the *final* sums on entry (a scratch copy: they are rewound chunk by chunk);
     gk/gv hold the gradient w.r.t. the final sums on entry and w.r.t. the initial sums on exit. off is scratch
     for each slot's logit offset row (``_store_offset_rows``), kept up to date as the counts are rewound.
-    dq is accumulated atomically (NB slices contribute); dk/dv rows are written by the slice that owns
-    the token's centroid.
+    dq, dk and dv hold the in-chunk attention's gradients (``ovq_bwd_local_kernel``) on entry, and the
+    dictionary's are added: to dq atomically (NB slices contribute), to a token's dk/dv row by the slice that
+    owns its centroid.
     """
     s = tl.program_id(0)
     bh = tl.program_id(1)
@@ -748,10 +749,12 @@ def ovq_bwd_dict_kernel(
             if not STATIC:
                 gk = tl.load(gk_ptr + (s_base + zs)[:, None] * D + offs_d[None, :], mask=own[:, None] & dmask[None, :],
                              other=0.0, cache_modifier=".cg")
-                tl.store(dk_ptr + qk_off, gk, mask=own[:, None] & dmask[None, :])
+                dk = tl.load(dk_ptr + qk_off, mask=own[:, None] & dmask[None, :], other=0.0)
+                tl.store(dk_ptr + qk_off, dk + gk, mask=own[:, None] & dmask[None, :])
             gv = tl.load(gv_ptr + (s_base + zs)[:, None] * DV + offs_dv[None, :], mask=own[:, None] & dvmask[None, :],
                          other=0.0, cache_modifier=".cg")
-            tl.store(dv_ptr + v_off, gv, mask=own[:, None] & dvmask[None, :])
+            dv = tl.load(dv_ptr + v_off, mask=own[:, None] & dvmask[None, :], other=0.0)
+            tl.store(dv_ptr + v_off, dv + gv, mask=own[:, None] & dvmask[None, :])
         if not STATIC:
             tl.atomic_add(sk_ptr + (p_base + zs)[:, None] * D + offs_d[None, :], -k, mask=own[:, None] & dmask[None, :],
                           sem="relaxed")

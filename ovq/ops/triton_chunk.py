@@ -214,16 +214,16 @@ def _launch(name: str, kernel, grid, chunk_size: int, d: int, dv: int, *args, **
 _DOES_NOT_FIT: set = set()  # configurations whose kernels failed to load on a device (not retried)
 
 
-def kernel_scan_or_fallback(backend: str, qhat, khat, v, beta, state: DictionaryState, **kwargs):
+def kernel_scan_or_fallback(backend: str, q, k, v, beta, state: DictionaryState, **kwargs):
     """:func:`triton_chunk_scan`, or ``None`` when ``backend="auto"`` and the kernels do not fit this
     configuration on the GPU (with a warning, once; the caller then runs the PyTorch op). With
     ``backend="triton"`` the :class:`KernelResourceError` propagates."""
-    key = (v.device, state.chunk_size, qhat.shape[-1], v.shape[-1], kwargs.get("input_dtype"),
+    key = (v.device, state.chunk_size, q.shape[-1], v.shape[-1], q.dtype,
            kwargs.get("codebook") is not None, torch.is_grad_enabled())  # a backward may not fit where a forward does
     if backend == "auto" and key in _DOES_NOT_FIT:
         return None
     try:
-        return triton_chunk_scan(qhat, khat, v, beta, state, **kwargs)
+        return triton_chunk_scan(q, k, v, beta, state, **kwargs)
     except KernelResourceError as e:
         if backend == "triton":
             raise
@@ -260,12 +260,24 @@ def _operand_buffers(cfg: KernelConfig, bh: int, bd: int, bdv: int, device) -> t
 
 
 class ChunkFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, qhat, khat, v, beta, sum_k0, sum_v0, count0, codebook, sched, cfg: KernelConfig, m0: int):
-        from .kernels import ovq_fwd_kernel, ovq_fwd_local_kernel
+    """The op on the caller's q, k, v [B, T, H, ·] (any float dtype), after P buffered tokens (``lead_k``,
+    ``lead_v`` [B, H, P, ·], unit keys): returns o [B, T, H, Dv] in q's dtype, the final sums and counts, and the
+    head-first float32 keys and values [B*H, P + T, ·] the scan used (the final state's buffer is their tail)."""
 
+    @staticmethod
+    def forward(ctx, q, k, v, beta, lead_k, lead_v, sum_k0, sum_v0, count0, codebook, sched, cfg: KernelConfig,
+                m0: int):
+        from .kernels import ovq_fwd_kernel, ovq_fwd_local_kernel
+        from .layout import from_head_first, to_head_first
+
+        ctx.set_materialize_grads(False)
+        batch = q.shape[0]
+        # buffered tokens were answered before: their query rows are zeros and their output rows dropped
+        qhat, q_norm, _ = to_head_first(q, torch.zeros_like(lead_k), normalize=True)
+        khat, k_norm, _ = to_head_first(k, lead_k, normalize=True)
+        vals, _, _ = to_head_first(v, lead_v, normalize=False)
         bh, total, d = khat.shape
-        dv = v.shape[-1]
+        dv = vals.shape[-1]
         n = cfg.capacity
         sum_k, sum_v, count = sum_k0.clone(), sum_v0.clone(), count0.clone()
         if not cfg.static:  # slots past the active ones are opened by plain adds: they must start at zero
@@ -289,25 +301,51 @@ class ChunkFunction(torch.autograd.Function):
             kw = dict(D=d, DV=dv, L=cfg.chunk_size, BL=bl, BD=bd, BDV=bdv, READ_PREC=cfg.read_precision)
             # each chunk's attention to its own keys, in parallel over chunks, into o and lse; the scan merges it
             _launch("fwd_local", ovq_fwd_local_kernel, (sched.shape[0], bh), cfg.chunk_size, d, dv,
-                    qhat, khat, v, beta, o, lse, total, cfg.num_heads, **kw, KB=min(bl, LOCAL_BLOCK))
+                    qhat, khat, vals, beta, o, lse, total, cfg.num_heads, **kw, KB=min(bl, LOCAL_BLOCK))
             _launch("fwd", ovq_fwd_kernel, (nb, bh), cfg.chunk_size, d, dv,
-                    qhat, khat, v, beta, sum_k, sum_v, count, codebook if cfg.static else sum_k, sched,
+                    qhat, khat, vals, beta, sum_k, sum_v, count, codebook if cfg.static else sum_k, sched,
                     o, lse, z, xstat, xacc, xbest, barrier, crd, chi, clo, cmv, cpr, gram,
                     total, n, cfg.num_heads, sched.shape[0], **kw, BN=BLOCK_CENTROIDS, NB=nb,
                     COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, ASSIGN_PREC=cfg.assign_precision,
                     CACHED=cfg.cached, TWO_PASS=cfg.two_pass, GRAM_PICKS=cfg.gram_picks, MERGE_ROWS=merge_rows(bl, nb))
-        ctx.save_for_backward(qhat, khat, v, beta, o, lse, z, sum_k, sum_v, count, codebook, sched)
-        ctx.cfg, ctx.m0 = cfg, m0
+        ctx.save_for_backward(qhat, khat, vals, q_norm, k_norm, beta, o, lse, z, sum_k, sum_v, count, codebook, sched)
+        ctx.cfg, ctx.m0, ctx.batch, ctx.lead = cfg, m0, batch, lead_k.shape[2]
+        ctx.dtypes = (q.dtype, k.dtype, v.dtype)
         ctx.mark_non_differentiable(count)
-        return o, sum_k, sum_v, count
+        return from_head_first(o, batch, ctx.lead, q.dtype), sum_k, sum_v, count, khat, vals
 
     @staticmethod
-    def backward(ctx, do, d_sum_k, d_sum_v, _d_count):
-        return _backward(ctx.saved_tensors, ctx.cfg, ctx.m0, do, d_sum_k, d_sum_v)
+    def backward(ctx, do, d_sum_k, d_sum_v, _d_count, d_keys, d_vals):
+        from .layout import from_head_first, to_head_first
+
+        qhat, khat, vals, q_norm, k_norm, beta, o, lse, z, sum_k, sum_v, count, codebook, sched = ctx.saved_tensors
+        batch, lead, cfg = ctx.batch, ctx.lead, ctx.cfg
+        bh, total, d = khat.shape
+        dv = vals.shape[-1]
+        lead_rows = torch.zeros(batch, bh // batch, lead, dv, device=o.device) if batch else None
+        if do is None:
+            do_hf, delta = torch.zeros_like(o), torch.zeros(bh, total, device=o.device)
+        else:
+            do_hf, _, delta = to_head_first(do, lead_rows, normalize=False, o=o)
+        dq, dk, dvals, dbeta, d_sum_k0, d_sum_v0 = _backward(
+            (qhat, khat, vals, beta, o, lse, z, sum_k, sum_v, count, codebook, sched), cfg, ctx.m0, do_hf, delta,
+            d_sum_k, d_sum_v)
+        if d_keys is not None:  # the final state's buffer was used downstream
+            dk += d_keys
+        if d_vals is not None:
+            dvals += d_vals
+        h = bh // batch if batch else 0
+        q_dtype, k_dtype, v_dtype = ctx.dtypes
+        return (from_head_first(dq, batch, lead, q_dtype, qhat, q_norm),
+                from_head_first(dk, batch, lead, k_dtype, khat, k_norm),
+                from_head_first(dvals, batch, lead, v_dtype), dbeta,
+                dk[:, :lead].reshape(batch, h, lead, d), dvals[:, :lead].reshape(batch, h, lead, dv),
+                d_sum_k0, d_sum_v0, None, None, None, None, None)
 
 
-def _backward(saved, cfg: KernelConfig, m0: int, do, d_sum_k, d_sum_v) -> tuple:
-    """The gradients of :class:`ChunkFunction` (its saved tensors, config and incoming gradients)."""
+def _backward(saved, cfg: KernelConfig, m0: int, do, delta, d_sum_k, d_sum_v) -> tuple:
+    """The kernels' gradients, head-first float32 (``saved``: the forward's head-first tensors, as
+    :class:`ChunkFunction` keeps them; ``do`` the output's gradient head-first, ``delta`` its row term dO . O)."""
     from .kernels import OFFW, ovq_bwd_dict_kernel, ovq_bwd_local_kernel
 
     qhat, khat, v, beta, o, lse, z, sum_k, sum_v, count, codebook, sched = saved
@@ -315,20 +353,18 @@ def _backward(saved, cfg: KernelConfig, m0: int, do, d_sum_k, d_sum_v) -> tuple:
     dv = v.shape[-1]
     n = cfg.capacity
     chunks = sched.shape[0]
-    do = do.contiguous().float()
-    delta = (do * o).sum(-1)
     bl, bd, bdv = _pow2(cfg.chunk_size), _pow2(d), _pow2(dv)
     kw = dict(D=d, DV=dv, L=cfg.chunk_size, BL=bl, BD=bd, BDV=bdv, READ_PREC=cfg.read_precision)
-    dq_local, dk_local, dv_local = (torch.zeros_like(x) for x in (qhat, khat, v))
+    # every row is stored by the in-chunk backward, then the dictionary backward adds its share
+    dq, dk, dvals = (torch.empty_like(x) for x in (qhat, khat, v))
     dbeta_local = torch.zeros(bh, chunks, device=v.device, dtype=torch.float32)
     if total > 0:
         _launch("bwd_local", ovq_bwd_local_kernel, (chunks, bh), cfg.chunk_size, d, dv,
-                qhat, khat, v, beta, do, lse, delta, dq_local, dk_local, dv_local, dbeta_local,
+                qhat, khat, v, beta, do, lse, delta, dq, dk, dvals, dbeta_local,
                 total, cfg.num_heads, chunks, **kw, KB=min(bl, LOCAL_BLOCK))
     nb = cfg.bwd_slices
     g_k = torch.zeros_like(sum_k) if d_sum_k is None else d_sum_k.float().clone()
     g_v = torch.zeros_like(sum_v) if d_sum_v is None else d_sum_v.float().clone()
-    dq_dict, dk_dict, dv_dict = (torch.zeros_like(x) for x in (qhat, khat, v))
     dbeta_dict = torch.zeros(bh, nb, device=v.device, dtype=torch.float32)
     if total > 0:
         # scratch the reverse scan rewinds, with rows padded to whole blocks in every slice: empty slots there
@@ -340,7 +376,7 @@ def _backward(saved, cfg: KernelConfig, m0: int, do, d_sum_k, d_sum_v) -> tuple:
                 qhat, khat, v, beta, do, lse, delta, z, sched,
                 pad(sum_k) if not cfg.static else sum_k, pad(sum_v), pad(count),
                 pad(codebook.view(cfg.num_heads, n, d)) if cfg.static else sum_k, g_k, g_v, offset_rows,
-                dq_dict, dk_dict, dv_dict, dbeta_dict, total, n, cfg.num_heads, chunks,
+                dq, dk, dvals, dbeta_dict, total, n, cfg.num_heads, chunks,
                 BN=BLOCK_CENTROIDS, NB=nb, COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, DETACH=cfg.detach, **kw)
     dbeta = (dbeta_local.sum(-1) + dbeta_dict.sum(-1)).view(-1, cfg.num_heads).sum(0)
     if cfg.detach:
@@ -350,8 +386,7 @@ def _backward(saved, cfg: KernelConfig, m0: int, do, d_sum_k, d_sum_v) -> tuple:
             g_k[:, m0:] = 0
             g_v[:, m0:] = 0
         d_sum_k0, d_sum_v0 = (None if cfg.static else g_k), g_v
-    return (dq_local + dq_dict, dk_local + dk_dict, dv_local + dv_dict, dbeta,
-            d_sum_k0, d_sum_v0, None, None, None, None, None)
+    return dq, dk, dvals, dbeta, d_sum_k0, d_sum_v0
 
 
 _BACKWARD_FITS: dict = {}  # (device, config, D, Dv, launch settings) -> whether the backward kernels load there
@@ -372,35 +407,33 @@ def backward_fits(cfg: KernelConfig, d: int, dv: int, device: torch.device) -> b
                  zeros(h, L, dtype=torch.int32) - 1, zeros(h, n, d), zeros(h, n, dv), zeros(h, n), codebook,
                  zeros(1, 2, dtype=torch.int32))  # one sequence of h heads, one chunk, no centroid yet
         try:
-            _backward(saved, cfg, 0, zeros(h, L, dv), None, None)
+            _backward(saved, cfg, 0, zeros(h, L, dv), zeros(h, L), None, None)
             _BACKWARD_FITS[key] = True
         except KernelResourceError:
             _BACKWARD_FITS[key] = False
     return _BACKWARD_FITS[key]
 
 
-def triton_chunk_scan(qhat, khat, v, beta, state: DictionaryState, *, count_prior: bool, detach_state: bool,
-                      output_final_state: bool, codebook: torch.Tensor | None = None,
-                      input_dtype: torch.dtype = torch.float32):
-    """The kernel version of ``chunk_scan``: head-first float32 inputs [B, H, T, ·]; returns (o, state).
+def triton_chunk_scan(q, k, v, beta, state: DictionaryState, *, count_prior: bool, detach_state: bool,
+                      output_final_state: bool, codebook: torch.Tensor | None = None):
+    """The kernel version of ``chunk_scan`` on the caller's q, k, v ``[B, T, H, ·]`` (any float dtype; q and k are
+    unit-normalized inside, and q's dtype sets the precision of the read's products); returns (o, state), o in
+    q's layout and dtype.
 
     The configuration (chunk size, capacity, growth rule) is the state's. ``codebook`` selects the static
-    (VQ) variant; ``input_dtype`` (the caller's q/k/v dtype) sets the precision of the read's products.
+    (VQ) variant.
     """
-    b, h, length, d = qhat.shape
+    b, length, h, d = q.shape
     dv = v.shape[-1]
     static = codebook is not None
     p, chunk = state.buffer_len, state.chunk_size
     capacity = state.capacity
-    keys = torch.cat([state.buffer_k[:, :, :p], khat], dim=2)
-    vals = torch.cat([state.buffer_v[:, :, :p], v], dim=2)
-    queries = F.pad(qhat, (0, 0, p, 0))  # buffered tokens were answered before; their rows are dropped
     total = p + length
     m0 = capacity if static else state.num_centroids
     growth, growth_rate = ("saturating", 1.0) if static else (state.growth, state.growth_rate)
     rows = _schedule(total, chunk, m0, state.num_absorbed, capacity, growth, float(growth_rate), static)
     sched = torch.tensor(rows, dtype=torch.int32, device=v.device).reshape(-1, 2)
-    read, assign = _precisions(input_dtype)
+    read, assign = _precisions(q.dtype)
     fwd_slices, bwd_slices = _slices(b * h, capacity, v.device)
     cfg = KernelConfig(chunk, capacity, h, count_prior, static, detach_state, read, assign, fwd_slices, bwd_slices,
                        FWD_CACHED_OPERANDS, FWD_TWO_PASS, gram_picks(static, chunk, rows))
@@ -408,7 +441,7 @@ def triton_chunk_scan(qhat, khat, v, beta, state: DictionaryState, *, count_prio
               else torch.full((h,), float(beta), device=v.device)).float().contiguous()
     needs_grad = torch.is_grad_enabled() and any(
         isinstance(x, torch.Tensor) and x.requires_grad
-        for x in (qhat, khat, v, beta, state.sum_v, None if static else state.sum_k))
+        for x in (q, k, v, beta, state.sum_v, state.buffer_k, state.buffer_v, None if static else state.sum_k))
     if needs_grad and not backward_fits(cfg, d, dv, v.device):
         raise KernelResourceError(f"the backward kernels do not fit on this GPU with chunk_size={chunk}, head "
                                   f"sizes D={d}, Dv={dv}; use a smaller chunk_size or backend='torch'")
@@ -422,16 +455,17 @@ def triton_chunk_scan(qhat, khat, v, beta, state: DictionaryState, *, count_prio
     else:
         sum_k0, cb = flat(state.sum_k.detach() if detach_state else state.sum_k), unused
     sum_v0 = state.sum_v.detach() if detach_state else state.sum_v
-    o, sum_k, sum_v, count = ChunkFunction.apply(flat(queries), flat(keys), flat(vals), beta_h, sum_k0,
-                                                 flat(sum_v0), flat(state.count), cb, sched, cfg, m0)
-    o = o.view(b, h, total, dv)[:, :, p:]
+    o, sum_k, sum_v, count, keys, vals = ChunkFunction.apply(
+        q, k, v, beta_h, state.buffer_k[:, :, :p], state.buffer_v[:, :, :p], sum_k0, flat(sum_v0), flat(state.count),
+        cb, sched, cfg, m0)
     if not output_final_state:
         return o, None
     pending = total % chunk
     pad = (0, 0, 0, chunk - pending)
+    tail = lambda x: F.pad(x.view(b, h, total, x.shape[-1])[:, :, total - pending:], pad)  # noqa: E731
     common = dict(sum_v=sum_v.view(b, h, capacity, dv), count=count.view(b, h, capacity),
-                  buffer_k=F.pad(keys[:, :, total - pending:], pad), buffer_v=F.pad(vals[:, :, total - pending:], pad),
-                  buffer_len=pending, num_absorbed=state.num_absorbed + total - pending)
+                  buffer_k=tail(keys), buffer_v=tail(vals), buffer_len=pending,
+                  num_absorbed=state.num_absorbed + total - pending)
     if static:
         return o, VQState(**common)
     m = rows[-1][0] + rows[-1][1] if rows else m0

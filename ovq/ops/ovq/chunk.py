@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..common import check_state, finish_output, prepare_inputs, state_for_compute
+from ..common import check_inputs, check_state, finish_output, head_first_units, state_for_compute
 from ..dictionary import OnlineDictionary
 from ..scan import chunk_scan
 from ..state import OVQState
@@ -66,18 +66,18 @@ def ovq_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: float
     attention and through every later read of the centroids they were merged into; picks, assignments
     and counts are piecewise constant.
     """
-    qhat, khat, vv, beta_ = prepare_inputs(q, k, v, beta)
+    dtype, beta_ = check_inputs(q, k, v, beta)
     check_ovq_config(chunk_size, max_centroids, growth, growth_rate, count_prior)
     check_bool("detach_state", detach_state)
     check_bool("output_final_state", output_final_state)
     check_backend(backend)
-    state = initial_ovq_state(q, v, initial_state, chunk_size, max_centroids, growth, growth_rate, vv.dtype)
+    state = initial_ovq_state(q, v, initial_state, chunk_size, max_centroids, growth, growth_rate, dtype)
     if backend == "triton" or (backend == "auto" and use_triton(q)):
-        result = kernel_scan_or_fallback(backend, qhat, khat, vv, beta_, state, count_prior=count_prior,
-                                         detach_state=detach_state, output_final_state=output_final_state,
-                                         input_dtype=q.dtype)
+        result = kernel_scan_or_fallback(backend, q, k, v, beta_, state, count_prior=count_prior,
+                                         detach_state=detach_state, output_final_state=output_final_state)
         if result is not None:  # None: the kernels do not fit this configuration on the GPU
-            return finish_output(result[0], q), result[1]
+            return result
+    qhat, khat, vv = head_first_units(q, k, v, dtype)
     dictionary = OnlineDictionary.from_state(state, detach_state)
     p = state.buffer_len
     o, final_state = chunk_scan(qhat, khat, vv, beta_, dictionary, state.buffer_k[:, :, :p], state.buffer_v[:, :, :p],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..common import check_state, finish_output, prepare_inputs, state_for_compute
+from ..common import check_inputs, check_state, finish_output, head_first_units, state_for_compute
 from ..dictionary import StaticDictionary
 from ..scan import chunk_scan
 from ..state import VQState
@@ -52,20 +52,21 @@ def vq_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: float 
         the difference between the two).
     Returns: ``(o [B, T, H, Dv], final VQState or None)``.
     """
-    qhat, khat, vv, beta_ = prepare_inputs(q, k, v, beta)
+    dtype, beta_ = check_inputs(q, k, v, beta)
     check_int("chunk_size", chunk_size)
     for name, flag in (("count_prior", count_prior), ("detach_state", detach_state),
                        ("output_final_state", output_final_state)):
         check_bool(name, flag)
     check_backend(backend)
-    codes = prepare_codebook(codebook, q, vv.dtype)
-    state = initial_vq_state(q, v, initial_state, chunk_size, codes.shape[1], vv.dtype)
+    codes = prepare_codebook(codebook, q, dtype)
+    state = initial_vq_state(q, v, initial_state, chunk_size, codes.shape[1], dtype)
     if backend == "triton" or (backend == "auto" and use_triton(q)):
-        result = kernel_scan_or_fallback(backend, qhat, khat, vv, beta_, state, count_prior=count_prior,
+        result = kernel_scan_or_fallback(backend, q, k, v, beta_, state, count_prior=count_prior,
                                          detach_state=detach_state, output_final_state=output_final_state,
-                                         codebook=codes, input_dtype=q.dtype)
+                                         codebook=codes)
         if result is not None:  # None: the kernels do not fit this configuration on the GPU
-            return finish_output(result[0], q), result[1]
+            return result
+    qhat, khat, vv = head_first_units(q, k, v, dtype)
     p = state.buffer_len
     o, final_state = chunk_scan(qhat, khat, vv, beta_, StaticDictionary.from_state(state, codes, detach_state),
                                 state.buffer_k[:, :, :p], state.buffer_v[:, :, :p], state.num_absorbed,
