@@ -163,6 +163,12 @@ def merge_rows(block_l: int, slices: int) -> int:
     return 1 << max(0, math.ceil(block_l / slices) - 1).bit_length()
 
 
+# Dictionary-backward programs per SM the slicing aims at. It has no barrier, so more than fit at once just queue
+# (at L = 128 one program fills an SM's registers and shared memory: 2 means two waves).
+BWD_PROGRAMS_PER_SM = 2
+BWD_MAX_SLICES = 32
+
+
 def _slices(bh: int, capacity: int, device: torch.device) -> tuple[int, int]:
     """How many programs share one (batch, head)'s dictionary, forward and backward.
 
@@ -178,7 +184,7 @@ def slices_for(bh: int, capacity: int, sms: int) -> tuple[int, int]:
     """:func:`_slices` on a GPU of ``sms`` multiprocessors (also what ``ovq.bench.resources`` compiles for)."""
     blocks = math.ceil(capacity / BLOCK_CENTROIDS)
     fwd = max(1, min((FWD_PROGRAMS_PER_SM * sms) // bh, blocks, 16 * FWD_PROGRAMS_PER_SM))
-    bwd = max(1, min((2 * sms) // bh, blocks, 32))
+    bwd = max(1, min((BWD_PROGRAMS_PER_SM * sms) // bh, blocks, BWD_MAX_SLICES))
     return fwd, bwd
 
 
@@ -279,10 +285,12 @@ class ChunkFunction(torch.autograd.Function):
         bh, total, d = khat.shape
         dv = vals.shape[-1]
         n = cfg.capacity
-        sum_k, sum_v, count = sum_k0.clone(), sum_v0.clone(), count0.clone()
-        if not cfg.static:  # slots past the active ones are opened by plain adds: they must start at zero
-            for t in (sum_k, sum_v, count):
-                t[:, m0:] = 0
+        if cfg.static:
+            sum_k, sum_v, count = sum_k0.clone(), sum_v0.clone(), count0.clone()
+        else:  # slots past the active ones are opened by plain adds: they must start at zero
+            sum_k, sum_v, count = (torch.zeros_like(x) for x in (sum_k0, sum_v0, count0))
+            for t, t0 in ((sum_k, sum_k0), (sum_v, sum_v0), (count, count0)):
+                t[:, :m0] = t0[:, :m0]
         o = torch.empty(bh, total, dv, device=v.device, dtype=torch.float32)
         lse = torch.empty(bh, total, device=v.device, dtype=torch.float32)
         z = torch.empty(bh, total, device=v.device, dtype=torch.int32)
