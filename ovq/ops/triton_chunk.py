@@ -163,9 +163,12 @@ def merge_rows(block_l: int, slices: int) -> int:
     return 1 << max(0, math.ceil(block_l / slices) - 1).bit_length()
 
 
-# Dictionary-backward programs per SM the slicing aims at. It has no barrier, so more than fit at once just queue
-# (at L = 128 one program fills an SM's registers and shared memory: 2 means two waves).
-BWD_PROGRAMS_PER_SM = 2
+# Dictionary-backward programs per SM the slicing aims at. It has no barrier, so more than fit at once just queue,
+# but at L = 128 one program fills an SM's registers and shared memory, so 2 means two waves of programs that each
+# repeat the per-chunk work (loads of the chunk's rows, the rewind, dq's atomic adds) for half the slots. On an H200
+# (session 14, fwd+bwd at 64K, D = 64, N = 4,096; results/s14_bwd_launch_variants_h200.json) 1 took 44.41 ms, 2
+# 45.72, 4 52.69; with 4 warps (two programs fit an SM) 78.3. At 4K (one slice per (b, h) either way) no change.
+BWD_PROGRAMS_PER_SM = 1
 BWD_MAX_SLICES = 32
 
 
