@@ -28,3 +28,11 @@ def test_a_bad_shape_is_an_error_naming_it(capsys):
     with pytest.raises(SystemExit):
         profile_op.main(["--passes", "0"])
     assert "--passes must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_kernel_times_are_per_kernel_largest_first():
+    rows = profile_op.kernel_times(lambda: profile_op.run_passes(1, 37, 2, 8, 16, 16, passes=1, dtype=torch.float32,
+                                                                 device="cpu", backend="torch"), device="cpu")
+    assert rows and all(r["ms"] > 0 and r["launches"] >= 1 for r in rows)
+    assert [r["ms"] for r in rows] == sorted((r["ms"] for r in rows), reverse=True)
+    assert any("mm" in r["kernel"] or "bmm" in r["kernel"] for r in rows)
