@@ -26,21 +26,24 @@ ROW_ELEMENTS = 4096  # elements per program: rows of up to 64 wide, 64 rows at a
 
 
 @triton.jit
+def _tile(T, H, P, W, BT: tl.constexpr, BW: tl.constexpr):
+    """This program's tile (grid: row blocks, b * H + h): b, h, its rows t of the caller's [B, T, H, W] and columns w,
+    their masks, and the same rows' indices head-first (after P lead rows)."""
+    bh = tl.program_id(1)
+    t = tl.program_id(0) * BT + tl.arange(0, BT)
+    w = tl.arange(0, BW)
+    tmask = t < T
+    return bh // H, bh % H, t, w, tmask, tmask[:, None] & (w < W)[None, :], bh * (P + T) + P + t
+
+
+@triton.jit
 def to_head_first_kernel(x_ptr, sxb, sxt, sxh, y_ptr, norm_ptr, o_ptr, delta_ptr, T, H, P, W, eps,
                          NORMALIZE: tl.constexpr, DELTA: tl.constexpr, BT: tl.constexpr, BW: tl.constexpr):
     """x [B, T, H, W] (strides sxb, sxt, sxh; unit stride along W) -> rows P.. of y [B*H, P+T, W] float32, divided
     by max(||x||, eps) with NORMALIZE (the norms ||x|| into norm [B*H, P+T]); with DELTA also delta = y . o per
     row (o laid out like y)."""
-    tb = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    t = tb * BT + tl.arange(0, BT)
-    w = tl.arange(0, BW)
-    tmask = t < T
-    mask = tmask[:, None] & (w < W)[None, :]
+    b, h, t, w, tmask, mask, rows = _tile(T, H, P, W, BT, BW)
     x = tl.load(x_ptr + b * sxb + h * sxh + t[:, None] * sxt + w[None, :], mask=mask, other=0.0).to(tl.float32)
-    rows = bh * (P + T) + P + t
     if NORMALIZE:
         norm = tl.sqrt(tl.sum(x * x, axis=1))
         x = x / tl.maximum(norm, eps)[:, None]
@@ -57,15 +60,7 @@ def from_head_first_kernel(y_ptr, u_ptr, norm_ptr, out_ptr, sob, sot, soh, T, H,
     """Rows P.. of y [B*H, P+T, W] float32 -> out [B, T, H, W] (strides sob, sot, soh; unit stride along W; out's
     dtype). With L2NORM_GRAD, y is the gradient w.r.t. u = x / max(||x||, eps) (u laid out like y, ||x|| in
     norm) and out gets the gradient w.r.t. x: (y - u (u . y)) / ||x||, or y / eps where the norm was clamped."""
-    tb = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    t = tb * BT + tl.arange(0, BT)
-    w = tl.arange(0, BW)
-    tmask = t < T
-    mask = tmask[:, None] & (w < W)[None, :]
-    rows = bh * (P + T) + P + t
+    b, h, t, w, tmask, mask, rows = _tile(T, H, P, W, BT, BW)
     y = tl.load(y_ptr + rows[:, None] * W + w[None, :], mask=mask, other=0.0)
     if L2NORM_GRAD:
         u = tl.load(u_ptr + rows[:, None] * W + w[None, :], mask=mask, other=0.0)
