@@ -380,6 +380,31 @@ def _finish_rows(o_ptr, lse_ptr, bh, T, c, L: tl.constexpr, rows, row_max, row_s
 
 
 @triton.jit
+def _sum_by_group(group, x, PREC: tl.constexpr):
+    """group @ x for a 0/1 matrix ``group`` in a fixed summation order (a product's) at float32 grade: x split into
+    three bfloat16 parts that together hold its 24 bits of mantissa, or one float32 product ("ieee", the interpreter)."""
+    if PREC == "ieee":
+        return tl.dot(group, x, input_precision="ieee")
+    else:
+        g = group.to(tl.bfloat16)
+        hi = x.to(tl.bfloat16)
+        rest = x - hi.to(tl.float32)
+        mid = rest.to(tl.bfloat16)
+        lo = (rest - mid.to(tl.float32)).to(tl.bfloat16)
+        return tl.dot(g, lo, tl.dot(g, mid, tl.dot(g, hi)))
+
+
+@triton.jit
+def _add_in_order(ptr, rows, x, group, lead, cols, cmask, W: tl.constexpr, PREC: tl.constexpr):
+    """Add to row ``rows[i]`` of a width-W buffer the sum of ``x``'s rows grouped with token i, once per group (its
+    ``lead`` token): each slot's tokens summed in a fixed order, unlike atomic adds, whose order (and so the sums'
+    last bits) varies from run to run."""
+    addr = ptr + rows[:, None] * W + cols[None, :]
+    mask = lead[:, None] & cmask[None, :]
+    tl.store(addr, tl.load(addr, mask=mask, other=0.0) + _sum_by_group(group, x, PREC), mask=mask)
+
+
+@triton.jit
 def ovq_fwd_kernel(
     q_ptr, k_ptr, v_ptr, beta_ptr,
     sk_ptr, sv_ptr, cnt_ptr, cb_ptr, sched_ptr,
@@ -391,6 +416,7 @@ def ovq_fwd_kernel(
     BL: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, BN: tl.constexpr, NB: tl.constexpr,
     COUNT_PRIOR: tl.constexpr, STATIC: tl.constexpr, READ_PREC: tl.constexpr, ASSIGN_PREC: tl.constexpr,
     CACHED: tl.constexpr, TWO_PASS: tl.constexpr, GRAM_PICKS: tl.constexpr, MERGE_ROWS: tl.constexpr,
+    ORDERED_SCATTER: tl.constexpr = False,
 ):
     s = tl.program_id(0)
     bh = tl.program_id(1)
@@ -541,13 +567,25 @@ def ovq_fwd_kernel(
             z = tl.where(in_chunk, z, -1)
             own = in_chunk & ((z % NB) == s)
             zs = tl.where(own, z, 0)
-            if not STATIC:
-                tl.atomic_add(sk_ptr + (s_base + zs)[:, None] * D + offs_d[None, :], k,
-                              mask=own[:, None] & dmask[None, :], sem="relaxed")
             v = tl.load(v_ptr + v_off, mask=tmask[:, None] & dvmask[None, :], other=0.0)  # (not live in the picks)
-            tl.atomic_add(sv_ptr + (s_base + zs)[:, None] * DV + offs_dv[None, :], v,
-                          mask=own[:, None] & dvmask[None, :], sem="relaxed")
-            tl.atomic_add(cnt_ptr + s_base + zs, tl.full([BL], 1.0, tl.float32), mask=own, sem="relaxed")
+            if ORDERED_SCATTER:
+                # each slot's tokens grouped by a one-hot product and added by the first of them (the slot's owner is
+                # this program, and a group has one first token: plain loads and stores)
+                same = (z[:, None] == z[None, :]) & own[:, None] & own[None, :]
+                lead = own & (tl.min(tl.where(same, offs_l[None, :], BL), axis=1) == offs_l)
+                group = same.to(tl.float32)
+                if not STATIC:
+                    _add_in_order(sk_ptr, s_base + zs, k, group, lead, offs_d, dmask, D, ASSIGN_PREC)
+                _add_in_order(sv_ptr, s_base + zs, v, group, lead, offs_dv, dvmask, DV, ASSIGN_PREC)
+                cnt_old = tl.load(cnt_ptr + s_base + zs, mask=lead, other=0.0)
+                tl.store(cnt_ptr + s_base + zs, cnt_old + tl.sum(group, axis=1), mask=lead)
+            else:
+                if not STATIC:
+                    tl.atomic_add(sk_ptr + (s_base + zs)[:, None] * D + offs_d[None, :], k,
+                                  mask=own[:, None] & dmask[None, :], sem="relaxed")
+                tl.atomic_add(sv_ptr + (s_base + zs)[:, None] * DV + offs_dv[None, :], v,
+                              mask=own[:, None] & dvmask[None, :], sem="relaxed")
+                tl.atomic_add(cnt_ptr + s_base + zs, tl.full([BL], 1.0, tl.float32), mask=own, sem="relaxed")
         if writer:  # (stored here, z is not live through the output's merge)
             tl.store(z_ptr + bh * T + t, z, mask=tmask)
         tl.debug_barrier()

@@ -94,6 +94,7 @@ class KernelConfig:
     cached: bool = False
     two_pass: bool = False
     gram_picks: bool = False
+    ordered_scatter: bool = False
 
 
 # The assignment's similarity precision for 16-bit inputs on the GPU: "bf16x3" (hi/lo bfloat16 split,
@@ -133,6 +134,11 @@ FWD_TWO_PASS = False
 # 58.09 with and 54.91 without (8.5 per chunk that picks); the choice made per chunk inside one kernel, at 16,
 # was 27.14 and 56.35 (the kernel holding both ways is slower). So it is chosen per launch, by gram_picks.
 FWD_GRAM_PICKS = True
+# The forward adds each chunk's tokens to their slots' sums in a fixed order (each slot's tokens summed by a one-hot
+# product, added once) instead of with float atomics, whose order varies: with atomics the sums differ in their last
+# bits from run to run, near-tied assignments flip, and at 16K tokens and beyond two runs of one input drift apart
+# (session 14 on an H200: at 64K 14-18% of the count slots and 4-9% of the output differ; results/s14_run_to_run_h200.log).
+FWD_ORDERED_SCATTER = False
 # The fewest centroids per chunk that opens any, on average over a launch, for which the picks read the Gram
 # matrix: between the measured 8.5 (slower with it) and 64 (faster), near the break-even those two timings give
 # (a product costs ~17 picks' worth).
@@ -318,7 +324,8 @@ class ChunkFunction(torch.autograd.Function):
                     o, lse, z, xstat, xacc, xbest, barrier, crd, chi, clo, cmv, cpr, gram,
                     total, n, cfg.num_heads, sched.shape[0], **kw, BN=BLOCK_CENTROIDS, NB=nb,
                     COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, ASSIGN_PREC=cfg.assign_precision,
-                    CACHED=cfg.cached, TWO_PASS=cfg.two_pass, GRAM_PICKS=cfg.gram_picks, MERGE_ROWS=merge_rows(bl, nb))
+                    CACHED=cfg.cached, TWO_PASS=cfg.two_pass, GRAM_PICKS=cfg.gram_picks, MERGE_ROWS=merge_rows(bl, nb),
+                    ORDERED_SCATTER=cfg.ordered_scatter)
         ctx.save_for_backward(qhat, khat, vals, q_norm, k_norm, beta, o, lse, z, sum_k, sum_v, count, codebook, sched)
         ctx.cfg, ctx.m0, ctx.batch, ctx.lead = cfg, m0, batch, lead_k.shape[2]
         ctx.dtypes = (q.dtype, k.dtype, v.dtype)
@@ -447,7 +454,7 @@ def triton_chunk_scan(q, k, v, beta, state: DictionaryState, *, count_prior: boo
     read, assign = _precisions(q.dtype)
     fwd_slices, bwd_slices = _slices(b * h, capacity, v.device)
     cfg = KernelConfig(chunk, capacity, h, count_prior, static, detach_state, read, assign, fwd_slices, bwd_slices,
-                       FWD_CACHED_OPERANDS, FWD_TWO_PASS, gram_picks(static, chunk, rows))
+                       FWD_CACHED_OPERANDS, FWD_TWO_PASS, gram_picks(static, chunk, rows), FWD_ORDERED_SCATTER)
     beta_h = (beta.reshape(-1).expand(h) if isinstance(beta, torch.Tensor)
               else torch.full((h,), float(beta), device=v.device)).float().contiguous()
     needs_grad = torch.is_grad_enabled() and any(
