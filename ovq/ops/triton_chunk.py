@@ -138,7 +138,17 @@ FWD_GRAM_PICKS = True
 # product, added once) instead of with float atomics, whose order varies: with atomics the sums differ in their last
 # bits from run to run, near-tied assignments flip, and at 16K tokens and beyond two runs of one input drift apart
 # (session 14 on an H200: at 64K 14-18% of the count slots and 4-9% of the output differ; results/s14_run_to_run_h200.log).
+# Timed on an H200 (session 14, D = 64, N = 4,096, L = 128; results/s14_ordered_scatter_h200.json): fwd+bwd at 64K 52.42 ms
+# against 44.28 (the forward 27.41 against 19.24), at 4K 19.12 against 17.77; two runs then give bitwise the same
+# output, sums and counts. So it is off unless asked for, here or by torch.use_deterministic_algorithms(True).
 FWD_ORDERED_SCATTER = False
+
+
+def ordered_scatter() -> bool:
+    """Whether the forward scatters in a fixed order: FWD_ORDERED_SCATTER, or PyTorch's deterministic mode. (The
+    backward still adds with float atomics: its gradients differ run to run by ~1e-5 relative, and no decision
+    depends on them.)"""
+    return FWD_ORDERED_SCATTER or torch.are_deterministic_algorithms_enabled()
 # The fewest centroids per chunk that opens any, on average over a launch, for which the picks read the Gram
 # matrix: between the measured 8.5 (slower with it) and 64 (faster), near the break-even those two timings give
 # (a product costs ~17 picks' worth).
@@ -454,7 +464,7 @@ def triton_chunk_scan(q, k, v, beta, state: DictionaryState, *, count_prior: boo
     read, assign = _precisions(q.dtype)
     fwd_slices, bwd_slices = _slices(b * h, capacity, v.device)
     cfg = KernelConfig(chunk, capacity, h, count_prior, static, detach_state, read, assign, fwd_slices, bwd_slices,
-                       FWD_CACHED_OPERANDS, FWD_TWO_PASS, gram_picks(static, chunk, rows), FWD_ORDERED_SCATTER)
+                       FWD_CACHED_OPERANDS, FWD_TWO_PASS, gram_picks(static, chunk, rows), ordered_scatter())
     beta_h = (beta.reshape(-1).expand(h) if isinstance(beta, torch.Tensor)
               else torch.full((h,), float(beta), device=v.device)).float().contiguous()
     needs_grad = torch.is_grad_enabled() and any(

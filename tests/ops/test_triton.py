@@ -110,6 +110,13 @@ def test_ordered_scatter_for_vq_and_a_carried_state(monkeypatch):
     test_detach_state_and_carried_state_match_torch()
 
 
+def test_pytorch_deterministic_mode_asks_for_the_ordered_scatter(monkeypatch):
+    import ovq.ops.triton_chunk as tc
+    assert not tc.ordered_scatter()
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    assert tc.ordered_scatter()
+
+
 @pytest.mark.skipif(DEVICE == "cpu", reason="the interpreter runs atomics in one order; compiled they race")
 def test_ordered_scatter_is_reproducible(monkeypatch):
     """Compiled, two runs of one input give bitwise the same output and state with the ordered scatter (with float

@@ -65,6 +65,11 @@ def ovq_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: float
     Gradients reach q, k, v and beta (and a differentiable ``initial_state``) through the local
     attention and through every later read of the centroids they were merged into; picks, assignments
     and counts are piecewise constant.
+
+    On CUDA the kernels add tokens to the sums with float atomics, so the sums' last bits vary between runs and
+    near-tied assignments can flip; over long sequences two runs then drift apart. Under
+    ``torch.use_deterministic_algorithms(True)`` the forward adds in a fixed order and is bitwise reproducible
+    (slower; ``docs/kernels.md``).
     """
     dtype, beta_ = check_inputs(q, k, v, beta)
     check_ovq_config(chunk_size, max_centroids, growth, growth_rate, count_prior)
