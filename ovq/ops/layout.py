@@ -101,13 +101,14 @@ def to_head_first(x: torch.Tensor, lead: torch.Tensor | None, normalize: bool, o
     return y, norm, delta
 
 
-def from_head_first(y: torch.Tensor, batch: int, lead: int, dtype: torch.dtype, unit: torch.Tensor | None = None,
-                    norm: torch.Tensor | None = None) -> torch.Tensor:
-    """Rows ``lead``.. of ``y`` [B*H, P + T, W] float32 -> a contiguous [B, T, H, W] tensor of ``dtype``. With
+def from_head_first(y: torch.Tensor, batch: int, heads: int, lead: int, dtype: torch.dtype,
+                    unit: torch.Tensor | None = None, norm: torch.Tensor | None = None) -> torch.Tensor:
+    """Rows ``lead``.. of ``y`` [B*H, P + T, W] float32 (B = ``batch``, H = ``heads``) -> a contiguous [B, T, H, W]
+    tensor of ``dtype``. With
     ``unit`` and ``norm`` (as :func:`to_head_first` returned them for x), y is a gradient w.r.t. the unit rows
     and the result the gradient w.r.t. x."""
     bh, total, w = y.shape
-    h, t = bh // batch if batch else 0, total - lead
+    h, t = heads, total - lead
     out = torch.empty(batch, t, h, w, device=y.device, dtype=dtype)
     if t and bh:
         grid, bt, bw = _grid_and_tile(t, bh, w)

@@ -340,7 +340,7 @@ class ChunkFunction(torch.autograd.Function):
         ctx.cfg, ctx.m0, ctx.batch, ctx.lead = cfg, m0, batch, lead_k.shape[2]
         ctx.dtypes = (q.dtype, k.dtype, v.dtype)
         ctx.mark_non_differentiable(count)
-        return from_head_first(o, batch, ctx.lead, q.dtype), sum_k, sum_v, count, khat, vals
+        return from_head_first(o, batch, cfg.num_heads, ctx.lead, q.dtype), sum_k, sum_v, count, khat, vals
 
     @staticmethod
     def backward(ctx, do, d_sum_k, d_sum_v, _d_count, d_keys, d_vals):
@@ -350,7 +350,8 @@ class ChunkFunction(torch.autograd.Function):
         batch, lead, cfg = ctx.batch, ctx.lead, ctx.cfg
         bh, total, d = khat.shape
         dv = vals.shape[-1]
-        lead_rows = torch.zeros(batch, bh // batch, lead, dv, device=o.device) if batch else None
+        h = cfg.num_heads
+        lead_rows = torch.zeros(batch, h, lead, dv, device=o.device)
         if do is None:
             do_hf, delta = torch.zeros_like(o), torch.zeros(bh, total, device=o.device)
         else:
@@ -362,11 +363,10 @@ class ChunkFunction(torch.autograd.Function):
             dk += d_keys
         if d_vals is not None:
             dvals += d_vals
-        h = bh // batch if batch else 0
         q_dtype, k_dtype, v_dtype = ctx.dtypes
-        return (from_head_first(dq, batch, lead, q_dtype, qhat, q_norm),
-                from_head_first(dk, batch, lead, k_dtype, khat, k_norm),
-                from_head_first(dvals, batch, lead, v_dtype), dbeta,
+        return (from_head_first(dq, batch, h, lead, q_dtype, qhat, q_norm),
+                from_head_first(dk, batch, h, lead, k_dtype, khat, k_norm),
+                from_head_first(dvals, batch, h, lead, v_dtype), dbeta,
                 dk[:, :lead].reshape(batch, h, lead, d), dvals[:, :lead].reshape(batch, h, lead, dv),
                 d_sum_k0, d_sum_v0, None, None, None, None, None)
 

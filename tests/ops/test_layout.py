@@ -56,7 +56,7 @@ def test_from_head_first_is_the_output_layout(shape, dtype, lead):
 
     b, t, h, w = shape
     y = torch.randn(b * h, lead + t, w, device=DEVICE)
-    out = from_head_first(y, b, lead, dtype)
+    out = from_head_first(y, b, h, lead, dtype)
     assert out.shape == (b, t, h, w) and out.dtype == dtype and out.is_contiguous()
     ref = y.view(b, h, lead + t, w)[:, :, lead:].transpose(1, 2)
     if dtype == torch.bfloat16 and DEVICE == "cpu":  # Triton's interpreter truncates to bfloat16, not rounds
@@ -78,7 +78,7 @@ def test_from_head_first_is_the_l2norm_backward(shape, dtype, lead):
     unit, norm, _ = to_head_first(x.detach(), lead_rows, normalize=True)
     dy = torch.randn(b * h, lead + t, w, device=DEVICE)
     dy[0, lead + 1] *= 1e-3  # the zero row's gradient is dy / eps: within float16's range
-    dx = from_head_first(dy, b, lead, dtype, unit, norm)
+    dx = from_head_first(dy, b, h, lead, dtype, unit, norm)
     ref_unit = l2norm(x.transpose(1, 2).float()).reshape(b * h, t, w)
     (ref_dx,) = torch.autograd.grad(ref_unit, x, dy[:, lead:])
     assert dx.dtype == dtype

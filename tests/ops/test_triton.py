@@ -217,6 +217,13 @@ def test_empty_sequence():
     assert o.shape == (1, 0, 2, 16) and isinstance(state, OVQState) and state.num_tokens == 0
 
 
+def test_empty_batch_has_gradients_of_its_shape():
+    q, k, v = random_qkv(0, 20, 2, 16, dtype=torch.float32, device=DEVICE, requires_grad=True)
+    o, _ = ovq_attention(q, k, v, 3.0, chunk_size=8, max_centroids=8, backend="triton")
+    o.sum().backward()
+    assert o.shape == (0, 20, 2, 16) and q.grad.shape == q.shape and v.grad.shape == v.shape
+
+
 class _KernelThatDoesNotFit:
     """Stands in for a kernel whose compilation needs more shared memory than the GPU has."""
 
