@@ -116,7 +116,7 @@ def _splits(bh: int, blocks: int, device: torch.device) -> int:
     if device.type != "cuda":
         return min(2, max(1, blocks))
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(blocks, math.ceil(2 * sms / bh), 64))
+    return max(1, min(blocks, math.ceil(2 * sms / max(bh, 1)), 64))  # (an empty batch still asks)
 
 
 def triton_decode_read(qhat: torch.Tensor, beta: torch.Tensor, keys: torch.Tensor, sums_v: torch.Tensor,

@@ -202,6 +202,7 @@ def _slices(bh: int, capacity: int, device: torch.device) -> tuple[int, int]:
 def slices_for(bh: int, capacity: int, sms: int) -> tuple[int, int]:
     """:func:`_slices` on a GPU of ``sms`` multiprocessors (also what ``ovq.bench.resources`` compiles for)."""
     blocks = math.ceil(capacity / BLOCK_CENTROIDS)
+    bh = max(bh, 1)  # an empty batch launches nothing, but still asks
     fwd = max(1, min((FWD_PROGRAMS_PER_SM * sms) // bh, blocks, 16 * FWD_PROGRAMS_PER_SM))
     bwd = max(1, min((BWD_PROGRAMS_PER_SM * sms) // bh, blocks, BWD_MAX_SLICES))
     return fwd, bwd
