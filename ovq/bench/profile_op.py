@@ -77,16 +77,13 @@ def main(argv=None) -> None:
     print(f"ran {args.passes} fwd+bwd passes at B={args.batch} T={args.seq_len} H={args.heads} D={args.head_dim} "
           f"N={args.centroids} L={args.chunk_size}")
     if args.kernel_times:
-        import json
-
-        from .common import environment
+        from .common import environment, save_json
         rows = kernel_times(lambda: run_passes(args.batch, args.seq_len, args.heads, args.head_dim, args.centroids,
                                                args.chunk_size, 1, args.beta))
         print(f"one pass: {sum(r['ms'] for r in rows):.2f} ms of CUDA time")
         for r in rows[:15]:
             print(f"{r['ms']:9.3f} ms  x{r['launches']:<4d} {r['kernel'][:90]}")
-        with open(args.kernel_times, "w") as f:
-            json.dump({"args": vars(args), "environment": environment(), "kernels": rows}, f, indent=1)
+        save_json(args.kernel_times, {"args": vars(args), "environment": environment(), "kernels": rows})
 
 
 if __name__ == "__main__":

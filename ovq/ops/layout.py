@@ -76,20 +76,20 @@ def _grid_and_tile(t: int, bh: int, w: int) -> tuple[tuple[int, int], int, int]:
     return (triton.cdiv(t, bt), bh), bt, bw
 
 
-def to_head_first(x: torch.Tensor, lead: torch.Tensor | None, normalize: bool, o: torch.Tensor | None = None):
+def to_head_first(x: torch.Tensor, lead: torch.Tensor | int, normalize: bool, o: torch.Tensor | None = None):
     """``x`` [B, T, H, W] -> ``(y, norm, delta)``: y [B*H, P + T, W] float32, whose first P rows per (b, h) are
-    ``lead`` [B, H, P, W] (zeros where ``lead`` is None, P = 0 then) and the rest x's rows, unit-normalized if
-    ``normalize`` (norm [B*H, P + T] holds their norms, else None; the lead rows' are not set); with ``o`` (laid out like y) also
-    delta [B*H, P + T] = y . o per row (0 in the lead rows), else None."""
+    ``lead`` [B, H, P, W] (or, for an int P, zeros) and the rest x's rows, unit-normalized if ``normalize`` (norm
+    [B*H, P + T] holds their norms, else None; the lead rows' are not set); with ``o`` (laid out like y) also
+    delta [B*H, P + T] = y . o per row, else None."""
     b, t, h, w = x.shape
     if x.stride(-1) != 1:
         x = x.contiguous()
-    p = 0 if lead is None else lead.shape[2]
+    p = lead if isinstance(lead, int) else lead.shape[2]
     y = torch.empty(b * h, p + t, w, device=x.device, dtype=torch.float32)
     norm = torch.empty(b * h, p + t, device=x.device, dtype=torch.float32) if normalize else None
     delta = torch.empty(b * h, p + t, device=x.device, dtype=torch.float32) if o is not None else None
     if p:
-        y[:, :p] = lead.reshape(b * h, p, w)
+        y[:, :p] = 0 if isinstance(lead, int) else lead.reshape(b * h, p, w)
         if delta is not None:
             delta[:, :p] = (y[:, :p] * o[:, :p]).sum(-1)
     if t and b * h:
@@ -104,9 +104,8 @@ def to_head_first(x: torch.Tensor, lead: torch.Tensor | None, normalize: bool, o
 def from_head_first(y: torch.Tensor, batch: int, heads: int, lead: int, dtype: torch.dtype,
                     unit: torch.Tensor | None = None, norm: torch.Tensor | None = None) -> torch.Tensor:
     """Rows ``lead``.. of ``y`` [B*H, P + T, W] float32 (B = ``batch``, H = ``heads``) -> a contiguous [B, T, H, W]
-    tensor of ``dtype``. With
-    ``unit`` and ``norm`` (as :func:`to_head_first` returned them for x), y is a gradient w.r.t. the unit rows
-    and the result the gradient w.r.t. x."""
+    tensor of ``dtype``. With ``unit`` and ``norm`` (as :func:`to_head_first` returned them for x), y is a gradient
+    w.r.t. the unit rows and the result the gradient w.r.t. x."""
     bh, total, w = y.shape
     h, t = heads, total - lead
     out = torch.empty(batch, t, h, w, device=y.device, dtype=dtype)

@@ -134,21 +134,6 @@ FWD_TWO_PASS = False
 # 58.09 with and 54.91 without (8.5 per chunk that picks); the choice made per chunk inside one kernel, at 16,
 # was 27.14 and 56.35 (the kernel holding both ways is slower). So it is chosen per launch, by gram_picks.
 FWD_GRAM_PICKS = True
-# The forward adds each chunk's tokens to their slots' sums in a fixed order (each slot's tokens summed by a one-hot
-# product, added once) instead of with float atomics, whose order varies: with atomics the sums differ in their last
-# bits from run to run, near-tied assignments flip, and at 16K tokens and beyond two runs of one input drift apart
-# (session 14 on an H200: at 64K 14-18% of the count slots and 4-9% of the output differ; results/s14_run_to_run_h200.log).
-# Timed on an H200 (session 14, D = 64, N = 4,096, L = 128; results/s14_ordered_scatter_h200.json): fwd+bwd at 64K 52.42 ms
-# against 44.28 (the forward 27.41 against 19.24), at 4K 19.12 against 17.77; two runs then give bitwise the same
-# output, sums and counts. So it is off unless asked for, here or by torch.use_deterministic_algorithms(True).
-FWD_ORDERED_SCATTER = False
-
-
-def ordered_scatter() -> bool:
-    """Whether the forward scatters in a fixed order: FWD_ORDERED_SCATTER, or PyTorch's deterministic mode. (The
-    backward still adds with float atomics: its gradients differ run to run by ~1e-5 relative, and no decision
-    depends on them.)"""
-    return FWD_ORDERED_SCATTER or torch.are_deterministic_algorithms_enabled()
 # The fewest centroids per chunk that opens any, on average over a launch, for which the picks read the Gram
 # matrix: between the measured 8.5 (slower with it) and 64 (faster), near the break-even those two timings give
 # (a product costs ~17 picks' worth).
@@ -164,6 +149,24 @@ def gram_picks(static: bool, chunk_size: int, sched_rows) -> bool:
         return False
     opened = [n for _, n in sched_rows if n > 0]
     return bool(opened) and sum(opened) >= GRAM_MIN_PICKS * len(opened)
+
+
+# The forward adds each chunk's tokens to their slots' sums in a fixed order (each slot's tokens summed by a one-hot
+# product, added once) instead of with float atomics, whose order varies: with atomics the sums differ in their last
+# bits from run to run, near-tied assignments flip, and at 16K tokens and beyond two runs of one input drift apart
+# (session 14 on an H200: at 64K 14-18% of the count slots and 4-9% of the output differ;
+# results/s14_run_to_run_h200.log). Timed there (D = 64, N = 4,096, L = 128; results/s14_ordered_scatter_h200.json):
+# fwd+bwd at 64K 52.42 ms against 44.28 (the forward 27.41 against 19.24), at 4K 19.12 against 17.77; two runs then
+# give bitwise the same output, sums and counts. So it is off unless asked for, here or by
+# torch.use_deterministic_algorithms(True).
+FWD_ORDERED_SCATTER = False
+
+
+def ordered_scatter() -> bool:
+    """Whether the forward scatters in a fixed order: FWD_ORDERED_SCATTER, or PyTorch's deterministic mode. (The
+    backward still adds with float atomics: its gradients differ run to run by ~1e-5 relative, and no decision
+    depends on them.)"""
+    return FWD_ORDERED_SCATTER or torch.are_deterministic_algorithms_enabled()
 
 
 def padded_capacity(capacity: int, slices: int) -> int:
@@ -299,7 +302,7 @@ class ChunkFunction(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         batch = q.shape[0]
         # buffered tokens were answered before: their query rows are zeros and their output rows dropped
-        qhat, q_norm, _ = to_head_first(q, torch.zeros_like(lead_k), normalize=True)
+        qhat, q_norm, _ = to_head_first(q, lead_k.shape[2], normalize=True)
         khat, k_norm, _ = to_head_first(k, lead_k, normalize=True)
         vals, _, _ = to_head_first(v, lead_v, normalize=False)
         bh, total, d = khat.shape
@@ -352,11 +355,10 @@ class ChunkFunction(torch.autograd.Function):
         bh, total, d = khat.shape
         dv = vals.shape[-1]
         h = cfg.num_heads
-        lead_rows = torch.zeros(batch, h, lead, dv, device=o.device)
         if do is None:
             do_hf, delta = torch.zeros_like(o), torch.zeros(bh, total, device=o.device)
         else:
-            do_hf, _, delta = to_head_first(do, lead_rows, normalize=False, o=o)
+            do_hf, _, delta = to_head_first(do, lead, normalize=False, o=o)
         dq, dk, dvals, dbeta, d_sum_k0, d_sum_v0 = _backward(
             (qhat, khat, vals, beta, o, lse, z, sum_k, sum_v, count, codebook, sched), cfg, ctx.m0, do_hf, delta,
             d_sum_k, d_sum_v)

@@ -30,9 +30,11 @@ def test_to_head_first_matches_torch(shape, normalize, dtype, strided, lead):
 
     b, t, h, w = shape
     x = _rows(b, t, h, w, dtype, seed=t, strided=strided)
-    lead_rows = torch.randn(b, h, lead, w, device=DEVICE) if lead else None
+    lead_rows = torch.randn(b, h, lead, w, device=DEVICE) if lead else 0
     o = torch.randn(b * h, lead + t, w, device=DEVICE)
     y, norm, delta = to_head_first(x, lead_rows, normalize, o=o)
+    zeros_first, _, _ = to_head_first(x, lead, normalize)  # lead given as a count: zero rows
+    assert torch.equal(zeros_first[:, lead:], y[:, lead:]) and not zeros_first[:, :lead].any()
     ref = x.transpose(1, 2).float()
     ref_norm = ref.norm(dim=-1)
     ref = l2norm(ref) if normalize else ref
@@ -74,7 +76,7 @@ def test_from_head_first_is_the_l2norm_backward(shape, dtype, lead):
 
     b, t, h, w = shape
     x = _rows(b, t, h, w, dtype, seed=t + 1, strided=False).requires_grad_()
-    lead_rows = torch.randn(b, h, lead, w, device=DEVICE) if lead else None
+    lead_rows = torch.randn(b, h, lead, w, device=DEVICE) if lead else 0
     unit, norm, _ = to_head_first(x.detach(), lead_rows, normalize=True)
     dy = torch.randn(b * h, lead + t, w, device=DEVICE)
     dy[0, lead + 1] *= 1e-3  # the zero row's gradient is dy / eps: within float16's range
