@@ -209,9 +209,10 @@ def decode(contexts, heads: int, d: int, n: int, chunk: int) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    """One line per (D, T, N): OVQ and VQ times, the online update's overhead, and the peers."""
-    lines = [f"{'D':>4}{'T':>7}{'N':>6} {'ovq f':>8}{'ovq fb':>9}{'vq fb':>8}{'upd%':>8}{'sdpa fb':>9}"
-             f"{'gdn fb':>8}{'ovq/sdpa':>9}{'ovq/gdn':>8}"]
+    """One line per (D, T, N): OVQ and VQ times, the online update's overhead (forward alone, as at inference, and
+    fwd+bwd, as in training), and the peers."""
+    lines = [f"{'D':>4}{'T':>7}{'N':>6} {'ovq f':>8}{'vq f':>8}{'f upd%':>8}{'ovq fb':>9}{'vq fb':>8}{'upd%':>8}"
+             f"{'sdpa fb':>9}{'gdn fb':>8}{'ovq/sdpa':>9}{'ovq/gdn':>8}"]
     peers = {(r["D"], r["T"], r["op"]): r for r in rows if r["op"] in ("sdpa", "gdn")}
     for r in rows:
         if r["op"] != "ovq":
@@ -222,10 +223,12 @@ def table(rows: list[dict]) -> str:
 
         def fmt(x, w=8):
             return f"{x:>{w}.2f}" if isinstance(x, float) else f"{'-':>{w}}"
+        upd_f = 100 * (r["fwd_ms"] / vq["fwd_ms"] - 1) if vq else None
         upd = 100 * (r["fwd_bwd_ms"] / vq["fwd_bwd_ms"] - 1) if vq else None
         sd_fb = sd["fwd_bwd_ms"] if sd else None
         gd_fb = gd["fwd_bwd_ms"] if gd and gd["fwd_bwd_ms"] else None
-        lines.append(f"{r['D']:>4}{r['T']:>7}{r['N']:>6} {fmt(r['fwd_ms'])}{fmt(r['fwd_bwd_ms'], 9)}"
+        lines.append(f"{r['D']:>4}{r['T']:>7}{r['N']:>6} {fmt(r['fwd_ms'])}{fmt(vq['fwd_ms'] if vq else None)}"
+                     f"{fmt(upd_f)}{fmt(r['fwd_bwd_ms'], 9)}"
                      f"{fmt(vq['fwd_bwd_ms'] if vq else None)}{fmt(upd)}{fmt(sd_fb, 9)}{fmt(gd_fb)}"
                      f"{fmt(r['fwd_bwd_ms'] / sd_fb if sd_fb else None, 9)}{fmt(r['fwd_bwd_ms'] / gd_fb if gd_fb else None)}")
     return "\n".join(lines)

@@ -91,6 +91,7 @@ class KernelConfig:
     assign_precision: str
     fwd_slices: int
     bwd_slices: int
+    fwd_block: int  # centroids per block of the forward's loop (the backward's are BLOCK_CENTROIDS)
     cached: bool = False
     two_pass: bool = False
     gram_picks: bool = False
@@ -169,11 +170,28 @@ def ordered_scatter() -> bool:
     return FWD_ORDERED_SCATTER or torch.are_deterministic_algorithms_enabled()
 
 
-def padded_capacity(capacity: int, slices: int) -> int:
-    """Rows per bh of the kernels' per-slot buffers padded so that each slice holds whole blocks of
-    BLOCK_CENTROIDS slots (the kernels compute the same, ``kernels._padded_rows``), so that blocks are read
-    whole, without masks; the padded rows hold empty slots."""
-    return math.ceil(capacity / (slices * BLOCK_CENTROIDS)) * slices * BLOCK_CENTROIDS
+def padded_capacity(capacity: int, slices: int, block: int | None = None) -> int:
+    """Rows per bh of the kernels' per-slot buffers padded so that each slice holds whole blocks of ``block``
+    slots (BLOCK_CENTROIDS by default; the kernels compute the same, ``kernels._padded_rows``), so that blocks are
+    read whole, without masks; the padded rows hold empty slots."""
+    block = block or BLOCK_CENTROIDS
+    return math.ceil(capacity / (slices * block)) * slices * block
+
+
+# The forward's centroid block width where one program reads a (b, h)'s whole dictionary (one slice). Measured on an
+# H200 (session 15, D = 64, N = 4,096, L = 128, bf16; results/s15_fwd_block_h200.json): at 4K (B = 16, one slice)
+# 128 took the forward from 8.02 to 7.49 ms; at 64K (8 slices of 512 slots, where a slice's last, partly active
+# block wastes more of a wider one) it was slower, 20.77 against 20.00, and 32 slower at both (22.76, 9.32). Wider
+# tiles mean fewer barriers and reductions per centroid; only measured at D <= 64 and L <= 128.
+FWD_WIDE_BLOCK = 128
+
+
+def fwd_block(slices: int, head_dim: int, chunk_size: int, device: torch.device) -> int:
+    """Centroids per block of the forward's loop: FWD_WIDE_BLOCK with one slice on a GPU (at D <= 64, L <= 128),
+    else BLOCK_CENTROIDS."""
+    if slices == 1 and device.type == "cuda" and not interpreting() and head_dim <= 64 and chunk_size <= 128:
+        return max(FWD_WIDE_BLOCK, BLOCK_CENTROIDS)
+    return BLOCK_CENTROIDS
 
 
 def merge_rows(block_l: int, slices: int) -> int:
@@ -279,7 +297,7 @@ def _operand_buffers(cfg: KernelConfig, bh: int, bd: int, bdv: int, device) -> t
         return unused, unused, unused, unused, unused
     read = _read_dtype(cfg)
     split = cfg.assign_precision == "bf16x3"
-    n = padded_capacity(cfg.capacity, cfg.fwd_slices)
+    n = padded_capacity(cfg.capacity, cfg.fwd_slices, cfg.fwd_block)
     assign = torch.zeros(bh, n, bd, device=device, dtype=torch.bfloat16 if split else torch.float32)
     low = torch.zeros_like(assign) if split else torch.zeros(1, device=device, dtype=torch.float32)
     offsets = torch.zeros(bh, n, 2 * OFFW.value, device=device, dtype=read)
@@ -336,7 +354,7 @@ class ChunkFunction(torch.autograd.Function):
             _launch("fwd", ovq_fwd_kernel, (nb, bh), cfg.chunk_size, d, dv,
                     qhat, khat, vals, beta, sum_k, sum_v, count, codebook if cfg.static else sum_k, sched,
                     o, lse, z, xstat, xacc, xbest, barrier, crd, chi, clo, cmv, cpr, gram,
-                    total, n, cfg.num_heads, sched.shape[0], **kw, BN=BLOCK_CENTROIDS, NB=nb,
+                    total, n, cfg.num_heads, sched.shape[0], **kw, BN=cfg.fwd_block, NB=nb,
                     COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, ASSIGN_PREC=cfg.assign_precision,
                     CACHED=cfg.cached, TWO_PASS=cfg.two_pass, GRAM_PICKS=cfg.gram_picks, MERGE_ROWS=merge_rows(bl, nb),
                     ORDERED_SCATTER=cfg.ordered_scatter)
@@ -467,7 +485,7 @@ def triton_chunk_scan(q, k, v, beta, state: DictionaryState, *, count_prior: boo
     read, assign = _precisions(q.dtype)
     fwd_slices, bwd_slices = _slices(b * h, capacity, v.device)
     cfg = KernelConfig(chunk, capacity, h, count_prior, static, detach_state, read, assign, fwd_slices, bwd_slices,
-                       FWD_CACHED_OPERANDS, FWD_TWO_PASS, gram_picks(static, chunk, rows), ordered_scatter())
+                       fwd_block(fwd_slices, max(d, dv), chunk, v.device), FWD_CACHED_OPERANDS, FWD_TWO_PASS, gram_picks(static, chunk, rows), ordered_scatter())
     beta_h = (beta.reshape(-1).expand(h) if isinstance(beta, torch.Tensor)
               else torch.full((h,), float(beta), device=v.device)).float().contiguous()
     needs_grad = torch.is_grad_enabled() and any(

@@ -84,6 +84,28 @@ def test_small_centroid_blocks(case, monkeypatch):
     _kernels_match_torch(case, seed=case[0] + 1)
 
 
+@pytest.mark.parametrize("case", [CASES[0], CASES[3]], ids=lambda c: f"T{c[0]}-L{c[1]}-N{c[2]}")
+def test_forward_blocks_wider_than_the_backwards(case, monkeypatch):
+    """The forward's own block width (on a GPU, FWD_WIDE_BLOCK with one slice): its side buffers are padded to its
+    blocks, the backward's scratch to BLOCK_CENTROIDS; both must read the same dictionary."""
+    import ovq.ops.triton_chunk as tc
+    monkeypatch.setattr(tc, "BLOCK_CENTROIDS", 16)
+    monkeypatch.setattr(tc, "fwd_block", lambda *args: 32)
+    _kernels_match_torch(case, seed=case[0] + 7)
+
+
+def test_wide_forward_blocks_only_with_one_slice_on_a_gpu():
+    import ovq.ops.triton_chunk as tc
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    wide = max(tc.FWD_WIDE_BLOCK, tc.BLOCK_CENTROIDS)
+    assert tc.fwd_block(1, 64, 128, cpu) == tc.BLOCK_CENTROIDS
+    if not tc.interpreting():
+        assert tc.fwd_block(1, 64, 128, gpu) == wide
+    assert tc.fwd_block(8, 64, 128, gpu) == tc.BLOCK_CENTROIDS
+    assert tc.fwd_block(1, 128, 128, gpu) == tc.BLOCK_CENTROIDS  # not measured there
+    assert tc.fwd_block(1, 64, 256, gpu) == tc.BLOCK_CENTROIDS
+
+
 @pytest.mark.parametrize("case", [CASES[0], CASES[3]], ids=lambda c: f"T{c[0]}-L{c[1]}-N{c[2]}-{c[5]}")
 def test_picks_from_gram_matrix(case, monkeypatch):
     """The picks from the chunk's Gram matrix, which the launcher chooses where chunks open many centroids, with
