@@ -724,34 +724,9 @@ def _load_rows(ptr, rows, offs, W: tl.constexpr, BW: tl.constexpr):
 
 
 @triton.jit
-def _flush_directions(rk_ptr, gk_ptr, sk_ptr, g_rows, s_rows, mask, offs_d, dmask, D: tl.constexpr,
-                      SHARED_ROWS: tl.constexpr):
-    """Move the gradients gathered w.r.t. the unit directions of slots ``g_rows`` (rk) into their sum_k-space
-    gradients (gk), through the L2 norm's backward at the sums ``s_rows`` of sk: (r - mu (mu . r)) / ||sum_k||.
-    With SHARED_ROWS (several tokens of a chunk in one slot) each element of rk is taken by one of them, by an
-    atomic exchange with zero, and the projections (linear in r) are added atomically; else each row is its own."""
-    addr = g_rows[:, None] * D + offs_d[None, :]
-    m2 = mask[:, None] & dmask[None, :]
-    if SHARED_ROWS:
-        # (as int32 bits: the interpreter exchanges integers only)
-        bits = tl.atomic_xchg(rk_ptr.to(tl.pointer_type(tl.int32)) + addr, tl.zeros(addr.shape, tl.int32), mask=m2,
-                              sem="relaxed")
-        r = tl.where(m2, bits.to(tl.float32, bitcast=True), 0.0)
-    else:
-        r = tl.load(rk_ptr + addr, mask=m2, other=0.0)
-    sk = tl.load(sk_ptr + s_rows[:, None] * D + offs_d[None, :], mask=m2, other=0.0, cache_modifier=".cg")
-    mu, inv = _unit_rows(sk)
-    dsk = (r - mu * tl.sum(mu * r, axis=1)[:, None]) * inv[:, None]
-    if SHARED_ROWS:
-        tl.atomic_add(gk_ptr + addr, dsk, mask=m2, sem="relaxed")
-    else:
-        tl.store(gk_ptr + addr, tl.load(gk_ptr + addr, mask=m2, other=0.0) + dsk, mask=m2)
-
-
-@triton.jit
 def ovq_bwd_dict_kernel(
     q_ptr, k_ptr, v_ptr, beta_ptr, do_ptr, lse_ptr, delta_ptr, z_ptr, sched_ptr,
-    sk_ptr, sv_ptr, cnt_ptr, cb_ptr, gk_ptr, gv_ptr, rk_ptr, off_ptr,
+    sk_ptr, sv_ptr, cnt_ptr, cb_ptr, gk_ptr, gv_ptr, off_ptr,
     dq_ptr, dk_ptr, dv_ptr, dbeta_ptr,
     T, N, H, C,
     D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr,
@@ -761,10 +736,7 @@ def ovq_bwd_dict_kernel(
     """Gradients through the dictionary: a reverse scan over chunks per (slice, bh).
 
     sk/sv/cnt hold the *final* sums on entry (a scratch copy: they are rewound chunk by chunk);
-    gk/gv hold the gradient w.r.t. the final sums on entry and w.r.t. the initial sums on exit. rk (zeros on
-    entry, scratch) gathers the reads' gradients w.r.t. each slot's unit direction since the slot last changed:
-    a slot's direction and norm are constant between changes, so the projection onto sum_k-space is linear in
-    them and taken once per change (``_flush_directions``), not per read. off is scratch
+    gk/gv hold the gradient w.r.t. the final sums on entry and w.r.t. the initial sums on exit. off is scratch
     for each slot's logit offset row (``_store_offset_rows``), kept up to date as the counts are rewound.
     dq, dk and dv hold the in-chunk attention's gradients (``ovq_bwd_local_kernel``) on entry, and the
     dictionary's are added: to dq atomically (NB slices contribute), to a token's dk/dv row by the slice that
@@ -813,10 +785,6 @@ def ovq_bwd_dict_kernel(
         v = tl.load(v_ptr + v_off, mask=tmask[:, None] & dvmask[None, :], other=0.0)
         if not DETACH:
             if not STATIC:
-                # the reads since these slots last changed, into sum_k-space with the slots' state they read (this
-                # chunk's merge not yet rewound); the adds must land before the loads below
-                _flush_directions(rk_ptr, gk_ptr, sk_ptr, s_base + zs, p_base + zs, own, offs_d, dmask, D, True)
-                tl.debug_barrier()
                 gk = tl.load(gk_ptr + (s_base + zs)[:, None] * D + offs_d[None, :], mask=own[:, None] & dmask[None, :],
                              other=0.0, cache_modifier=".cg")
                 dk = tl.load(dk_ptr + qk_off, mask=own[:, None] & dmask[None, :], other=0.0)
@@ -872,9 +840,10 @@ def ovq_bwd_dict_kernel(
                 # G += this read's gradient as fire-and-forget adds (each slot has one owner, so the sum is the
                 # load-add-store's): a load here would wait on L2 right after the products and cost two
                 # layout round trips through shared memory (compiled for sm_90)
-                if not STATIC:  # the gradient w.r.t. the unit directions, projected when the slot changes
+                if not STATIC:
                     dmu = _mm(tl.trans(ds), q_op, READ_PREC) * LN2  # q_op carries beta * log2(e)
-                    tl.atomic_add(rk_ptr + rows_k, dmu, mask=readable[:, None] & dmask[None, :], sem="relaxed")
+                    dsk = (dmu - mu * tl.sum(mu * dmu, axis=1)[:, None]) * inv[:, None]
+                    tl.atomic_add(gk_ptr + rows_k, dsk, mask=readable[:, None] & dmask[None, :], sem="relaxed")
                 dsv = _mm(tl.trans(p), do_op, READ_PREC) * (1.0 / tl.maximum(cnt, 1.0))[:, None]
                 tl.atomic_add(gv_ptr + rows_v, dsv, mask=readable[:, None] & dvmask[None, :], sem="relaxed")
         if m_loc > 0:
@@ -884,8 +853,4 @@ def ovq_bwd_dict_kernel(
             dbeta += tl.sum(q * dq)
             tl.atomic_add(dq_ptr + qk_off, beta * dq, mask=tmask[:, None] & dmask[None, :], sem="relaxed")
         tl.debug_barrier()
-    if not DETACH and not STATIC:  # what the first chunks' reads left, with the initial state's directions
-        for r0 in range(0, _slots_in_slice(N, s, NB), BN):
-            n = s + NB * (r0 + offs_n)
-            _flush_directions(rk_ptr, gk_ptr, sk_ptr, s_base + n, p_base + n, n < N, offs_d, dmask, D, False)
     tl.store(dbeta_ptr + bh * NB + s, dbeta)

@@ -414,8 +414,6 @@ def _backward(saved, cfg: KernelConfig, m0: int, do, delta, d_sum_k, d_sum_v) ->
     nb = cfg.bwd_slices
     g_k = torch.zeros_like(sum_k) if d_sum_k is None else d_sum_k.float().clone()
     g_v = torch.zeros_like(sum_v) if d_sum_v is None else d_sum_v.float().clone()
-    # the reads' gradients w.r.t. the unit key directions, gathered between a slot's changes (scratch)
-    r_k = torch.zeros_like(sum_k) if not (cfg.static or cfg.detach) else g_k
     dbeta_dict = torch.zeros(bh, nb, device=v.device, dtype=torch.float32)
     if total > 0:
         # scratch the reverse scan rewinds, with rows padded to whole blocks in every slice: empty slots there
@@ -426,7 +424,7 @@ def _backward(saved, cfg: KernelConfig, m0: int, do, delta, d_sum_k, d_sum_v) ->
         _launch("bwd_dict", ovq_bwd_dict_kernel, (nb, bh), cfg.chunk_size, d, dv,
                 qhat, khat, v, beta, do, lse, delta, z, sched,
                 pad(sum_k) if not cfg.static else sum_k, pad(sum_v), pad(count),
-                pad(codebook.view(cfg.num_heads, n, d)) if cfg.static else sum_k, g_k, g_v, r_k, offset_rows,
+                pad(codebook.view(cfg.num_heads, n, d)) if cfg.static else sum_k, g_k, g_v, offset_rows,
                 dq, dk, dvals, dbeta_dict, total, n, cfg.num_heads, chunks,
                 BN=BLOCK_CENTROIDS, NB=nb, COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, DETACH=cfg.detach, **kw)
     dbeta = (dbeta_local.sum(-1) + dbeta_dict.sum(-1)).view(-1, cfg.num_heads).sum(0)
