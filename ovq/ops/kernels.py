@@ -380,56 +380,28 @@ def _finish_rows(o_ptr, lse_ptr, bh, T, c, L: tl.constexpr, rows, row_max, row_s
 
 
 @triton.jit
-def _run_combine(first_a, last_a, run_a, first_b, last_b, run_b):
-    """Combine two adjacent ranges of rows whose keys come in runs (equal keys adjacent): (first key, last key, sum
-    of the trailing run of equal keys). b's trailing run continues a's where b holds one key and it is a's last."""
-    joined = (first_b == last_b) & (last_a == first_b)
-    return first_a, last_b, tl.where(joined, run_a + run_b, run_b)
+def _sum_by_group(group, x, PREC: tl.constexpr):
+    """group @ x for a 0/1 matrix ``group`` in a fixed summation order (a product's) at float32 grade: x split into
+    three bfloat16 parts that together hold its 24 bits of mantissa, or one float32 product ("ieee", the interpreter)."""
+    if PREC == "ieee":
+        return tl.dot(group, x, input_precision="ieee")
+    else:
+        g = group.to(tl.bfloat16)
+        hi = x.to(tl.bfloat16)
+        rest = x - hi.to(tl.float32)
+        mid = rest.to(tl.bfloat16)
+        lo = (rest - mid.to(tl.float32)).to(tl.bfloat16)
+        return tl.dot(g, lo, tl.dot(g, mid, tl.dot(g, hi)))
 
 
 @triton.jit
-def _run_sums(key, x, AXIS_LEN: tl.constexpr):
-    """Inclusive sums of x (rows [AXIS_LEN, ...] or [AXIS_LEN]) over runs of equal ``key`` [AXIS_LEN], in the
-    scan's fixed order."""
-    keys = key
-    if len(x.shape) == 2:
-        keys = tl.broadcast_to(key[:, None], x.shape)
-    _, _, run = tl.associative_scan((keys, keys, x), 0, _run_combine)
-    return run
-
-
-@triton.jit
-def _add_rows(ptr, rows, x, mask, cols, cmask, W: tl.constexpr):
-    """Row ``rows[i]`` of a width-W buffer += x[i] where ``mask`` (plain load and store: one writer per row)."""
+def _add_in_order(ptr, rows, x, group, lead, cols, cmask, W: tl.constexpr, PREC: tl.constexpr):
+    """Add to row ``rows[i]`` of a width-W buffer the sum of ``x``'s rows grouped with token i, once per group (its
+    ``lead`` token): each slot's tokens summed in a fixed order, unlike atomic adds, whose order (and so the sums'
+    last bits) varies from run to run."""
     addr = ptr + rows[:, None] * W + cols[None, :]
-    m2 = mask[:, None] & cmask[None, :]
-    tl.store(addr, tl.load(addr, mask=m2, other=0.0) + x, mask=m2)
-
-
-@triton.jit
-def _scatter_in_order(sk_ptr, sv_ptr, cnt_ptr, k_rows, v_rows, s_base, z, own, offs_l, offs_d, dmask, offs_dv,
-                      dvmask, D: tl.constexpr, DV: tl.constexpr, BL: tl.constexpr, STATIC: tl.constexpr):
-    """Add this program's tokens of the chunk (``own``, in slots ``z``; their rows at ``k_rows``, ``v_rows``) to the
-    sums and counts, each slot's tokens summed in a fixed order: sorted by (slot, token), summed over each slot's
-    run by a scan, and added once, by the run's last token, with a plain load and store (one program owns a slot).
-    Atomic adds land in an order that varies from run to run, and the sums' last bits with it."""
-    PAST: tl.constexpr = 0x7FFFFFFF // BL - 1  # a slot key after every slot (the other programs' tokens)
-    order = tl.sort(tl.where(own, z, PAST) * BL + offs_l)
-    slot = order // BL
-    tok = order % BL
-    mine = slot < PAST
-    ones = tl.where(mine, 1, 0)
-    # how many of its slot's tokens come from each one on (1: the run's last), by the same scan over the reversed order
-    rev = tl.flip(slot, 0)
-    last = mine & (tl.flip(_run_sums(rev, tl.flip(ones, 0), BL), 0) == 1)
-    rows = s_base + tl.where(last, slot, 0)
-    if not STATIC:
-        ks = tl.load(k_rows + tok[:, None] * D + offs_d[None, :], mask=mine[:, None] & dmask[None, :], other=0.0)
-        _add_rows(sk_ptr, rows, _run_sums(slot, ks, BL), last, offs_d, dmask, D)
-    vs = tl.load(v_rows + tok[:, None] * DV + offs_dv[None, :], mask=mine[:, None] & dvmask[None, :], other=0.0)
-    _add_rows(sv_ptr, rows, _run_sums(slot, vs, BL), last, offs_dv, dvmask, DV)
-    cnt = tl.load(cnt_ptr + rows, mask=last, other=0.0)
-    tl.store(cnt_ptr + rows, cnt + _run_sums(slot, ones, BL).to(tl.float32), mask=last)
+    mask = lead[:, None] & cmask[None, :]
+    tl.store(addr, tl.load(addr, mask=mask, other=0.0) + _sum_by_group(group, x, PREC), mask=mask)
 
 
 @triton.jit
@@ -597,8 +569,16 @@ def ovq_fwd_kernel(
             zs = tl.where(own, z, 0)
             v = tl.load(v_ptr + v_off, mask=tmask[:, None] & dvmask[None, :], other=0.0)  # (not live in the picks)
             if ORDERED_SCATTER:
-                _scatter_in_order(sk_ptr, sv_ptr, cnt_ptr, k_ptr + (bh * T + c * L) * D, v_ptr + (bh * T + c * L) * DV,
-                                  s_base, z, own, offs_l, offs_d, dmask, offs_dv, dvmask, D, DV, BL, STATIC)
+                # each slot's tokens grouped by a one-hot product and added by the first of them (the slot's owner is
+                # this program, and a group has one first token: plain loads and stores)
+                same = (z[:, None] == z[None, :]) & own[:, None] & own[None, :]
+                lead = own & (tl.min(tl.where(same, offs_l[None, :], BL), axis=1) == offs_l)
+                group = same.to(tl.float32)
+                if not STATIC:
+                    _add_in_order(sk_ptr, s_base + zs, k, group, lead, offs_d, dmask, D, ASSIGN_PREC)
+                _add_in_order(sv_ptr, s_base + zs, v, group, lead, offs_dv, dvmask, DV, ASSIGN_PREC)
+                cnt_old = tl.load(cnt_ptr + s_base + zs, mask=lead, other=0.0)
+                tl.store(cnt_ptr + s_base + zs, cnt_old + tl.sum(group, axis=1), mask=lead)
             else:
                 if not STATIC:
                     tl.atomic_add(sk_ptr + (s_base + zs)[:, None] * D + offs_d[None, :], k,
