@@ -146,6 +146,9 @@ def test_ordered_scatter_is_reproducible(monkeypatch):
     import ovq.ops.triton_chunk as tc
     monkeypatch.setattr(tc, "FWD_ORDERED_SCATTER", True)
     q, k, v = random_qkv(2, 2000, 4, 64, dtype=torch.bfloat16, seed=8, device=DEVICE)
+    # several forward slices per (b, h): the interpreter runs one only, so code that differs with several (the
+    # slices' exchange, each slice's share of the scatter) is tested here alone
+    assert tc._slices(2 * 4, 256, q.device)[0] > 1
     runs = [ovq_attention(q, k, v, 12.0, chunk_size=128, max_centroids=256, output_final_state=True,
                           backend="triton") for _ in range(3)]
     for o, state in runs[1:]:
