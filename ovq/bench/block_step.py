@@ -37,6 +37,7 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
 
 from .common import environment, save_json
 
+
 @triton.jit
 def step_triton(q_ptr, do_ptr, lse_ptr, delta_ptr, mu_ptr, muv_ptr, off_ptr, gk_ptr, gv_ptr, dq_ptr, NBLK,
                 BL: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
