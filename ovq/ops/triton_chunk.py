@@ -485,7 +485,8 @@ def triton_chunk_scan(q, k, v, beta, state: DictionaryState, *, count_prior: boo
     read, assign = _precisions(q.dtype)
     fwd_slices, bwd_slices = _slices(b * h, capacity, v.device)
     cfg = KernelConfig(chunk, capacity, h, count_prior, static, detach_state, read, assign, fwd_slices, bwd_slices,
-                       fwd_block(fwd_slices, max(d, dv), chunk, v.device), FWD_CACHED_OPERANDS, FWD_TWO_PASS, gram_picks(static, chunk, rows), ordered_scatter())
+                       fwd_block(fwd_slices, max(d, dv), chunk, v.device), FWD_CACHED_OPERANDS, FWD_TWO_PASS,
+                       gram_picks(static, chunk, rows), ordered_scatter())
     beta_h = (beta.reshape(-1).expand(h) if isinstance(beta, torch.Tensor)
               else torch.full((h,), float(beta), device=v.device)).float().contiguous()
     needs_grad = torch.is_grad_enabled() and any(

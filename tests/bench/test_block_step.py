@@ -11,7 +11,7 @@ pytest.importorskip("triton.experimental.gluon")
 
 
 def _compile_only(tmp_path) -> dict:
-    """``--compile-only`` in a process without Triton's interpreter (the test session runs under it; it cannot compile)."""
+    """``--compile-only`` in a process without Triton's interpreter (the tests run under it, which cannot compile)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     code = ("import json, sys; from ovq.bench.block_step import main; "
             "json.dump(main(['--compile-only']), open(sys.argv[1], 'w'))")
