@@ -70,6 +70,45 @@ def step_triton(q_ptr, do_ptr, lse_ptr, delta_ptr, mu_ptr, muv_ptr, off_ptr, gk_
 
 
 @gluon.jit
+def _stage(a_s, b_s, a, b):
+    """Store the iteration's two operand tiles into shared memory once every warp is done with the last ones, and
+    make them visible to the warpgroup products (the async proxy)."""
+    gl.thread_barrier()
+    a_s.store(a)
+    b_s.store(b)
+    fence_async_shared()
+    gl.thread_barrier()
+
+
+@gluon.jit
+def _read(q_s, do_s, mu_s, muv_s, zero):
+    """Issue the read's two products, q mu^T and dO muv^T, without waiting for them."""
+    return (warpgroup_mma(q_s, mu_s.permute([1, 0]), zero, is_async=True),
+            warpgroup_mma(do_s, muv_s.permute([1, 0]), zero, is_async=True))
+
+
+@gluon.jit
+def _scores(logits, dp, off, lse2, delta, p_s, ds_s):
+    """Wait for the read's two products, then store p and ds = p (dp - delta) as the gradient products' operands."""
+    logits, dp = warpgroup_mma_wait(0, deps=[logits, dp])
+    p = gl.exp2(logits + off[None, :] - lse2[:, None])
+    ds = p * (dp - delta[:, None])
+    p_s.store(p.to(gl.bfloat16))
+    ds_s.store(ds.to(gl.bfloat16))
+    fence_async_shared()
+    gl.thread_barrier()
+
+
+@gluon.jit
+def _gradients(q_s, do_s, mu_s, p_s, ds_s, dq, gk, gv):
+    """dq + ds mu, G_k + ds^T q and G_v + p^T dO, the three in flight together."""
+    dq = warpgroup_mma(ds_s, mu_s, dq, is_async=True)
+    gk = warpgroup_mma(ds_s.permute([1, 0]), q_s, gk, is_async=True)
+    gv = warpgroup_mma(p_s.permute([1, 0]), do_s, gv, is_async=True)
+    return warpgroup_mma_wait(0, deps=[dq, gk, gv])
+
+
+@gluon.jit
 def step_gluon(q_ptr, do_ptr, lse_ptr, delta_ptr, mu_ptr, muv_ptr, off_ptr, gk_ptr, gv_ptr, dq_ptr, NBLK,
                BL: gl.constexpr, BN: gl.constexpr, BD: gl.constexpr):
     """The same step with asynchronous warpgroup products: two in flight for the read, three for the gradients."""
@@ -107,29 +146,15 @@ def step_gluon(q_ptr, do_ptr, lse_ptr, delta_ptr, mu_ptr, muv_ptr, off_ptr, gk_p
     mu = gl.load(mu_ptr + rows_n[:, None] * BD + cols[None, :])
     muv = gl.load(muv_ptr + rows_n[:, None] * BD + cols[None, :])
     for j in range(0, NBLK):
-        gl.thread_barrier()  # every warp is done with the last block's operands
-        mu_s.store(mu)
-        muv_s.store(muv)
-        fence_async_shared()
-        gl.thread_barrier()
-        logits = warpgroup_mma(q_s, mu_s.permute([1, 0]), zero, is_async=True)
-        dp = warpgroup_mma(do_s, muv_s.permute([1, 0]), zero, is_async=True)
+        _stage(mu_s, muv_s, mu, muv)
+        logits, dp = _read(q_s, do_s, mu_s, muv_s, zero)
         # the next block's loads go out while the products run
         nxt = gl.minimum(j + 1, NBLK - 1) * BN + rows_n
         mu_next = gl.load(mu_ptr + nxt[:, None] * BD + cols[None, :])
         muv_next = gl.load(muv_ptr + nxt[:, None] * BD + cols[None, :])
         off = gl.load(off_ptr + j * BN + acc_cols)
-        logits, dp = warpgroup_mma_wait(0, deps=[logits, dp])
-        p = gl.exp2(logits + off[None, :] - lse2[:, None])
-        ds = p * (dp - delta[:, None])
-        p_s.store(p.to(gl.bfloat16))
-        ds_s.store(ds.to(gl.bfloat16))
-        fence_async_shared()
-        gl.thread_barrier()
-        dq = warpgroup_mma(ds_s, mu_s, dq, is_async=True)
-        dmu = warpgroup_mma(ds_s.permute([1, 0]), q_s, zero_g, is_async=True)
-        dsv = warpgroup_mma(p_s.permute([1, 0]), do_s, zero_g, is_async=True)
-        dq, dmu, dsv = warpgroup_mma_wait(0, deps=[dq, dmu, dsv])
+        _scores(logits, dp, off, lse2, delta, p_s, ds_s)
+        dq, dmu, dsv = _gradients(q_s, do_s, mu_s, p_s, ds_s, dq, zero_g, zero_g)
         g = (pid * NBLK + j) * BN + g_rows
         gl.atomic_add(gk_ptr + g[:, None] * BD + g_cols[None, :], dmu, sem="relaxed")
         gl.atomic_add(gv_ptr + g[:, None] * BD + g_cols[None, :], dsv, sem="relaxed")
@@ -207,29 +232,16 @@ def resident_gluon(q_ptr, do_ptr, lse_ptr, delta_ptr, mu_ptr, muv_ptr, off_ptr, 
     q = gl.load(q_ptr + rows[:, None] * BD + cols[None, :])
     do = gl.load(do_ptr + rows[:, None] * BD + cols[None, :])
     for c in range(0, NBLK):
-        gl.thread_barrier()  # every warp is done with the last chunk's operands
-        q_s.store(q)
-        do_s.store(do)
-        fence_async_shared()
-        gl.thread_barrier()
-        logits = warpgroup_mma(q_s, mu_s.permute([1, 0]), zero, is_async=True)
-        dp = warpgroup_mma(do_s, muv_s.permute([1, 0]), zero, is_async=True)
+        _stage(q_s, do_s, q, do)
+        logits, dp = _read(q_s, do_s, mu_s, muv_s, zero)
+        # the next chunk's loads go out while the products run
         t_next = gl.minimum(c + 1, NBLK - 1) * BL + rows
         q = gl.load(q_ptr + t_next[:, None] * BD + cols[None, :])
         do = gl.load(do_ptr + t_next[:, None] * BD + cols[None, :])
         lse2 = gl.load(lse_ptr + c * BL + acc_rows)
         delta = gl.load(delta_ptr + c * BL + acc_rows)
-        logits, dp = warpgroup_mma_wait(0, deps=[logits, dp])
-        p = gl.exp2(logits + off[None, :] - lse2[:, None])
-        ds = p * (dp - delta[:, None])
-        p_s.store(p.to(gl.bfloat16))
-        ds_s.store(ds.to(gl.bfloat16))
-        fence_async_shared()
-        gl.thread_barrier()
-        dq = warpgroup_mma(ds_s, mu_s, zero_dq, is_async=True)
-        gk = warpgroup_mma(ds_s.permute([1, 0]), q_s, gk, is_async=True)
-        gv = warpgroup_mma(p_s.permute([1, 0]), do_s, gv, is_async=True)
-        dq, gk, gv = warpgroup_mma_wait(0, deps=[dq, gk, gv])
+        _scores(logits, dp, off, lse2, delta, p_s, ds_s)
+        dq, gk, gv = _gradients(q_s, do_s, mu_s, p_s, ds_s, zero_dq, gk, gv)
         t = c * BL + dq_rows
         gl.atomic_add(dq_ptr + t[:, None] * BD + dq_cols[None, :], dq, sem="relaxed")
     g_rows = pid * BN + gl.arange(0, BN, layout=gl.SliceLayout(1, accg_l))
