@@ -244,7 +244,7 @@ def compile_all(records, Ls, stages_list, ints, nb_fwd, nb_bwd, ptx_dir, warps_o
                     cx["NB"] = nb_fwd if rec["name"] == "fwd" else nb_bwd
                 if rec["name"] == "fwd":  # the forward's block width the launcher picks on the GPU (the record's is
                     # the interpreter's): wide with one slice, e.g. --BH 256 as at 4K
-                    cx["BN"] = tc.fwd_block(nb_fwd, 64, L, torch.device("cuda"))
+                    cx["BN"] = tc.fwd_block(nb_fwd, max(cx["D"], cx["DV"]), L, torch.device("cuda"))
                 if "MERGE_ROWS" in cx:
                     cx["MERGE_ROWS"] = tc.merge_rows(cx["BL"], cx["NB"])
                 if "GRAM_PICKS" in cx:  # the launcher's rule at this L for chunks that open many centroids (as at 4K)
