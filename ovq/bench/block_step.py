@@ -39,7 +39,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon._runtime import GluonASTSource
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
 
-from .common import environment, save_json
+from .common import environment, save_json, saving_rows
 
 
 @triton.jit
@@ -313,9 +313,10 @@ def run_kernel(kernel, x: dict, programs: int, iterations: int) -> tuple:
     return (dq.clone(), gk.clone(), gv.clone()), launch
 
 
-def check_and_time(programs: int = 132, iterations: int = 64) -> dict:
+def check_and_time(programs: int = 132, iterations: int = 64, on_row=None) -> dict:
     """Per design, Gluon's kernel against Triton's (relative error of dq, G_k, G_v; dq and, for the step, G are added
-    atomically, so their last bits vary), then every kernel timed (do_bench median) per (block, chunk) iteration."""
+    atomically, so their last bits vary), then every kernel timed (do_bench median) per (block, chunk) iteration;
+    ``on_row(rows)`` after each timing (``bench.common.saving_rows``: a run cut short keeps them)."""
     x = _inputs(programs, iterations)
     rows, errors = [], {}
     for design, kernels in KERNELS.items():
@@ -327,6 +328,8 @@ def check_and_time(programs: int = 132, iterations: int = 64) -> dict:
             rows.append({"design": design, "kernel": name, "programs": programs, "iterations": iterations, "ms": ms,
                          "us_per_iteration": us,
                          "dictionary_backward_64k_ms_at_this_rate": us * PAIRS_PER_SM_64K / 1e3})
+            if on_row is not None:
+                on_row(rows)
         errors[design] = {part: ((a - b).norm() / b.norm()).item()
                           for part, a, b in zip(("dq", "G_k", "G_v"), results["gluon"], results["triton"])}
     return {"rows": rows, "gluon_vs_triton": errors}
@@ -340,6 +343,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--iterations", type=int, default=64, help="(block, chunk) pairs per program")
     ap.add_argument("--out", default="results/block_step_h200.json")
     args = ap.parse_args(argv)
+    for name in ("programs", "iterations"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     payload = {"benchmark": "block_step", "environment": environment(), "tiles": TILES, "num_warps": NUM_WARPS,
                "compiled_sm90": compile_counts()}
     for design, kernels in payload["compiled_sm90"].items():
@@ -350,7 +356,7 @@ def main(argv=None) -> dict:
         return payload
     if not torch.cuda.is_available():
         ap.error("timing needs a CUDA GPU (use --compile-only here)")
-    payload.update(check_and_time(args.programs, args.iterations))
+    payload.update(check_and_time(args.programs, args.iterations, saving_rows(args.out, payload, "rows")))
     print(f"{'design':8s} {'kernel':7s} {'ms':>8s} {'us/iter':>8s} {'64K bwd ms at this rate':>24s}")
     for row in payload["rows"]:
         print(f"{row['design']:8s} {row['kernel']:7s} {row['ms']:8.3f} {row['us_per_iteration']:8.2f} "

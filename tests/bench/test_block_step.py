@@ -33,6 +33,15 @@ def test_every_kernel_compiles_for_sm90_and_gluon_waits_less(tmp_path):
         assert 0 < kernels["gluon"]["wgmma_waits"] < kernels["triton"]["wgmma_waits"], design
 
 
+@pytest.mark.parametrize("arg", ["--programs", "--iterations"])
+def test_counts_below_one_are_refused_by_name(arg, capsys):
+    from ovq.bench import block_step
+
+    with pytest.raises(SystemExit):
+        block_step.main([arg, "0", "--compile-only"])
+    assert f"{arg} must be at least 1" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gluon_kernels_match_their_triton_twins():
     from ovq.bench import block_step
