@@ -854,3 +854,136 @@ def ovq_bwd_dict_kernel(
             tl.atomic_add(dq_ptr + qk_off, beta * dq, mask=tmask[:, None] & dmask[None, :], sem="relaxed")
         tl.debug_barrier()
     tl.store(dbeta_ptr + bh * NB + s, dbeta)
+
+
+@triton.jit
+def _split3(x):
+    """float32 x = hi + mid + lo in three bfloat16 parts (8 bits of mantissa each: x to float32 precision)."""
+    hi = x.to(tl.bfloat16)
+    rest = x - hi.to(tl.float32)
+    mid = rest.to(tl.bfloat16)
+    return hi, mid, (rest - mid.to(tl.float32)).to(tl.bfloat16)
+
+
+@triton.jit
+def _select_mm(sel, x, EXACT_PREC: tl.constexpr):
+    """sel @ x for a 0/1 matrix ``sel`` and float32 ``x``, to float32 precision: rows of x gathered or summed by a
+    product. On a GPU ("bf16x3") three bfloat16 products of x's parts, each exact (sel is 0 or 1); "ieee" (the
+    interpreter, where bfloat16 products are wrong) one float32 product."""
+    if EXACT_PREC == "ieee":
+        return tl.dot(sel, x, input_precision="ieee")
+    else:
+        hi, mid, lo = _split3(x)
+        sel = sel.to(tl.bfloat16)
+        return tl.dot(sel, lo, tl.dot(sel, mid, tl.dot(sel, hi)))
+
+
+@triton.jit
+def ovq_bwd_resident_kernel(
+    q_ptr, k_ptr, v_ptr, beta_ptr, do_ptr, lse_ptr, delta_ptr, z_ptr, sched_ptr,
+    sk_ptr, sv_ptr, cnt_ptr, cb_ptr, gk_ptr, gv_ptr,
+    dq_ptr, dk_ptr, dv_ptr, dbeta_ptr,
+    T, N, H, C,
+    D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr,
+    BL: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, BN: tl.constexpr, NB: tl.constexpr,
+    COUNT_PRIOR: tl.constexpr, STATIC: tl.constexpr, DETACH: tl.constexpr, READ_PREC: tl.constexpr,
+    EXACT_PREC: tl.constexpr,
+):
+    """Gradients through the dictionary with each program's slots held on chip: a reverse scan over chunks per
+    (slice, bh), where slice s owns the BN slots s, s + NB, ... (NB * BN >= N: one block each).
+
+    The same function as ``ovq_bwd_dict_kernel``, but a program keeps its slots' sums, counts and gradient
+    accumulators G in registers for the whole scan, so a chunk costs no round trip through memory: the merged
+    tokens' G rows are gathered, and the slots rewound, by products with the chunk's 0/1 token-to-slot matrix
+    (``_select_mm``); the reads' gradients go into G in registers. What leaves the program per chunk are
+    fire-and-forget adds: its share of dq, and its merged tokens' dk and dv. sk/sv/cnt are the final state
+    (read only), gk/gv the gradient w.r.t. the final sums on entry and w.r.t. the initial sums on exit.
+    """
+    s = tl.program_id(0)
+    bh = tl.program_id(1)
+    h = bh % H
+    beta = tl.load(beta_ptr + h)
+    offs_l = tl.arange(0, BL)
+    offs_d = tl.arange(0, BD)
+    offs_dv = tl.arange(0, BDV)
+    offs_r = tl.arange(0, BN)
+    dmask = offs_d < D
+    dvmask = offs_dv < DV
+    in_chunk = offs_l < L
+    n = s + NB * offs_r
+    nmask = n < N
+    rows_k = (bh * N + n)[:, None] * D + offs_d[None, :]
+    rows_v = (bh * N + n)[:, None] * DV + offs_dv[None, :]
+    kmask = nmask[:, None] & dmask[None, :]
+    vmask = nmask[:, None] & dvmask[None, :]
+    sv = tl.load(sv_ptr + rows_v, mask=vmask, other=0.0)
+    cnt = tl.load(cnt_ptr + bh * N + n, mask=nmask, other=0.0)
+    if STATIC:  # the codes are the directions; nothing rewinds them
+        sk = tl.load(cb_ptr + (h * N + n)[:, None] * D + offs_d[None, :], mask=kmask, other=0.0)
+    else:
+        sk = tl.load(sk_ptr + rows_k, mask=kmask, other=0.0)
+    gk = tl.zeros([BN, BD], tl.float32)
+    gv = tl.zeros([BN, BDV], tl.float32)
+    if not DETACH:
+        if not STATIC:
+            gk = tl.load(gk_ptr + rows_k, mask=kmask, other=0.0)
+        gv = tl.load(gv_ptr + rows_v, mask=vmask, other=0.0)
+    dbeta = 0.0
+    for cc in range(0, C):
+        c = C - 1 - cc
+        t = c * L + offs_l
+        tmask = in_chunk & (t < T)
+        qk_off = (bh * T + t)[:, None] * D + offs_d[None, :]
+        v_off = (bh * T + t)[:, None] * DV + offs_dv[None, :]
+        m = tl.load(sched_ptr + 2 * c)
+        # (1) tokens this chunk merged into the slots: each takes its slot's G (every later read's gradient), then
+        #     the slots are rewound to the dictionary this chunk read
+        z = tl.load(z_ptr + bh * T + t, mask=tmask, other=-1)
+        own = (z >= 0) & ((z % NB) == s)
+        sel = tl.where(own[:, None] & ((z // NB)[:, None] == offs_r[None, :]), 1.0, 0.0)  # [BL, BN]
+        if tl.sum(own.to(tl.int32), axis=0) > 0:
+            kown = own[:, None] & dmask[None, :]
+            vown = own[:, None] & dvmask[None, :]
+            if not DETACH:
+                if not STATIC:
+                    tl.atomic_add(dk_ptr + qk_off, _select_mm(sel, gk, EXACT_PREC), mask=kown, sem="relaxed")
+                tl.atomic_add(dv_ptr + v_off, _select_mm(sel, gv, EXACT_PREC), mask=vown, sem="relaxed")
+            sel_t = tl.trans(sel)
+            if not STATIC:
+                sk -= _select_mm(sel_t, tl.load(k_ptr + qk_off, mask=kown, other=0.0), EXACT_PREC)
+            sv -= _select_mm(sel_t, tl.load(v_ptr + v_off, mask=vown, other=0.0), EXACT_PREC)
+            cnt -= tl.sum(sel, axis=0)
+        # (2) the gradient of this chunk's reads of its dictionary, if any of the slots was open
+        if m > s:
+            q = tl.load(q_ptr + qk_off, mask=tmask[:, None] & dmask[None, :], other=0.0)
+            do = tl.load(do_ptr + v_off, mask=tmask[:, None] & dvmask[None, :], other=0.0)
+            # a row past the sequence reads lse = +inf, so its p is exp2(-inf) = 0 without a mask per element
+            lse2 = tl.load(lse_ptr + bh * T + t, mask=tmask, other=float("inf")) * LOG2E
+            delta = tl.load(delta_ptr + bh * T + t, mask=tmask, other=0.0)
+            if STATIC:
+                mu = sk
+                inv = tl.full([BN], 1.0, tl.float32)
+            else:
+                mu, inv = _unit_rows(sk)
+            inv_cnt = 1.0 / tl.maximum(cnt, 1.0)
+            readable = cnt > 0.5  # an empty slot (unopened, or rewound to nothing) has a -inf offset: p = 0
+            q_op = _operand(q * (beta * LOG2E), READ_PREC)  # base-2 logits, as the forward's
+            do_op = _operand(do, READ_PREC)
+            mu_op = _operand(mu, READ_PREC)
+            logits = _mm(q_op, tl.trans(mu_op), READ_PREC) + _logit_offset(cnt, COUNT_PRIOR)[None, :]
+            p = tl.exp2(logits - lse2[:, None])
+            ds = p * (_mm(do_op, tl.trans(_operand(sv * inv_cnt[:, None], READ_PREC)), READ_PREC) - delta[:, None])
+            dq = _mm(ds, mu_op, READ_PREC)
+            dbeta += tl.sum(q * dq)  # sum over slots of ds * (q . mu)
+            tl.atomic_add(dq_ptr + qk_off, beta * dq, mask=tmask[:, None] & dmask[None, :], sem="relaxed")
+            if not DETACH:
+                if not STATIC:
+                    dmu = _mm(tl.trans(ds), q_op, READ_PREC) * LN2  # q_op carries beta * log2(e)
+                    gk += tl.where(readable[:, None], (dmu - mu * tl.sum(mu * dmu, axis=1)[:, None]) * inv[:, None],
+                                   0.0)
+                gv += tl.where(readable[:, None], _mm(tl.trans(p), do_op, READ_PREC) * inv_cnt[:, None], 0.0)
+    if not DETACH:
+        if not STATIC:
+            tl.store(gk_ptr + rows_k, gk, mask=kmask)
+        tl.store(gv_ptr + rows_v, gv, mask=vmask)
+    tl.store(dbeta_ptr + bh * NB + s, dbeta)
