@@ -43,8 +43,7 @@ from .common import kernel_settings
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 H200_SHARED = 232_448
 H200_SMS = 132
-KERNELS = ("ovq_fwd_kernel", "ovq_fwd_local_kernel", "ovq_bwd_local_kernel", "ovq_bwd_dict_kernel",
-           "ovq_bwd_resident_kernel")  # the last is recorded with --set BWD_RESIDENT=True
+KERNELS = ("ovq_fwd_kernel", "ovq_fwd_local_kernel", "ovq_bwd_local_kernel", "ovq_bwd_dict_kernel")
 
 
 # ----------------------------------------------------------------------------------------------------- record
@@ -242,14 +241,10 @@ def compile_all(records, Ls, stages_list, ints, nb_fwd, nb_bwd, ptx_dir, warps_o
                 if "KB" in cx:  # the in-chunk key block the launcher picks for this L (the record's was for its L)
                     cx["KB"] = min(cx["BL"], tc.LOCAL_BLOCK)
                 if "NB" in cx:
-                    cx["NB"] = {"fwd": nb_fwd, "bwd_resident": tc.resident_slices(ints("N", L))}.get(rec["name"], nb_bwd)
+                    cx["NB"] = nb_fwd if rec["name"] == "fwd" else nb_bwd
                 if rec["name"] == "fwd":  # the forward's block width the launcher picks on the GPU (the record's is
                     # the interpreter's): wide with one slice, e.g. --BH 256 as at 4K
                     cx["BN"] = tc.fwd_block(nb_fwd, max(cx["D"], cx["DV"]), L, torch.device("cuda"))
-                if "EXACT_PREC" in cx:  # the GPU's (the interpreter, which recorded it, takes float32 products)
-                    cx["EXACT_PREC"] = "bf16x3"
-                if "BN" in cx and rec["name"] == "bwd_resident":
-                    cx["BN"] = tc.RESIDENT_BLOCK
                 if "MERGE_ROWS" in cx:
                     cx["MERGE_ROWS"] = tc.merge_rows(cx["BL"], cx["NB"])
                 if "GRAM_PICKS" in cx:  # the launcher's rule at this L for chunks that open many centroids (as at 4K)

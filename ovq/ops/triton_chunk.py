@@ -29,7 +29,7 @@ LOCAL_BLOCK = 64
 # follow: compiled for the H200 at L = 128 they spill 1.1-1.9 KB per thread with 4 warps and at most 80 bytes
 # with 8 (results/kernel_resources_bwd_sm90_cpu.json; not yet timed).
 LAUNCH = {"fwd": {1: (4, 2), 128: (8, 2)}, "fwd_local": {1: (4, 1), 128: (8, 1)}, "bwd_local": {1: (4, 1), 128: (8, 1)},
-          "bwd_dict": {1: (4, 2), 128: (8, 2)}, "bwd_resident": {1: (4, 2), 128: (8, 2)}}
+          "bwd_dict": {1: (4, 2), 128: (8, 2)}}
 
 
 def launch_settings(name: str, chunk_size: int) -> tuple[int, int]:
@@ -96,7 +96,6 @@ class KernelConfig:
     two_pass: bool = False
     gram_picks: bool = False
     ordered_scatter: bool = False
-    resident: bool = False  # the dictionary backward holds each program's slots on chip (ovq_bwd_resident_kernel)
 
 
 # The assignment's similarity precision for 16-bit inputs on the GPU: "bf16x3" (hi/lo bfloat16 split,
@@ -208,19 +207,6 @@ def merge_rows(block_l: int, slices: int) -> int:
 # 45.72, 4 52.69; with 4 warps (two programs fit an SM) 78.3. At 4K (one slice per (b, h) either way) no change.
 BWD_PROGRAMS_PER_SM = 1
 BWD_MAX_SLICES = 32
-
-
-# The dictionary backward as one program per (b, h) and block of RESIDENT_BLOCK slots, each holding its slots' sums,
-# counts and gradient accumulators in registers through the whole reverse scan (ovq_bwd_resident_kernel), instead
-# of NB slices that stream their slots' sums and accumulators through memory in every chunk (ovq_bwd_dict_kernel).
-# Not the default until timed faster.
-BWD_RESIDENT = False
-RESIDENT_BLOCK = 64
-
-
-def resident_slices(capacity: int) -> int:
-    """Programs per (b, h) of the resident dictionary backward: one per block of RESIDENT_BLOCK slots."""
-    return max(1, math.ceil(capacity / RESIDENT_BLOCK))
 
 
 def _slices(bh: int, capacity: int, device: torch.device) -> tuple[int, int]:
@@ -409,7 +395,7 @@ class ChunkFunction(torch.autograd.Function):
 def _backward(saved, cfg: KernelConfig, m0: int, do, delta, d_sum_k, d_sum_v) -> tuple:
     """The kernels' gradients, head-first float32 (``saved``: the forward's head-first tensors, as
     :class:`ChunkFunction` keeps them; ``do`` the output's gradient head-first, ``delta`` its row term dO . O)."""
-    from .kernels import OFFW, ovq_bwd_dict_kernel, ovq_bwd_local_kernel, ovq_bwd_resident_kernel
+    from .kernels import OFFW, ovq_bwd_dict_kernel, ovq_bwd_local_kernel
 
     qhat, khat, v, beta, o, lse, z, sum_k, sum_v, count, codebook, sched = saved
     bh, total, d = khat.shape
@@ -425,17 +411,11 @@ def _backward(saved, cfg: KernelConfig, m0: int, do, delta, d_sum_k, d_sum_v) ->
         _launch("bwd_local", ovq_bwd_local_kernel, (chunks, bh), cfg.chunk_size, d, dv,
                 qhat, khat, v, beta, do, lse, delta, dq, dk, dvals, dbeta_local,
                 total, cfg.num_heads, chunks, **kw, KB=min(bl, LOCAL_BLOCK))
-    nb = resident_slices(n) if cfg.resident else cfg.bwd_slices
+    nb = cfg.bwd_slices
     g_k = torch.zeros_like(sum_k) if d_sum_k is None else d_sum_k.float().clone()
     g_v = torch.zeros_like(sum_v) if d_sum_v is None else d_sum_v.float().clone()
     dbeta_dict = torch.zeros(bh, nb, device=v.device, dtype=torch.float32)
-    common = dict(COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, DETACH=cfg.detach, **kw)
-    if total > 0 and cfg.resident:
-        _launch("bwd_resident", ovq_bwd_resident_kernel, (nb, bh), cfg.chunk_size, d, dv,
-                qhat, khat, v, beta, do, lse, delta, z, sched, sum_k, sum_v, count,
-                codebook if cfg.static else sum_k, g_k, g_v, dq, dk, dvals, dbeta_dict, total, n, cfg.num_heads,
-                chunks, BN=RESIDENT_BLOCK, NB=nb, EXACT_PREC="ieee" if interpreting() else "bf16x3", **common)
-    elif total > 0:
+    if total > 0:
         # scratch the reverse scan rewinds, with rows padded to whole blocks in every slice: empty slots there
         padded = padded_capacity(n, nb)
         pad = lambda x: F.pad(x, (0, 0) * (x.dim() - 2) + (0, padded - n))  # noqa: E731 - rows are dim 1
@@ -445,7 +425,8 @@ def _backward(saved, cfg: KernelConfig, m0: int, do, delta, d_sum_k, d_sum_v) ->
                 qhat, khat, v, beta, do, lse, delta, z, sched,
                 pad(sum_k) if not cfg.static else sum_k, pad(sum_v), pad(count),
                 pad(codebook.view(cfg.num_heads, n, d)) if cfg.static else sum_k, g_k, g_v, offset_rows,
-                dq, dk, dvals, dbeta_dict, total, n, cfg.num_heads, chunks, BN=BLOCK_CENTROIDS, NB=nb, **common)
+                dq, dk, dvals, dbeta_dict, total, n, cfg.num_heads, chunks,
+                BN=BLOCK_CENTROIDS, NB=nb, COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, DETACH=cfg.detach, **kw)
     dbeta = (dbeta_local.sum(-1) + dbeta_dict.sum(-1)).view(-1, cfg.num_heads).sum(0)
     if cfg.detach:
         d_sum_k0 = d_sum_v0 = None
@@ -465,8 +446,8 @@ def backward_fits(cfg: KernelConfig, d: int, dv: int, device: torch.device) -> b
     chunk of zeros (what they compile to depends on the tile sizes and options, not on T, N or the batch).
     Asked before a forward that will need a backward, so a chunk too large for the backward is known while
     the PyTorch op can still take over, not halfway through ``loss.backward()``."""
-    key = (device, cfg, d, dv, BLOCK_CENTROIDS, RESIDENT_BLOCK, LOCAL_BLOCK,
-           *(launch_settings(name, cfg.chunk_size) for name in ("bwd_local", "bwd_dict", "bwd_resident")))
+    key = (device, cfg, d, dv, BLOCK_CENTROIDS, LOCAL_BLOCK, launch_settings("bwd_local", cfg.chunk_size),
+           launch_settings("bwd_dict", cfg.chunk_size))
     if key not in _BACKWARD_FITS:
         L, n, h = cfg.chunk_size, cfg.capacity, cfg.num_heads
         zeros = lambda *shape, dtype=torch.float32: torch.zeros(*shape, device=device, dtype=dtype)  # noqa: E731
@@ -505,7 +486,7 @@ def triton_chunk_scan(q, k, v, beta, state: DictionaryState, *, count_prior: boo
     fwd_slices, bwd_slices = _slices(b * h, capacity, v.device)
     cfg = KernelConfig(chunk, capacity, h, count_prior, static, detach_state, read, assign, fwd_slices, bwd_slices,
                        fwd_block(fwd_slices, max(d, dv), chunk, v.device), FWD_CACHED_OPERANDS, FWD_TWO_PASS,
-                       gram_picks(static, chunk, rows), ordered_scatter(), BWD_RESIDENT)
+                       gram_picks(static, chunk, rows), ordered_scatter())
     beta_h = (beta.reshape(-1).expand(h) if isinstance(beta, torch.Tensor)
               else torch.full((h,), float(beta), device=v.device)).float().contiguous()
     needs_grad = torch.is_grad_enabled() and any(
