@@ -732,7 +732,6 @@ def ovq_bwd_dict_kernel(
     D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr,
     BL: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, BN: tl.constexpr, NB: tl.constexpr,
     COUNT_PRIOR: tl.constexpr, STATIC: tl.constexpr, DETACH: tl.constexpr, READ_PREC: tl.constexpr,
-    G_RMW: tl.constexpr = False,
 ):
     """Gradients through the dictionary: a reverse scan over chunks per (slice, bh).
 
@@ -821,15 +820,6 @@ def ovq_bwd_dict_kernel(
             # whole blocks, unmasked: a slot past the ones this chunk read (opened later: rewound to count 0) or
             # past N (padding) has a -inf offset row, so p = 0 there, and count 0, so no gradient is added
             cnt = tl.load(cnt_ptr + p_base + n, cache_modifier=".cg")
-            if G_RMW and not DETACH:
-                # the block's G rows, loaded before its products so that their latency hides behind them (rows
-                # past N, padding, do not exist in G: read as zeros, never stored)
-                g_rows = n < N
-                if not STATIC:
-                    gk_old = tl.load(gk_ptr + (s_base + n)[:, None] * D + offs_d[None, :],
-                                     mask=g_rows[:, None] & dmask[None, :], other=0.0, cache_modifier=".cg")
-                gv_old = tl.load(gv_ptr + (s_base + n)[:, None] * DV + offs_dv[None, :],
-                                 mask=g_rows[:, None] & dvmask[None, :], other=0.0, cache_modifier=".cg")
             if STATIC:
                 mu = _load_rows(cb_ptr + cb_base, n, offs_d, D, BD)
                 inv = tl.full(n.shape, 1.0, tl.float32)
@@ -850,19 +840,12 @@ def ovq_bwd_dict_kernel(
                 # G += this read's gradient as fire-and-forget adds (each slot has one owner, so the sum is the
                 # load-add-store's): a load here would wait on L2 right after the products and cost two
                 # layout round trips through shared memory (compiled for sm_90)
-                # (G_RMW: a load issued before the block's products, then a plain store)
                 if not STATIC:
                     dmu = _mm(tl.trans(ds), q_op, READ_PREC) * LN2  # q_op carries beta * log2(e)
                     dsk = (dmu - mu * tl.sum(mu * dmu, axis=1)[:, None]) * inv[:, None]
-                    if G_RMW:
-                        tl.store(gk_ptr + rows_k, gk_old + dsk, mask=readable[:, None] & dmask[None, :])
-                    else:
-                        tl.atomic_add(gk_ptr + rows_k, dsk, mask=readable[:, None] & dmask[None, :], sem="relaxed")
+                    tl.atomic_add(gk_ptr + rows_k, dsk, mask=readable[:, None] & dmask[None, :], sem="relaxed")
                 dsv = _mm(tl.trans(p), do_op, READ_PREC) * (1.0 / tl.maximum(cnt, 1.0))[:, None]
-                if G_RMW:
-                    tl.store(gv_ptr + rows_v, gv_old + dsv, mask=readable[:, None] & dvmask[None, :])
-                else:
-                    tl.atomic_add(gv_ptr + rows_v, dsv, mask=readable[:, None] & dvmask[None, :], sem="relaxed")
+                tl.atomic_add(gv_ptr + rows_v, dsv, mask=readable[:, None] & dvmask[None, :], sem="relaxed")
         if m_loc > 0:
             # sum over slots of ds * (q . mu) = q . (sum of ds mu): dbeta without the per-block product's raw
             # logits (q reloaded: keeping the float32 q live through the loop costs registers)

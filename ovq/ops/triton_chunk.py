@@ -96,7 +96,6 @@ class KernelConfig:
     two_pass: bool = False
     gram_picks: bool = False
     ordered_scatter: bool = False
-    g_rmw: bool = False  # the dictionary backward's G by load and store, not atomic adds (BWD_G_RMW)
 
 
 # The assignment's similarity precision for 16-bit inputs on the GPU: "bf16x3" (hi/lo bfloat16 split,
@@ -207,11 +206,6 @@ def merge_rows(block_l: int, slices: int) -> int:
 # (session 14, fwd+bwd at 64K, D = 64, N = 4,096; results/s14_bwd_launch_variants_h200.json) 1 took 44.41 ms, 2
 # 45.72, 4 52.69; with 4 warps (two programs fit an SM) 78.3. At 4K (one slice per (b, h) either way) no change.
 BWD_PROGRAMS_PER_SM = 1
-# The dictionary backward adds each block's gradient to its slots' accumulators G by a load issued before the
-# block's products and a plain store (each slot has one owner), instead of float32 atomic adds. In bench.block_step's
-# synthetic step (H200, results/s16_block_step_adds_h200.json) the adds cost 4.48 us per (block, chunk) against 3.41
-# for plain stores of the same bytes. Not the default until timed in the op.
-BWD_G_RMW = False
 BWD_MAX_SLICES = 32
 
 
@@ -432,8 +426,7 @@ def _backward(saved, cfg: KernelConfig, m0: int, do, delta, d_sum_k, d_sum_v) ->
                 pad(sum_k) if not cfg.static else sum_k, pad(sum_v), pad(count),
                 pad(codebook.view(cfg.num_heads, n, d)) if cfg.static else sum_k, g_k, g_v, offset_rows,
                 dq, dk, dvals, dbeta_dict, total, n, cfg.num_heads, chunks,
-                BN=BLOCK_CENTROIDS, NB=nb, COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, DETACH=cfg.detach,
-                G_RMW=cfg.g_rmw, **kw)
+                BN=BLOCK_CENTROIDS, NB=nb, COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, DETACH=cfg.detach, **kw)
     dbeta = (dbeta_local.sum(-1) + dbeta_dict.sum(-1)).view(-1, cfg.num_heads).sum(0)
     if cfg.detach:
         d_sum_k0 = d_sum_v0 = None
@@ -493,7 +486,7 @@ def triton_chunk_scan(q, k, v, beta, state: DictionaryState, *, count_prior: boo
     fwd_slices, bwd_slices = _slices(b * h, capacity, v.device)
     cfg = KernelConfig(chunk, capacity, h, count_prior, static, detach_state, read, assign, fwd_slices, bwd_slices,
                        fwd_block(fwd_slices, max(d, dv), chunk, v.device), FWD_CACHED_OPERANDS, FWD_TWO_PASS,
-                       gram_picks(static, chunk, rows), ordered_scatter(), BWD_G_RMW)
+                       gram_picks(static, chunk, rows), ordered_scatter())
     beta_h = (beta.reshape(-1).expand(h) if isinstance(beta, torch.Tensor)
               else torch.full((h,), float(beta), device=v.device)).float().contiguous()
     needs_grad = torch.is_grad_enabled() and any(

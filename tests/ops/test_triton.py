@@ -84,22 +84,6 @@ def test_small_centroid_blocks(case, monkeypatch):
     _kernels_match_torch(case, seed=case[0] + 1)
 
 
-@pytest.mark.parametrize("case", [CASES[0], CASES[3]], ids=lambda c: f"T{c[0]}-L{c[1]}-N{c[2]}-{c[5]}")
-def test_gradient_accumulators_by_load_and_store(case, forward_variant, monkeypatch):
-    """``BWD_G_RMW``: the dictionary backward adds to its slots' G by a load and a plain store, not atomic adds; in
-    blocks of 16 so that a slice walks several, with rows past N in its last one (N = 100). The VQ, detached and
-    carried-state paths too."""
-    import ovq.ops.triton_chunk as tc
-    if forward_variant != (True, False, 16):
-        pytest.skip("the backward does not depend on the forward's variant")
-    monkeypatch.setattr(tc, "BWD_G_RMW", True)
-    monkeypatch.setattr(tc, "BLOCK_CENTROIDS", 16)
-    _kernels_match_torch(case, seed=case[0] + 3)
-    if case is CASES[0]:
-        test_vq_kernels_match_torch()
-        test_detach_state_and_carried_state_match_torch()
-
-
 @pytest.mark.parametrize("case", [CASES[0], CASES[3]], ids=lambda c: f"T{c[0]}-L{c[1]}-N{c[2]}")
 def test_forward_blocks_wider_than_the_backwards(case, monkeypatch):
     """The forward's own block width (on a GPU, FWD_WIDE_BLOCK with one slice): its side buffers are padded to its
