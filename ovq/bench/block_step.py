@@ -11,6 +11,8 @@ told. Each kernel here runs one (block, chunk) pair per iteration, with the same
 - ``resident_*`` (the candidate of docs/kernels.md, "What the targets ask of the hardware"): one block of centroids
   stays with its G accumulating on chip, the iterations walk chunks, and each chunk's share of dq is added
   atomically instead; without the rewinds and the merged tokens' gathers the real one would need;
+- ``shared_g_gluon`` (the op's design with each slice's G in shared memory, which Triton cannot index; sized in
+  docs/kernels.md, "Session 16"): the step with G read and written in shared memory instead of added atomically;
 - ``*_triton`` waits for every product; ``*_gluon`` keeps the read's two products in flight together (the next
   iteration's loads issued behind them), then the three gradient products.
 
@@ -24,6 +26,8 @@ Usage:
 Measured (session 16, H200, results/block_step_h200.json): each Gluon kernel matches its Triton twin (dq, G to 3e-5);
 per pair, the op's design 4.46 us (Triton) and 4.16 (Gluon), the resident one 3.13 and 3.13. The resident design built
 in full (docs/kernels.md, "Session 16") was slower than the op's: its rewinds and gathers cost more than this step.
+G in shared memory, first timed as a script (results/s16_block_step_smem_g_h200.json): 2.84 us against step_gluon's
+4.19, with G equal to 2.3e-6.
 """
 
 from __future__ import annotations
@@ -250,15 +254,91 @@ def resident_gluon(q_ptr, do_ptr, lse_ptr, delta_ptr, mu_ptr, muv_ptr, off_ptr, 
     gl.store(gk_ptr + g_rows[:, None] * BD + g_cols[None, :], gk)
     gl.store(gv_ptr + g_rows[:, None] * BD + g_cols[None, :], gv)
 
+# Blocks of G a shared_g program keeps in shared memory (2 x 4 x 64 x 64 float32 = 128 KB, beside ~80 KB of operands):
+# iteration j updates block j % SHARED_G_BLOCKS, as a slice of 4 blocks would visit its blocks chunk after chunk
+SHARED_G_BLOCKS = gl.constexpr(4)
+
+
+@gluon.jit
+def shared_g_gluon(q_ptr, do_ptr, lse_ptr, delta_ptr, mu_ptr, muv_ptr, off_ptr, gk_ptr, gv_ptr, dq_ptr, NBLK,
+                   BL: gl.constexpr, BN: gl.constexpr, BD: gl.constexpr):
+    """``step_gluon`` with the program's G in shared memory instead of float32 atomic adds to global memory: each
+    block's G is read (each thread its own elements, in the products' accumulator layout, so no barrier) before the
+    block's products finish, accumulated by the products and written back. The block step of a dictionary backward
+    whose slices keep their G on chip (docs/kernels.md, "Session 16"). On exit the blocks' G go to ``gk``/``gv``
+    rows ``(pid * SHARED_G_BLOCKS + b) * BN``."""
+    W: gl.constexpr = gl.num_warps()
+    RES: gl.constexpr = SHARED_G_BLOCKS
+    pid = gl.program_id(0)
+    blocked: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [W, 1], [1, 0])
+    acc_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[W, 1], instr_shape=[16, BN, 16])
+    accg_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, W // 4],
+                                                      instr_shape=[16, BD // (W // 4), 16])
+    op_l: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BL, BD], gl.bfloat16)
+    blk_l: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BN, BD], gl.bfloat16)
+    pd_l: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BL, BN], gl.bfloat16)
+    g_l: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])  # (a swizzle of pairs timed no faster)
+    rows = gl.arange(0, BL, layout=gl.SliceLayout(1, blocked))
+    cols = gl.arange(0, BD, layout=gl.SliceLayout(0, blocked))
+    rows_n = gl.arange(0, BN, layout=gl.SliceLayout(1, blocked))
+    q_s = gl.allocate_shared_memory(gl.bfloat16, [BL, BD], op_l,
+                                    gl.load(q_ptr + pid * BL * BD + rows[:, None] * BD + cols[None, :]))
+    do_s = gl.allocate_shared_memory(gl.bfloat16, [BL, BD], op_l,
+                                     gl.load(do_ptr + pid * BL * BD + rows[:, None] * BD + cols[None, :]))
+    mu_s = gl.allocate_shared_memory(gl.bfloat16, [BN, BD], blk_l)
+    muv_s = gl.allocate_shared_memory(gl.bfloat16, [BN, BD], blk_l)
+    p_s = gl.allocate_shared_memory(gl.bfloat16, [BL, BN], pd_l)
+    ds_s = gl.allocate_shared_memory(gl.bfloat16, [BL, BN], pd_l)
+    gk_s = gl.allocate_shared_memory(gl.float32, [RES, BN, BD], g_l)
+    gv_s = gl.allocate_shared_memory(gl.float32, [RES, BN, BD], g_l)
+    zero_g = gl.zeros([BN, BD], gl.float32, accg_l)
+    for b in gl.static_range(RES):
+        gk_s.index(b).store(zero_g)
+        gv_s.index(b).store(zero_g)
+    acc_rows = gl.arange(0, BL, layout=gl.SliceLayout(1, acc_l))
+    acc_cols = gl.arange(0, BN, layout=gl.SliceLayout(0, acc_l))
+    lse2 = gl.load(lse_ptr + pid * BL + acc_rows)
+    delta = gl.load(delta_ptr + pid * BL + acc_rows)
+    zero = gl.zeros([BL, BN], gl.float32, acc_l)
+    dq = gl.zeros([BL, BD], gl.float32, gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[W, 1],
+                                                                   instr_shape=[16, BD, 16]))
+    mu = gl.load(mu_ptr + rows_n[:, None] * BD + cols[None, :])
+    muv = gl.load(muv_ptr + rows_n[:, None] * BD + cols[None, :])
+    for j in range(0, NBLK):
+        _stage(mu_s, muv_s, mu, muv)
+        logits, dp = _read(q_s, do_s, mu_s, muv_s, zero)
+        nxt = gl.minimum(j + 1, NBLK - 1) * BN + rows_n
+        mu_next = gl.load(mu_ptr + nxt[:, None] * BD + cols[None, :])
+        muv_next = gl.load(muv_ptr + nxt[:, None] * BD + cols[None, :])
+        off = gl.load(off_ptr + j * BN + acc_cols)
+        gk_old = gk_s.index(j % RES).load(accg_l)
+        gv_old = gv_s.index(j % RES).load(accg_l)
+        _scores(logits, dp, off, lse2, delta, p_s, ds_s)
+        dq, gk, gv = _gradients(q_s, do_s, mu_s, p_s, ds_s, dq, gk_old, gv_old)
+        gk_s.index(j % RES).store(gk)
+        gv_s.index(j % RES).store(gv)
+        mu = mu_next
+        muv = muv_next
+    g_rows = gl.arange(0, BN, layout=gl.SliceLayout(1, accg_l))
+    g_cols = gl.arange(0, BD, layout=gl.SliceLayout(0, accg_l))
+    for b in gl.static_range(RES):
+        r = (pid * RES + b) * BN + g_rows
+        gl.store(gk_ptr + r[:, None] * BD + g_cols[None, :], gk_s.index(b).load(accg_l))
+        gl.store(gv_ptr + r[:, None] * BD + g_cols[None, :], gv_s.index(b).load(accg_l))
+    gl.store(dq_ptr + pid * BL * BD + rows[:, None] * BD + cols[None, :], gl.convert_layout(dq, blocked))
+
+
 SIGNATURE = {"q_ptr": "*bf16", "do_ptr": "*bf16", "lse_ptr": "*fp32", "delta_ptr": "*fp32", "mu_ptr": "*bf16",
              "muv_ptr": "*bf16", "off_ptr": "*fp32", "gk_ptr": "*fp32", "gv_ptr": "*fp32", "dq_ptr": "*fp32",
              "NBLK": "i32", "BL": "constexpr", "BN": "constexpr", "BD": "constexpr"}
 TILES = {"BL": 128, "BN": 64, "BD": 64}  # the op's at L = 128, D = 64
 NUM_WARPS = 8
 # design -> implementation -> kernel: "step" walks blocks of centroids for one chunk (the op's loop), "resident" walks
-# chunks for one block of centroids (the candidate); each iteration is one (block, chunk) pair in both
+# chunks for one block of centroids (the candidate), "shared_g" is the step with G in shared memory; each iteration
+# is one (block, chunk) pair in all
 KERNELS = {"step": {"triton": step_triton, "gluon": step_gluon},
-           "resident": {"triton": resident_triton, "gluon": resident_gluon}}
+           "resident": {"triton": resident_triton, "gluon": resident_gluon},
+           "shared_g": {"gluon": shared_g_gluon}}  # (Triton cannot index shared memory: no twin)
 # (block, chunk) pairs per SM in the 64K dictionary backward (512 chunks x 64 blocks x 16 heads over 132 SMs), to put
 # a per-iteration time beside the op's (23.7 ms at 64K in session 14, ~6 us per pair with its per-chunk work)
 PAIRS_PER_SM_64K = 512 * 64 * 16 / 132
@@ -302,7 +382,7 @@ def _inputs(programs: int, iterations: int, device: str = "cuda") -> dict:
 def run_kernel(kernel, x: dict, programs: int, iterations: int) -> tuple:
     """One launch: returns (dq, G_k, G_v) and the launcher, for timing."""
     bl, bn, bd = TILES["BL"], TILES["BN"], TILES["BD"]
-    gk = torch.zeros(programs * iterations * bn, bd, device=x["q"].device)
+    gk = torch.zeros(programs * max(iterations, SHARED_G_BLOCKS.value) * bn, bd, device=x["q"].device)
     gv = torch.zeros_like(gk)
     dq = torch.zeros(max(programs, iterations) * bl, bd, device=x["q"].device)
 
@@ -314,10 +394,27 @@ def run_kernel(kernel, x: dict, programs: int, iterations: int) -> tuple:
     return (dq.clone(), gk.clone(), gv.clone()), launch
 
 
+def _shared_g_reference(step: tuple, programs: int, iterations: int) -> tuple:
+    """What ``shared_g_gluon`` must return, from the step's (dq, G_k, G_v): the same dq, and each program's G of the
+    blocks j summed over the j that share a block of shared memory (j % SHARED_G_BLOCKS)."""
+    dq, gk, gv = step
+    res, bn, bd = SHARED_G_BLOCKS.value, TILES["BN"], TILES["BD"]
+    slot = torch.arange(iterations, device=gk.device) % res
+
+    def fold(g):  # into rows (pid * res + b) * bn of a buffer as long as run_kernel's
+        per_block = g[:programs * iterations * bn].view(programs, iterations, bn, bd)
+        out = torch.zeros_like(g)
+        out[:programs * res * bn] = torch.zeros(programs, res, bn, bd, device=g.device).index_add_(
+            1, slot, per_block).reshape(-1, bd)
+        return out
+    return dq, fold(gk), fold(gv)
+
+
 def check_and_time(programs: int = 132, iterations: int = 64, on_row=None) -> dict:
     """Per design, Gluon's kernel against Triton's (relative error of dq, G_k, G_v; dq and, for the step, G are added
-    atomically, so their last bits vary), then every kernel timed (do_bench median) per (block, chunk) iteration;
-    ``on_row(rows)`` after each timing (``bench.common.saving_rows``: a run cut short keeps them)."""
+    atomically, so their last bits vary; ``shared_g`` against the step's Triton kernel, ``_shared_g_reference``), then
+    every kernel timed (do_bench median) per (block, chunk) iteration; ``on_row(rows)`` after each timing
+    (``bench.common.saving_rows``: a run cut short keeps them)."""
     x = _inputs(programs, iterations)
     rows, errors = [], {}
     for design, kernels in KERNELS.items():
@@ -331,8 +428,11 @@ def check_and_time(programs: int = 132, iterations: int = 64, on_row=None) -> di
                          "dictionary_backward_64k_ms_at_this_rate": us * PAIRS_PER_SM_64K / 1e3})
             if on_row is not None:
                 on_row(rows)
+        if design == "step":
+            step = results["triton"]
+        want = _shared_g_reference(step, programs, iterations) if design == "shared_g" else results["triton"]
         errors[design] = {part: ((a - b).norm() / b.norm()).item()
-                          for part, a, b in zip(("dq", "G_k", "G_v"), results["gluon"], results["triton"])}
+                          for part, a, b in zip(("dq", "G_k", "G_v"), results["gluon"], want)}
     return {"rows": rows, "gluon_vs_triton": errors}
 
 
@@ -363,7 +463,8 @@ def main(argv=None) -> dict:
         print(f"{row['design']:8s} {row['kernel']:7s} {row['ms']:8.3f} {row['us_per_iteration']:8.2f} "
               f"{row['dictionary_backward_64k_ms_at_this_rate']:24.1f}", flush=True)
     for design, errs in payload["gluon_vs_triton"].items():
-        print(f"gluon vs triton, {design}:", {k: f"{v:.1e}" for k, v in errs.items()}, flush=True)
+        against = "the step's triton" if design == "shared_g" else "triton"
+        print(f"gluon vs {against}, {design}:", {k: f"{v:.1e}" for k, v in errs.items()}, flush=True)
     print(f"saved {save_json(args.out, payload)}")
     return payload
 
