@@ -113,11 +113,20 @@ def _gradients(q_s, do_s, mu_s, p_s, ds_s, dq, gk, gv):
     return warpgroup_mma_wait(0, deps=[dq, gk, gv])
 
 
+# Blocks of G a shared_g program keeps in shared memory (2 x 4 x 64 x 64 float32 = 128 KB, beside ~80 KB of operands):
+# iteration j updates block j % SHARED_G_BLOCKS, as a slice of 4 blocks would visit its blocks chunk after chunk
+SHARED_G_BLOCKS = gl.constexpr(4)
+
+
 @gluon.jit
-def step_gluon(q_ptr, do_ptr, lse_ptr, delta_ptr, mu_ptr, muv_ptr, off_ptr, gk_ptr, gv_ptr, dq_ptr, NBLK,
-               BL: gl.constexpr, BN: gl.constexpr, BD: gl.constexpr):
-    """The same step with asynchronous warpgroup products: two in flight for the read, three for the gradients."""
+def _step_gluon(q_ptr, do_ptr, lse_ptr, delta_ptr, mu_ptr, muv_ptr, off_ptr, gk_ptr, gv_ptr, dq_ptr, NBLK,
+                BL: gl.constexpr, BN: gl.constexpr, BD: gl.constexpr, SHARED_G: gl.constexpr):
+    """The op's step with asynchronous warpgroup products (two in flight for the read, three for the gradients), G
+    added atomically per block, or with SHARED_G kept in shared memory: each block's G read (each thread its own
+    elements, in the products' accumulator layout, so no barrier) before the block's products finish, accumulated
+    by them and written back; on exit the blocks' G go to rows ``(pid * SHARED_G_BLOCKS + b) * BN``."""
     W: gl.constexpr = gl.num_warps()
+    RES: gl.constexpr = SHARED_G_BLOCKS
     pid = gl.program_id(0)
     blocked: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [W, 1], [1, 0])
     acc_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[W, 1], instr_shape=[16, BN, 16])
@@ -137,16 +146,23 @@ def step_gluon(q_ptr, do_ptr, lse_ptr, delta_ptr, mu_ptr, muv_ptr, off_ptr, gk_p
     muv_s = gl.allocate_shared_memory(gl.bfloat16, [BN, BD], blk_l)
     p_s = gl.allocate_shared_memory(gl.bfloat16, [BL, BN], pd_l)
     ds_s = gl.allocate_shared_memory(gl.bfloat16, [BL, BN], pd_l)
+    zero_g = gl.zeros([BN, BD], gl.float32, accg_l)
+    g_rows = gl.arange(0, BN, layout=gl.SliceLayout(1, accg_l))
+    g_cols = gl.arange(0, BD, layout=gl.SliceLayout(0, accg_l))
+    if SHARED_G:
+        g_l: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])  # (a swizzle of pairs timed no faster)
+        gk_s = gl.allocate_shared_memory(gl.float32, [RES, BN, BD], g_l)
+        gv_s = gl.allocate_shared_memory(gl.float32, [RES, BN, BD], g_l)
+        for b in gl.static_range(RES):
+            gk_s.index(b).store(zero_g)
+            gv_s.index(b).store(zero_g)
     acc_rows = gl.arange(0, BL, layout=gl.SliceLayout(1, acc_l))
     acc_cols = gl.arange(0, BN, layout=gl.SliceLayout(0, acc_l))
     lse2 = gl.load(lse_ptr + pid * BL + acc_rows)
     delta = gl.load(delta_ptr + pid * BL + acc_rows)
     zero = gl.zeros([BL, BN], gl.float32, acc_l)
-    zero_g = gl.zeros([BN, BD], gl.float32, accg_l)
     dq = gl.zeros([BL, BD], gl.float32, gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[W, 1],
                                                                    instr_shape=[16, BD, 16]))
-    g_rows = gl.arange(0, BN, layout=gl.SliceLayout(1, accg_l))
-    g_cols = gl.arange(0, BD, layout=gl.SliceLayout(0, accg_l))
     # the first block's operands, loaded ahead
     mu = gl.load(mu_ptr + rows_n[:, None] * BD + cols[None, :])
     muv = gl.load(muv_ptr + rows_n[:, None] * BD + cols[None, :])
@@ -158,15 +174,44 @@ def step_gluon(q_ptr, do_ptr, lse_ptr, delta_ptr, mu_ptr, muv_ptr, off_ptr, gk_p
         mu_next = gl.load(mu_ptr + nxt[:, None] * BD + cols[None, :])
         muv_next = gl.load(muv_ptr + nxt[:, None] * BD + cols[None, :])
         off = gl.load(off_ptr + j * BN + acc_cols)
-        _scores(logits, dp, off, lse2, delta, p_s, ds_s)
-        dq, dmu, dsv = _gradients(q_s, do_s, mu_s, p_s, ds_s, dq, zero_g, zero_g)
-        g = (pid * NBLK + j) * BN + g_rows
-        gl.atomic_add(gk_ptr + g[:, None] * BD + g_cols[None, :], dmu, sem="relaxed")
-        gl.atomic_add(gv_ptr + g[:, None] * BD + g_cols[None, :], dsv, sem="relaxed")
+        if SHARED_G:
+            gk_old = gk_s.index(j % RES).load(accg_l)
+            gv_old = gv_s.index(j % RES).load(accg_l)
+            _scores(logits, dp, off, lse2, delta, p_s, ds_s)
+            dq, gk, gv = _gradients(q_s, do_s, mu_s, p_s, ds_s, dq, gk_old, gv_old)
+            gk_s.index(j % RES).store(gk)
+            gv_s.index(j % RES).store(gv)
+        else:
+            _scores(logits, dp, off, lse2, delta, p_s, ds_s)
+            dq, dmu, dsv = _gradients(q_s, do_s, mu_s, p_s, ds_s, dq, zero_g, zero_g)
+            g = (pid * NBLK + j) * BN + g_rows
+            gl.atomic_add(gk_ptr + g[:, None] * BD + g_cols[None, :], dmu, sem="relaxed")
+            gl.atomic_add(gv_ptr + g[:, None] * BD + g_cols[None, :], dsv, sem="relaxed")
         mu = mu_next
         muv = muv_next
+    if SHARED_G:
+        for b in gl.static_range(RES):
+            r = (pid * RES + b) * BN + g_rows
+            gl.store(gk_ptr + r[:, None] * BD + g_cols[None, :], gk_s.index(b).load(accg_l))
+            gl.store(gv_ptr + r[:, None] * BD + g_cols[None, :], gv_s.index(b).load(accg_l))
     gl.store(dq_ptr + pid * BL * BD + rows[:, None] * BD + cols[None, :], gl.convert_layout(dq, blocked))
 
+
+@gluon.jit
+def step_gluon(q_ptr, do_ptr, lse_ptr, delta_ptr, mu_ptr, muv_ptr, off_ptr, gk_ptr, gv_ptr, dq_ptr, NBLK,
+               BL: gl.constexpr, BN: gl.constexpr, BD: gl.constexpr):
+    """``step_triton`` with asynchronous warpgroup products: two in flight for the read, three for the gradients."""
+    _step_gluon(q_ptr, do_ptr, lse_ptr, delta_ptr, mu_ptr, muv_ptr, off_ptr, gk_ptr, gv_ptr, dq_ptr, NBLK, BL, BN, BD,
+                False)
+
+
+@gluon.jit
+def shared_g_gluon(q_ptr, do_ptr, lse_ptr, delta_ptr, mu_ptr, muv_ptr, off_ptr, gk_ptr, gv_ptr, dq_ptr, NBLK,
+                   BL: gl.constexpr, BN: gl.constexpr, BD: gl.constexpr):
+    """``step_gluon`` with the program's G in shared memory instead of float32 atomic adds to global memory: the block
+    step of a dictionary backward whose slices keep their G on chip (docs/kernels.md, "Session 16")."""
+    _step_gluon(q_ptr, do_ptr, lse_ptr, delta_ptr, mu_ptr, muv_ptr, off_ptr, gk_ptr, gv_ptr, dq_ptr, NBLK, BL, BN, BD,
+                True)
 
 
 @triton.jit
@@ -253,80 +298,6 @@ def resident_gluon(q_ptr, do_ptr, lse_ptr, delta_ptr, mu_ptr, muv_ptr, off_ptr, 
     g_cols = gl.arange(0, BD, layout=gl.SliceLayout(0, accg_l))
     gl.store(gk_ptr + g_rows[:, None] * BD + g_cols[None, :], gk)
     gl.store(gv_ptr + g_rows[:, None] * BD + g_cols[None, :], gv)
-
-# Blocks of G a shared_g program keeps in shared memory (2 x 4 x 64 x 64 float32 = 128 KB, beside ~80 KB of operands):
-# iteration j updates block j % SHARED_G_BLOCKS, as a slice of 4 blocks would visit its blocks chunk after chunk
-SHARED_G_BLOCKS = gl.constexpr(4)
-
-
-@gluon.jit
-def shared_g_gluon(q_ptr, do_ptr, lse_ptr, delta_ptr, mu_ptr, muv_ptr, off_ptr, gk_ptr, gv_ptr, dq_ptr, NBLK,
-                   BL: gl.constexpr, BN: gl.constexpr, BD: gl.constexpr):
-    """``step_gluon`` with the program's G in shared memory instead of float32 atomic adds to global memory: each
-    block's G is read (each thread its own elements, in the products' accumulator layout, so no barrier) before the
-    block's products finish, accumulated by the products and written back. The block step of a dictionary backward
-    whose slices keep their G on chip (docs/kernels.md, "Session 16"). On exit the blocks' G go to ``gk``/``gv``
-    rows ``(pid * SHARED_G_BLOCKS + b) * BN``."""
-    W: gl.constexpr = gl.num_warps()
-    RES: gl.constexpr = SHARED_G_BLOCKS
-    pid = gl.program_id(0)
-    blocked: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [W, 1], [1, 0])
-    acc_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[W, 1], instr_shape=[16, BN, 16])
-    accg_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, W // 4],
-                                                      instr_shape=[16, BD // (W // 4), 16])
-    op_l: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BL, BD], gl.bfloat16)
-    blk_l: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BN, BD], gl.bfloat16)
-    pd_l: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BL, BN], gl.bfloat16)
-    g_l: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])  # (a swizzle of pairs timed no faster)
-    rows = gl.arange(0, BL, layout=gl.SliceLayout(1, blocked))
-    cols = gl.arange(0, BD, layout=gl.SliceLayout(0, blocked))
-    rows_n = gl.arange(0, BN, layout=gl.SliceLayout(1, blocked))
-    q_s = gl.allocate_shared_memory(gl.bfloat16, [BL, BD], op_l,
-                                    gl.load(q_ptr + pid * BL * BD + rows[:, None] * BD + cols[None, :]))
-    do_s = gl.allocate_shared_memory(gl.bfloat16, [BL, BD], op_l,
-                                     gl.load(do_ptr + pid * BL * BD + rows[:, None] * BD + cols[None, :]))
-    mu_s = gl.allocate_shared_memory(gl.bfloat16, [BN, BD], blk_l)
-    muv_s = gl.allocate_shared_memory(gl.bfloat16, [BN, BD], blk_l)
-    p_s = gl.allocate_shared_memory(gl.bfloat16, [BL, BN], pd_l)
-    ds_s = gl.allocate_shared_memory(gl.bfloat16, [BL, BN], pd_l)
-    gk_s = gl.allocate_shared_memory(gl.float32, [RES, BN, BD], g_l)
-    gv_s = gl.allocate_shared_memory(gl.float32, [RES, BN, BD], g_l)
-    zero_g = gl.zeros([BN, BD], gl.float32, accg_l)
-    for b in gl.static_range(RES):
-        gk_s.index(b).store(zero_g)
-        gv_s.index(b).store(zero_g)
-    acc_rows = gl.arange(0, BL, layout=gl.SliceLayout(1, acc_l))
-    acc_cols = gl.arange(0, BN, layout=gl.SliceLayout(0, acc_l))
-    lse2 = gl.load(lse_ptr + pid * BL + acc_rows)
-    delta = gl.load(delta_ptr + pid * BL + acc_rows)
-    zero = gl.zeros([BL, BN], gl.float32, acc_l)
-    dq = gl.zeros([BL, BD], gl.float32, gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[W, 1],
-                                                                   instr_shape=[16, BD, 16]))
-    mu = gl.load(mu_ptr + rows_n[:, None] * BD + cols[None, :])
-    muv = gl.load(muv_ptr + rows_n[:, None] * BD + cols[None, :])
-    for j in range(0, NBLK):
-        _stage(mu_s, muv_s, mu, muv)
-        logits, dp = _read(q_s, do_s, mu_s, muv_s, zero)
-        nxt = gl.minimum(j + 1, NBLK - 1) * BN + rows_n
-        mu_next = gl.load(mu_ptr + nxt[:, None] * BD + cols[None, :])
-        muv_next = gl.load(muv_ptr + nxt[:, None] * BD + cols[None, :])
-        off = gl.load(off_ptr + j * BN + acc_cols)
-        gk_old = gk_s.index(j % RES).load(accg_l)
-        gv_old = gv_s.index(j % RES).load(accg_l)
-        _scores(logits, dp, off, lse2, delta, p_s, ds_s)
-        dq, gk, gv = _gradients(q_s, do_s, mu_s, p_s, ds_s, dq, gk_old, gv_old)
-        gk_s.index(j % RES).store(gk)
-        gv_s.index(j % RES).store(gv)
-        mu = mu_next
-        muv = muv_next
-    g_rows = gl.arange(0, BN, layout=gl.SliceLayout(1, accg_l))
-    g_cols = gl.arange(0, BD, layout=gl.SliceLayout(0, accg_l))
-    for b in gl.static_range(RES):
-        r = (pid * RES + b) * BN + g_rows
-        gl.store(gk_ptr + r[:, None] * BD + g_cols[None, :], gk_s.index(b).load(accg_l))
-        gl.store(gv_ptr + r[:, None] * BD + g_cols[None, :], gv_s.index(b).load(accg_l))
-    gl.store(dq_ptr + pid * BL * BD + rows[:, None] * BD + cols[None, :], gl.convert_layout(dq, blocked))
-
 
 SIGNATURE = {"q_ptr": "*bf16", "do_ptr": "*bf16", "lse_ptr": "*fp32", "delta_ptr": "*fp32", "mu_ptr": "*bf16",
              "muv_ptr": "*bf16", "off_ptr": "*fp32", "gk_ptr": "*fp32", "gv_ptr": "*fp32", "dq_ptr": "*fp32",
