@@ -26,12 +26,15 @@ def _compile_only(tmp_path) -> dict:
 def test_every_kernel_compiles_for_sm90_and_gluon_waits_less(tmp_path):
     payload = _compile_only(tmp_path)
     assert "rows" not in payload  # nothing timed without a GPU
+    from ovq.bench.block_step import TRITON_TWIN_OF
+
     compiled = payload["compiled_sm90"]
     assert set(compiled) == {"step", "resident", "shared_g"}
     for design, kernels in compiled.items():
         # the same five products (as warpgroup instructions), but fewer waits for them: what the Gluon kernels are for;
-        # shared_g has no Triton twin (Triton cannot index shared memory): it is held to the step's
-        triton_twin = kernels.get("triton", compiled["step"]["triton"])
+        # shared_g has no Triton kernel (Triton cannot index shared memory): it is held to the step's
+        assert ("triton" in kernels) == (design not in TRITON_TWIN_OF), design
+        triton_twin = compiled[TRITON_TWIN_OF.get(design, design)]["triton"]
         assert triton_twin["wgmma"] == kernels["gluon"]["wgmma"] > 0, design
         assert 0 < kernels["gluon"]["wgmma_waits"] < triton_twin["wgmma_waits"], design
     # its G blocks fit beside the operands on an H200 (232,448 B of shared memory per block)
