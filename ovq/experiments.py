@@ -180,7 +180,11 @@ LM_PROFILES = {
     "h200": Profile(size="60m", seq_len=4096, batch_size=8, steps=400, lr=1e-3, warmup=40, eval_lengths=[65536],
                     eval_batches=0, eval_batch_size=1, budget_model="swa-ovq-4096", budgets=[1024, 4096, 16384],
                     models=list(LM_MODELS), data="data/books",
-                    eval_variants={"fill64k": {"fill_length": 65536}}),
+                    eval_variants={"fill64k": {"fill_length": 65536}},
+                    # d = 512 doubles the PyTorch SSD's heads: with 256-token blocks its (c, l, s, h, n) and
+                    # (c, l, s, h, p) products hold 128 GiB at 64K (out of memory on an H200, session 17);
+                    # 128-token blocks peak near 100 GiB (32 GiB of those, 64 GiB in the block recurrence)
+                    eval_overrides={"mamba2": {"model_args": {"mamba2_chunk_size": 128}, "batch_size": 1}}),
     "smoke": Profile(size="tiny", seq_len=64, batch_size=4, steps=12, lr=3e-3, warmup=2, eval_lengths=[200],
                      eval_batches=1, eval_batch_size=1, budget_model="swa-ovq-4096", budgets=[8, 32],
                      models=["swa-ovq-4096", "swa-attn", "swa"], precision="fp32",
