@@ -13,6 +13,8 @@ told. Each kernel here runs one (block, chunk) pair per iteration, with the same
   atomically instead; without the rewinds and the merged tokens' gathers the real one would need;
 - ``shared_g_gluon`` (the op's design with each slice's G in shared memory, which Triton cannot index; sized in
   docs/kernels.md, "Session 16"): the step with G read and written in shared memory instead of added atomically;
+- ``shared_gv_gluon`` (the second sizing there, "Session 17": today's 8 slices, whose 512 slots' G_v alone fits in
+  shared memory): G_v in shared memory for 8 blocks, G_k still added atomically;
 - ``*_triton`` waits for every product; ``*_gluon`` keeps the read's two products in flight together (the next
   iteration's loads issued behind them), then the three gradient products.
 
@@ -114,19 +116,25 @@ def _gradients(q_s, do_s, mu_s, p_s, ds_s, dq, gk, gv):
 
 
 # Blocks of G a shared_g program keeps in shared memory (2 x 4 x 64 x 64 float32 = 128 KB, beside ~80 KB of operands):
-# iteration j updates block j % SHARED_G_BLOCKS, as a slice of 4 blocks would visit its blocks chunk after chunk
+# iteration j updates block j % SHARED_G_BLOCKS, as a slice of 4 blocks would visit its blocks chunk after chunk;
+# shared_gv keeps G_v alone for twice as many blocks (8 x 64 x 64 float32 = 128 KB), a slice of 8 blocks
 SHARED_G_BLOCKS = gl.constexpr(4)
+SHARED_GV_BLOCKS = gl.constexpr(8)
 
 
 @gluon.jit
 def _step_gluon(q_ptr, do_ptr, lse_ptr, delta_ptr, mu_ptr, muv_ptr, off_ptr, gk_ptr, gv_ptr, dq_ptr, NBLK,
-                BL: gl.constexpr, BN: gl.constexpr, BD: gl.constexpr, SHARED_G: gl.constexpr):
+                BL: gl.constexpr, BN: gl.constexpr, BD: gl.constexpr, G_HOME: gl.constexpr):
     """The op's step with asynchronous warpgroup products (two in flight for the read, three for the gradients), G
-    added atomically per block, or with SHARED_G kept in shared memory: each block's G read (each thread its own
-    elements, in the products' accumulator layout, so no barrier) before the block's products finish, accumulated
-    by them and written back; on exit the blocks' G go to rows ``(pid * SHARED_G_BLOCKS + b) * BN``."""
+    added atomically per block (G_HOME "global"), or kept in shared memory, both G_k and G_v ("shared", for
+    SHARED_G_BLOCKS blocks) or G_v alone ("shared_v", SHARED_GV_BLOCKS blocks; G_k added atomically): each block's G
+    read (each thread its own elements, in the products' accumulator layout, so no barrier) before the block's
+    products finish, accumulated by them and written back; on exit the blocks' G go to rows ``(pid * RES + b) * BN``
+    for RES the blocks kept."""
     W: gl.constexpr = gl.num_warps()
-    RES: gl.constexpr = SHARED_G_BLOCKS
+    SHARED_K: gl.constexpr = G_HOME == "shared"
+    SHARED_V: gl.constexpr = G_HOME != "global"
+    RES: gl.constexpr = SHARED_G_BLOCKS if SHARED_K else SHARED_GV_BLOCKS
     pid = gl.program_id(0)
     blocked: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [W, 1], [1, 0])
     acc_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[W, 1], instr_shape=[16, BN, 16])
@@ -149,12 +157,14 @@ def _step_gluon(q_ptr, do_ptr, lse_ptr, delta_ptr, mu_ptr, muv_ptr, off_ptr, gk_
     zero_g = gl.zeros([BN, BD], gl.float32, accg_l)
     g_rows = gl.arange(0, BN, layout=gl.SliceLayout(1, accg_l))
     g_cols = gl.arange(0, BD, layout=gl.SliceLayout(0, accg_l))
-    if SHARED_G:
-        g_l: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])  # (a swizzle of pairs timed no faster)
+    g_l: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])  # (a swizzle of pairs timed no faster)
+    if SHARED_K:
         gk_s = gl.allocate_shared_memory(gl.float32, [RES, BN, BD], g_l)
-        gv_s = gl.allocate_shared_memory(gl.float32, [RES, BN, BD], g_l)
         for b in gl.static_range(RES):
             gk_s.index(b).store(zero_g)
+    if SHARED_V:
+        gv_s = gl.allocate_shared_memory(gl.float32, [RES, BN, BD], g_l)
+        for b in gl.static_range(RES):
             gv_s.index(b).store(zero_g)
     acc_rows = gl.arange(0, BL, layout=gl.SliceLayout(1, acc_l))
     acc_cols = gl.arange(0, BN, layout=gl.SliceLayout(0, acc_l))
@@ -174,25 +184,26 @@ def _step_gluon(q_ptr, do_ptr, lse_ptr, delta_ptr, mu_ptr, muv_ptr, off_ptr, gk_
         mu_next = gl.load(mu_ptr + nxt[:, None] * BD + cols[None, :])
         muv_next = gl.load(muv_ptr + nxt[:, None] * BD + cols[None, :])
         off = gl.load(off_ptr + j * BN + acc_cols)
-        if SHARED_G:
-            gk_old = gk_s.index(j % RES).load(accg_l)
-            gv_old = gv_s.index(j % RES).load(accg_l)
-            _scores(logits, dp, off, lse2, delta, p_s, ds_s)
-            dq, gk, gv = _gradients(q_s, do_s, mu_s, p_s, ds_s, dq, gk_old, gv_old)
+        gk_old = gk_s.index(j % RES).load(accg_l) if SHARED_K else zero_g
+        gv_old = gv_s.index(j % RES).load(accg_l) if SHARED_V else zero_g
+        _scores(logits, dp, off, lse2, delta, p_s, ds_s)
+        dq, gk, gv = _gradients(q_s, do_s, mu_s, p_s, ds_s, dq, gk_old, gv_old)
+        g = (pid * NBLK + j) * BN + g_rows
+        if SHARED_K:
             gk_s.index(j % RES).store(gk)
+        else:
+            gl.atomic_add(gk_ptr + g[:, None] * BD + g_cols[None, :], gk, sem="relaxed")
+        if SHARED_V:
             gv_s.index(j % RES).store(gv)
         else:
-            _scores(logits, dp, off, lse2, delta, p_s, ds_s)
-            dq, dmu, dsv = _gradients(q_s, do_s, mu_s, p_s, ds_s, dq, zero_g, zero_g)
-            g = (pid * NBLK + j) * BN + g_rows
-            gl.atomic_add(gk_ptr + g[:, None] * BD + g_cols[None, :], dmu, sem="relaxed")
-            gl.atomic_add(gv_ptr + g[:, None] * BD + g_cols[None, :], dsv, sem="relaxed")
+            gl.atomic_add(gv_ptr + g[:, None] * BD + g_cols[None, :], gv, sem="relaxed")
         mu = mu_next
         muv = muv_next
-    if SHARED_G:
+    if SHARED_V:
         for b in gl.static_range(RES):
             r = (pid * RES + b) * BN + g_rows
-            gl.store(gk_ptr + r[:, None] * BD + g_cols[None, :], gk_s.index(b).load(accg_l))
+            if SHARED_K:
+                gl.store(gk_ptr + r[:, None] * BD + g_cols[None, :], gk_s.index(b).load(accg_l))
             gl.store(gv_ptr + r[:, None] * BD + g_cols[None, :], gv_s.index(b).load(accg_l))
     gl.store(dq_ptr + pid * BL * BD + rows[:, None] * BD + cols[None, :], gl.convert_layout(dq, blocked))
 
@@ -202,7 +213,7 @@ def step_gluon(q_ptr, do_ptr, lse_ptr, delta_ptr, mu_ptr, muv_ptr, off_ptr, gk_p
                BL: gl.constexpr, BN: gl.constexpr, BD: gl.constexpr):
     """``step_triton`` with asynchronous warpgroup products: two in flight for the read, three for the gradients."""
     _step_gluon(q_ptr, do_ptr, lse_ptr, delta_ptr, mu_ptr, muv_ptr, off_ptr, gk_ptr, gv_ptr, dq_ptr, NBLK, BL, BN, BD,
-                False)
+                "global")
 
 
 @gluon.jit
@@ -211,7 +222,16 @@ def shared_g_gluon(q_ptr, do_ptr, lse_ptr, delta_ptr, mu_ptr, muv_ptr, off_ptr, 
     """``step_gluon`` with the program's G in shared memory instead of float32 atomic adds to global memory: the block
     step of a dictionary backward whose slices keep their G on chip (docs/kernels.md, "Session 16")."""
     _step_gluon(q_ptr, do_ptr, lse_ptr, delta_ptr, mu_ptr, muv_ptr, off_ptr, gk_ptr, gv_ptr, dq_ptr, NBLK, BL, BN, BD,
-                True)
+                "shared")
+
+
+@gluon.jit
+def shared_gv_gluon(q_ptr, do_ptr, lse_ptr, delta_ptr, mu_ptr, muv_ptr, off_ptr, gk_ptr, gv_ptr, dq_ptr, NBLK,
+                    BL: gl.constexpr, BN: gl.constexpr, BD: gl.constexpr):
+    """``step_gluon`` with the program's G_v for 8 blocks in shared memory and G_k added atomically: the block step of
+    a dictionary backward that keeps today's 8 slices (docs/kernels.md, "Session 17")."""
+    _step_gluon(q_ptr, do_ptr, lse_ptr, delta_ptr, mu_ptr, muv_ptr, off_ptr, gk_ptr, gv_ptr, dq_ptr, NBLK, BL, BN, BD,
+                "shared_v")
 
 
 @triton.jit
@@ -309,10 +329,12 @@ NUM_WARPS = 8
 # is one (block, chunk) pair in all
 KERNELS = {"step": {"triton": step_triton, "gluon": step_gluon},
            "resident": {"triton": resident_triton, "gluon": resident_gluon},
-           "shared_g": {"gluon": shared_g_gluon}}
+           "shared_g": {"gluon": shared_g_gluon}, "shared_gv": {"gluon": shared_gv_gluon}}
 # A design without a Triton kernel (Triton cannot index shared memory) is checked against, and its compiled counts held
 # to, the Triton kernel of this one
-TRITON_TWIN_OF = {"shared_g": "step"}
+TRITON_TWIN_OF = {"shared_g": "step", "shared_gv": "step"}
+# ... and keeps these of the step's G in shared memory, for this many blocks (iteration j adds to block j % blocks)
+SHARED_G_OF = {"shared_g": (("G_k", "G_v"), SHARED_G_BLOCKS.value), "shared_gv": (("G_v",), SHARED_GV_BLOCKS.value)}
 # (block, chunk) pairs per SM in the 64K dictionary backward (512 chunks x 64 blocks x 16 heads over 132 SMs), to put
 # a per-iteration time beside the op's (23.7 ms at 64K in session 14, ~6 us per pair with its per-chunk work)
 PAIRS_PER_SM_64K = 512 * 64 * 16 / 132
@@ -356,7 +378,8 @@ def _inputs(programs: int, iterations: int, device: str = "cuda") -> dict:
 def run_kernel(kernel, x: dict, programs: int, iterations: int) -> tuple:
     """One launch: returns (dq, G_k, G_v) and the launcher, for timing."""
     bl, bn, bd = TILES["BL"], TILES["BN"], TILES["BD"]
-    gk = torch.zeros(programs * max(iterations, SHARED_G_BLOCKS.value) * bn, bd, device=x["q"].device)
+    blocks = max(iterations, *(res for _, res in SHARED_G_OF.values()))
+    gk = torch.zeros(programs * blocks * bn, bd, device=x["q"].device)
     gv = torch.zeros_like(gk)
     dq = torch.zeros(max(programs, iterations) * bl, bd, device=x["q"].device)
 
@@ -368,11 +391,13 @@ def run_kernel(kernel, x: dict, programs: int, iterations: int) -> tuple:
     return (dq.clone(), gk.clone(), gv.clone()), launch
 
 
-def _shared_g_reference(step: tuple, programs: int, iterations: int) -> tuple:
-    """What ``shared_g_gluon`` must return, from the step's (dq, G_k, G_v): the same dq, and each program's G of the
-    blocks j summed over the j that share a block of shared memory (j % SHARED_G_BLOCKS)."""
+def _shared_g_reference(design: str, step: tuple, programs: int, iterations: int) -> tuple:
+    """What a design of SHARED_G_OF must return, from the step's (dq, G_k, G_v): the same dq, and each program's G
+    that it keeps in shared memory, of the blocks j summed over the j that share a block there (j % blocks); the
+    G it adds atomically as the step's."""
     dq, gk, gv = step
-    res, bn, bd = SHARED_G_BLOCKS.value, TILES["BN"], TILES["BD"]
+    shared, res = SHARED_G_OF[design]
+    bn, bd = TILES["BN"], TILES["BD"]
     slot = torch.arange(iterations, device=gk.device) % res
 
     def fold(g):  # into rows (pid * res + b) * bn of a buffer as long as run_kernel's
@@ -381,12 +406,12 @@ def _shared_g_reference(step: tuple, programs: int, iterations: int) -> tuple:
         out[:programs * res * bn] = torch.zeros(programs, res, bn, bd, device=g.device).index_add_(
             1, slot, per_block).reshape(-1, bd)
         return out
-    return dq, fold(gk), fold(gv)
+    return dq, fold(gk) if "G_k" in shared else gk, fold(gv) if "G_v" in shared else gv
 
 
 def check_and_time(programs: int = 132, iterations: int = 64, on_row=None) -> dict:
     """Per design, Gluon's kernel against Triton's (relative error of dq, G_k, G_v; dq and, for the step, G are added
-    atomically, so their last bits vary; ``shared_g`` against the step's Triton kernel, ``_shared_g_reference``), then
+    atomically, so their last bits vary; ``shared_g*`` against the step's Triton kernel, ``_shared_g_reference``), then
     every kernel timed (do_bench median) per (block, chunk) iteration; ``on_row(rows)`` after each timing
     (``bench.common.saving_rows``: a run cut short keeps them)."""
     x = _inputs(programs, iterations)
@@ -406,7 +431,7 @@ def check_and_time(programs: int = 132, iterations: int = 64, on_row=None) -> di
             triton_results[design] = results["triton"]
         twin = TRITON_TWIN_OF.get(design, design)
         want = (triton_results[design] if twin == design
-                else _shared_g_reference(triton_results[twin], programs, iterations))
+                else _shared_g_reference(design, triton_results[twin], programs, iterations))
         errors[design] = {part: ((a - b).norm() / b.norm()).item()
                           for part, a, b in zip(("dq", "G_k", "G_v"), results["gluon"], want)}
     return {"rows": rows, "gluon_vs_triton": errors}
@@ -427,16 +452,16 @@ def main(argv=None) -> dict:
                "compiled_sm90": compile_counts()}
     for design, kernels in payload["compiled_sm90"].items():
         for name, c in kernels.items():
-            print(f"{design:8s} {name:7s} sm_90: {c['wgmma']} wgmma, {c['wgmma_waits']} waits, {c['bar_sync']} "
+            print(f"{design:9s} {name:7s} sm_90: {c['wgmma']} wgmma, {c['wgmma_waits']} waits, {c['bar_sync']} "
                   f"bar.sync, {c['shared_bytes']} B shared", flush=True)
     if args.compile_only:
         return payload
     if not torch.cuda.is_available():
         ap.error("timing needs a CUDA GPU (use --compile-only here)")
     payload.update(check_and_time(args.programs, args.iterations, saving_rows(args.out, payload, "rows")))
-    print(f"{'design':8s} {'kernel':7s} {'ms':>8s} {'us/iter':>8s} {'64K bwd ms at this rate':>24s}")
+    print(f"{'design':9s} {'kernel':7s} {'ms':>8s} {'us/iter':>8s} {'64K bwd ms at this rate':>24s}")
     for row in payload["rows"]:
-        print(f"{row['design']:8s} {row['kernel']:7s} {row['ms']:8.3f} {row['us_per_iteration']:8.2f} "
+        print(f"{row['design']:9s} {row['kernel']:7s} {row['ms']:8.3f} {row['us_per_iteration']:8.2f} "
               f"{row['dictionary_backward_64k_ms_at_this_rate']:24.1f}", flush=True)
     for design, errs in payload["gluon_vs_triton"].items():
         twin = TRITON_TWIN_OF.get(design, design)
