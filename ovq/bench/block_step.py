@@ -29,7 +29,8 @@ Measured (session 16, H200, results/block_step_h200.json): each Gluon kernel mat
 per pair, the op's design 4.46 us (Triton) and 4.16 (Gluon), the resident one 3.13 and 3.13. The resident design built
 in full (docs/kernels.md, "Session 16") was slower than the op's: its rewinds and gathers cost more than this step.
 G in shared memory, first timed as a script (results/s16_block_step_smem_g_h200.json): 2.84 us against step_gluon's
-4.19, with G equal to 2.3e-6.
+4.19, with G equal to 2.3e-6. Session 17 (results/s17_block_step_shared_gv_h200.json): shared_g 2.83 us, shared_gv
+3.02 (G_k's atomic adds alone cost 0.19 us a pair; both G's, 1.34).
 """
 
 from __future__ import annotations
