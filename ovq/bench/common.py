@@ -16,7 +16,9 @@ from ..io import atomic_write_json
 
 
 def git_commit() -> str:
-    """The commit of the working tree, or $OVQ_COMMIT where there is no .git (copies on a GPU machine)."""
+    """The commit of the working tree; $OVQ_COMMIT first, for copies of the tree whose .git is missing or lags it
+    (a GPU machine's copy can carry the .git of the session's first commit: set OVQ_COMMIT=$(git rev-parse --short
+    HEAD) here and pass it along)."""
     if os.environ.get("OVQ_COMMIT"):
         return os.environ["OVQ_COMMIT"]
     try:
