@@ -45,8 +45,8 @@ from triton.compiler import ASTSource
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon._runtime import GluonASTSource
-from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
 
+from ..ops.gluon_bwd import gradient_products, read_products, stage_operands, store_scores
 from .common import environment, save_json, saving_rows
 
 
@@ -75,45 +75,6 @@ def step_triton(q_ptr, do_ptr, lse_ptr, delta_ptr, mu_ptr, muv_ptr, off_ptr, gk_
         tl.atomic_add(gk_ptr + g[:, None] * BD + cols[None, :], tl.dot(tl.trans(ds.to(tl.bfloat16)), q), sem="relaxed")
         tl.atomic_add(gv_ptr + g[:, None] * BD + cols[None, :], tl.dot(tl.trans(p.to(tl.bfloat16)), do), sem="relaxed")
     tl.store(dq_ptr + pid * BL * BD + rows[:, None] * BD + cols[None, :], dq)
-
-
-@gluon.jit
-def _stage(a_s, b_s, a, b):
-    """Store the iteration's two operand tiles into shared memory once every warp is done with the last ones, and
-    make them visible to the warpgroup products (the async proxy)."""
-    gl.thread_barrier()
-    a_s.store(a)
-    b_s.store(b)
-    fence_async_shared()
-    gl.thread_barrier()
-
-
-@gluon.jit
-def _read(q_s, do_s, mu_s, muv_s, zero):
-    """Issue the read's two products, q mu^T and dO muv^T, without waiting for them."""
-    return (warpgroup_mma(q_s, mu_s.permute([1, 0]), zero, is_async=True),
-            warpgroup_mma(do_s, muv_s.permute([1, 0]), zero, is_async=True))
-
-
-@gluon.jit
-def _scores(logits, dp, off, lse2, delta, p_s, ds_s):
-    """Wait for the read's two products, then store p and ds = p (dp - delta) as the gradient products' operands."""
-    logits, dp = warpgroup_mma_wait(0, deps=[logits, dp])
-    p = gl.exp2(logits + off[None, :] - lse2[:, None])
-    ds = p * (dp - delta[:, None])
-    p_s.store(p.to(gl.bfloat16))
-    ds_s.store(ds.to(gl.bfloat16))
-    fence_async_shared()
-    gl.thread_barrier()
-
-
-@gluon.jit
-def _gradients(q_s, do_s, mu_s, p_s, ds_s, dq, gk, gv):
-    """dq + ds mu, G_k + ds^T q and G_v + p^T dO, the three in flight together."""
-    dq = warpgroup_mma(ds_s, mu_s, dq, is_async=True)
-    gk = warpgroup_mma(ds_s.permute([1, 0]), q_s, gk, is_async=True)
-    gv = warpgroup_mma(p_s.permute([1, 0]), do_s, gv, is_async=True)
-    return warpgroup_mma_wait(0, deps=[dq, gk, gv])
 
 
 # Blocks of G a shared_g program keeps in shared memory (2 x 4 x 64 x 64 float32 = 128 KB, beside ~80 KB of operands):
@@ -178,8 +139,8 @@ def _step_gluon(q_ptr, do_ptr, lse_ptr, delta_ptr, mu_ptr, muv_ptr, off_ptr, gk_
     mu = gl.load(mu_ptr + rows_n[:, None] * BD + cols[None, :])
     muv = gl.load(muv_ptr + rows_n[:, None] * BD + cols[None, :])
     for j in range(0, NBLK):
-        _stage(mu_s, muv_s, mu, muv)
-        logits, dp = _read(q_s, do_s, mu_s, muv_s, zero)
+        stage_operands(mu_s, muv_s, mu, muv)
+        logits, dp = read_products(q_s, do_s, mu_s, muv_s, zero)
         # the next block's loads go out while the products run
         nxt = gl.minimum(j + 1, NBLK - 1) * BN + rows_n
         mu_next = gl.load(mu_ptr + nxt[:, None] * BD + cols[None, :])
@@ -187,8 +148,8 @@ def _step_gluon(q_ptr, do_ptr, lse_ptr, delta_ptr, mu_ptr, muv_ptr, off_ptr, gk_
         off = gl.load(off_ptr + j * BN + acc_cols)
         gk_old = gk_s.index(j % RES).load(accg_l) if SHARED_K else zero_g
         gv_old = gv_s.index(j % RES).load(accg_l) if SHARED_V else zero_g
-        _scores(logits, dp, off, lse2, delta, p_s, ds_s)
-        dq, gk, gv = _gradients(q_s, do_s, mu_s, p_s, ds_s, dq, gk_old, gv_old)
+        store_scores(logits, dp, off, lse2, delta, p_s, ds_s)
+        dq, gk, gv = gradient_products(q_s, do_s, mu_s, p_s, ds_s, dq, gk_old, gv_old)
         g = (pid * NBLK + j) * BN + g_rows
         if SHARED_K:
             gk_s.index(j % RES).store(gk)
@@ -303,16 +264,16 @@ def resident_gluon(q_ptr, do_ptr, lse_ptr, delta_ptr, mu_ptr, muv_ptr, off_ptr, 
     q = gl.load(q_ptr + rows[:, None] * BD + cols[None, :])
     do = gl.load(do_ptr + rows[:, None] * BD + cols[None, :])
     for c in range(0, NBLK):
-        _stage(q_s, do_s, q, do)
-        logits, dp = _read(q_s, do_s, mu_s, muv_s, zero)
+        stage_operands(q_s, do_s, q, do)
+        logits, dp = read_products(q_s, do_s, mu_s, muv_s, zero)
         # the next chunk's loads go out while the products run
         t_next = gl.minimum(c + 1, NBLK - 1) * BL + rows
         q = gl.load(q_ptr + t_next[:, None] * BD + cols[None, :])
         do = gl.load(do_ptr + t_next[:, None] * BD + cols[None, :])
         lse2 = gl.load(lse_ptr + c * BL + acc_rows)
         delta = gl.load(delta_ptr + c * BL + acc_rows)
-        _scores(logits, dp, off, lse2, delta, p_s, ds_s)
-        dq, gk, gv = _gradients(q_s, do_s, mu_s, p_s, ds_s, zero_dq, gk, gv)
+        store_scores(logits, dp, off, lse2, delta, p_s, ds_s)
+        dq, gk, gv = gradient_products(q_s, do_s, mu_s, p_s, ds_s, zero_dq, gk, gv)
         t = c * BL + dq_rows
         gl.atomic_add(dq_ptr + t[:, None] * BD + dq_cols[None, :], dq, sem="relaxed")
     g_rows = pid * BN + gl.arange(0, BN, layout=gl.SliceLayout(1, accg_l))

@@ -38,6 +38,9 @@ def environment() -> dict:
             "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
+    switches = {k: v for k, v in os.environ.items() if k.startswith("OVQ_") and k != "OVQ_COMMIT"}
+    if switches:  # kernel switches such as OVQ_GLUON_BWD or OVQ_DISABLE_TRITON change what was measured
+        info["ovq_env"] = dict(sorted(switches.items()))
     return info
 
 

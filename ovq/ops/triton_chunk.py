@@ -392,6 +392,15 @@ class ChunkFunction(torch.autograd.Function):
                 d_sum_k0, d_sum_v0, None, None, None, None, None)
 
 
+def _gluon_backward(cfg: KernelConfig, d: int, dv: int, slices: int, v: torch.Tensor) -> bool:
+    """Whether the dictionary backward runs ``gluon_bwd``'s kernel (opt-in, ``OVQ_GLUON_BWD=1``; compiled GPUs only)."""
+    if os.environ.get("OVQ_GLUON_BWD", "0") != "1" or interpreting() or not v.is_cuda:
+        return False
+    from . import gluon_bwd
+    return gluon_bwd.applies(d, dv, cfg.chunk_size, cfg.read_precision, cfg.detach,
+                             gluon_bwd.slice_blocks(cfg.capacity, slices))
+
+
 def _backward(saved, cfg: KernelConfig, m0: int, do, delta, d_sum_k, d_sum_v) -> tuple:
     """The kernels' gradients, head-first float32 (``saved``: the forward's head-first tensors, as
     :class:`ChunkFunction` keeps them; ``do`` the output's gradient head-first, ``delta`` its row term dO . O)."""
@@ -419,14 +428,22 @@ def _backward(saved, cfg: KernelConfig, m0: int, do, delta, d_sum_k, d_sum_v) ->
         # scratch the reverse scan rewinds, with rows padded to whole blocks in every slice: empty slots there
         padded = padded_capacity(n, nb)
         pad = lambda x: F.pad(x, (0, 0) * (x.dim() - 2) + (0, padded - n))  # noqa: E731 - rows are dim 1
-        offset_rows = torch.zeros(bh, padded, OFFW.value, device=v.device, dtype=_read_dtype(cfg))
-        offset_rows[..., 0] = float("-inf")  # (the kernel stores the rows of slots < N from their counts)
-        _launch("bwd_dict", ovq_bwd_dict_kernel, (nb, bh), cfg.chunk_size, d, dv,
-                qhat, khat, v, beta, do, lse, delta, z, sched,
-                pad(sum_k) if not cfg.static else sum_k, pad(sum_v), pad(count),
-                pad(codebook.view(cfg.num_heads, n, d)) if cfg.static else sum_k, g_k, g_v, offset_rows,
-                dq, dk, dvals, dbeta_dict, total, n, cfg.num_heads, chunks,
-                BN=BLOCK_CENTROIDS, NB=nb, COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, DETACH=cfg.detach, **kw)
+        scratch = (pad(sum_k) if not cfg.static else sum_k, pad(sum_v), pad(count),
+                   pad(codebook.view(cfg.num_heads, n, d)) if cfg.static else sum_k)
+        if _gluon_backward(cfg, d, dv, nb, v):
+            from . import gluon_bwd
+            gluon_bwd.launch((qhat, khat, v, beta, do, lse, delta, z, sched, *scratch, g_k, g_v, dq, dk, dvals,
+                              dbeta_dict), total=total, capacity=n, num_heads=cfg.num_heads, chunks=chunks,
+                             padded=padded, slices=nb, bh=bh, count_prior=cfg.count_prior, static=cfg.static,
+                             fp16=cfg.read_precision == "fp16")
+        else:
+            offset_rows = torch.zeros(bh, padded, OFFW.value, device=v.device, dtype=_read_dtype(cfg))
+            offset_rows[..., 0] = float("-inf")  # (the kernel stores the rows of slots < N from their counts)
+            _launch("bwd_dict", ovq_bwd_dict_kernel, (nb, bh), cfg.chunk_size, d, dv,
+                    qhat, khat, v, beta, do, lse, delta, z, sched, *scratch, g_k, g_v, offset_rows,
+                    dq, dk, dvals, dbeta_dict, total, n, cfg.num_heads, chunks,
+                    BN=BLOCK_CENTROIDS, NB=nb, COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, DETACH=cfg.detach,
+                    **kw)
     dbeta = (dbeta_local.sum(-1) + dbeta_dict.sum(-1)).view(-1, cfg.num_heads).sum(0)
     if cfg.detach:
         d_sum_k0 = d_sum_v0 = None

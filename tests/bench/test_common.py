@@ -1,6 +1,7 @@
 """The benchmarks' shared ``--set NAME=VALUE`` parsing (settings of ``ovq.ops.triton_chunk``)."""
 
 import argparse
+import os
 
 import pytest
 
@@ -27,3 +28,15 @@ def test_settings_are_parsed_as_python_literals():
 def test_a_bad_setting_is_an_error_naming_it(item, message):
     with pytest.raises(ValueError, match=message):
         kernel_settings(_parser(), [item])
+
+
+def test_the_environment_records_the_kernel_switches_set(monkeypatch):
+    from ovq.bench.common import environment
+
+    for name in [k for k in os.environ if k.startswith("OVQ_")]:
+        monkeypatch.delenv(name)
+    assert "ovq_env" not in environment()
+    monkeypatch.setenv("OVQ_GLUON_BWD", "1")
+    monkeypatch.setenv("OVQ_COMMIT", "abc1234")  # recorded as the commit, not as a switch
+    info = environment()
+    assert info["ovq_env"] == {"OVQ_GLUON_BWD": "1"} and info["commit"] == "abc1234"
