@@ -172,6 +172,7 @@ def cmd_plot(args) -> None:
     fig.tight_layout()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=150)
+    plt.close(fig)  # pyplot keeps every figure until closed: the experiments' report plots many in one process
     print(f"saved {args.out}")
 
 

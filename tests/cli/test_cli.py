@@ -38,8 +38,11 @@ def test_train_resume_eval_plot(tmp_path, capsys):
     rows = json.loads(out.read_text())["results"]
     assert [(r["length"], r["max_centroids"]) for r in rows] == [(64, 8), (128, 8), (64, 32), (128, 32)]
     assert all(0 <= r["accuracy"] <= 1 for r in rows)
+    import matplotlib.pyplot as plt
+    figures = len(plt.get_fignums())
     main(["plot", str(out), "--out", str(tmp_path / "fig.png")])
     assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(plt.get_fignums()) == figures  # closed: a report plots many in one process
     # the chunk size as a test-time knob, recorded with every row
     main(["eval", str(run), "--lengths", "128", "--max-centroids", "8", "--chunk-size", "32", "--batches", "1",
           "--task-arg", "num_queries=4", "--out", str(tmp_path / "l32.json")])
