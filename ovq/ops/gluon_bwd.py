@@ -16,7 +16,8 @@ with both kept. Triton cannot index shared memory; Gluon can. This kernel is ``o
 
 Scope: D = DV = 64, chunk size 128, 16-bit inputs (bf16 or fp16 products), not ``detach_state`` (no G then), and at
 most ``MAX_SLICE_BLOCKS`` blocks of slots per slice (at 64K with N = 4,096: 8 slices of 512 slots). Elsewhere the
-Triton kernel runs. Off by default (``OVQ_GLUON_BWD=1`` turns it on) until it has been checked and timed on a GPU.
+Triton kernel runs, and on GPUs other than Hopper (sm_90). Off by default (``OVQ_GLUON_BWD=1`` turns it on) until it
+has been checked and timed on a GPU.
 """
 
 from __future__ import annotations

@@ -393,8 +393,10 @@ class ChunkFunction(torch.autograd.Function):
 
 
 def _gluon_backward(cfg: KernelConfig, d: int, dv: int, slices: int, v: torch.Tensor) -> bool:
-    """Whether the dictionary backward runs ``gluon_bwd``'s kernel (opt-in, ``OVQ_GLUON_BWD=1``; compiled GPUs only)."""
-    if os.environ.get("OVQ_GLUON_BWD", "0") != "1" or interpreting() or not v.is_cuda:
+    """Whether the dictionary backward runs ``gluon_bwd``'s kernel (opt-in, ``OVQ_GLUON_BWD=1``; compiled, on Hopper:
+    its products are warpgroup MMAs)."""
+    if (os.environ.get("OVQ_GLUON_BWD", "0") != "1" or interpreting() or not v.is_cuda
+            or torch.cuda.get_device_capability(v.device)[0] != 9):
         return False
     from . import gluon_bwd
     return gluon_bwd.applies(d, dv, cfg.chunk_size, cfg.read_precision, cfg.detach,
