@@ -11,8 +11,11 @@ with both kept. Triton cannot index shared memory; Gluon can. This kernel is ``o
 - the merged tokens' G_v rows gathered from the block's G_v tile inside the block loop, before the chunk's
   gradient is added to it (the Triton kernel reads them from ``gv`` before the loop);
 - the read's and the gradient's products issued asynchronously (warpgroup MMAs, as ``bench.block_step``'s);
-- each slot's logit offset (log2 count, or 0 without the count prior; -inf when empty) taken from its count in the
-  block loop instead of ``off`` rows (Gluon places the count vector in the products' layout directly).
+- each slot's logit offset (log2 count, or 0 without the count prior; -inf when empty) kept in a float32 buffer
+  ``off`` [BH, P], written when a count changes (at the start, and for the slots a chunk's rewind touches), and loaded
+  straight into the products' layout, where the Triton kernel adds ``off`` rows through a product. (Taken from the
+  counts in the block loop, its log2 over that layout's replicated columns was ~400 of ~1,570 instructions per
+  block, compiled for sm_90.)
 
 Scope: D = DV = 64, chunk size 128, 16-bit inputs (bf16 or fp16 products), not ``detach_state`` (no G then), and at
 most ``MAX_SLICE_BLOCKS`` blocks of slots per slice (at 64K with N = 4,096: 8 slices of 512 slots). Elsewhere the
@@ -88,6 +91,15 @@ def _slots_in_slice(m, s, NB: gl.constexpr):
 
 
 @gluon.jit
+def _offsets(cnt, COUNT_PRIOR: gl.constexpr):
+    """Each slot's base-2 logit offset from its count: log2 count (0 without the prior), -inf for an empty slot."""
+    if COUNT_PRIOR:
+        return gl.where(cnt > 0.5, gl.log2(gl.maximum(cnt, 1.0)), float("-inf"))
+    else:
+        return gl.where(cnt > 0.5, 0.0, float("-inf"))
+
+
+@gluon.jit
 def _gather_own(gv_tile, own_block, local, tok_rows):
     """The rows of ``gv_tile`` ([BN, D], one block's G_v) that the chunk's tokens in this block take (``local``: a
     token's row in the block; ``own_block``: whether the token's slot is in it), 0 for the other tokens: [BL, D]."""
@@ -99,14 +111,15 @@ def _gather_own(gv_tile, own_block, local, tok_rows):
 @gluon.jit
 def ovq_bwd_dict_gluon_kernel(
     q_ptr, k_ptr, v_ptr, beta_ptr, do_ptr, lse_ptr, delta_ptr, z_ptr, sched_ptr,
-    sk_ptr, sv_ptr, cnt_ptr, cb_ptr, gk_ptr, gv_ptr,
+    sk_ptr, sv_ptr, cnt_ptr, cb_ptr, gk_ptr, gv_ptr, off_ptr,
     dq_ptr, dk_ptr, dv_ptr, dbeta_ptr,
     T, N, H, C, P,
     D: gl.constexpr, L: gl.constexpr, BN: gl.constexpr, NB: gl.constexpr, SLICE_BLOCKS: gl.constexpr,
     COUNT_PRIOR: gl.constexpr, STATIC: gl.constexpr, FP16: gl.constexpr,
 ):
-    """``ovq_bwd_dict_kernel`` (same arguments but the offset rows; P: the padded rows per bh of sk/sv/cnt) with this
-    program's G_v in shared memory: a reverse scan over chunks per (slice, bh)."""
+    """``ovq_bwd_dict_kernel`` (the same arguments, but ``off`` is float32 [BH, P], one offset per slot, written here;
+    P: the padded rows per bh of sk/sv/cnt/off) with this program's G_v in shared memory: a reverse scan over chunks
+    per (slice, bh)."""
     W: gl.constexpr = gl.num_warps()
     s = gl.program_id(0)
     bh = gl.program_id(1)
@@ -142,6 +155,10 @@ def ovq_bwd_dict_gluon_kernel(
     p_base = bh * P  # ... and of its padded scratch sums and counts
     cb_base = h * P * D
 
+    # the slice's logit offsets, from the final counts (padded slots: count 0, so -inf)
+    for e in gl.static_range(SLICE_BLOCKS):
+        n_off = p_base + s + NB * (e * BN + rows_n)
+        gl.store(off_ptr + n_off, _offsets(gl.load(cnt_ptr + n_off), COUNT_PRIOR))
     # the slice's G_v: the gradient w.r.t. the final sums on entry
     for e in gl.static_range(SLICE_BLOCKS):
         n_end = s + NB * (e * BN + g_rows)
@@ -176,10 +193,14 @@ def ovq_bwd_dict_gluon_kernel(
         local = zs // NB  # the token's row in the slice
         own_blk = gl.where(own, local // BN, -1)
         local = local % BN
-        # (2) the gradient of this chunk's reads of its dictionary
+        gl.thread_barrier()  # every rewind issued (and G_k read) before counts are read and G_k is added to
+        # the rewound slots' offsets (a slot hit twice is written twice, alike)
+        cnt_z = gl.load(cnt_ptr + p_base + zs, mask=own, other=0.0, cache_modifier=".cg")
+        gl.store(off_ptr + p_base + zs, _offsets(cnt_z, COUNT_PRIOR), mask=own)
+        # (2) the gradient of this chunk's reads of its dictionary (stage_operands' barrier orders the offsets'
+        #     stores before the block loop's loads)
         q = gl.load(q_ptr + qk_off, mask=tmask[:, None], other=0.0)
         do = gl.load(do_ptr + qk_off, mask=tmask[:, None], other=0.0)
-        gl.thread_barrier()  # every rewind issued (and G_k read) before the loop reads counts and adds to G_k
         stage_operands(q_s, do_s, (q * (beta * LOG2E)).to(op_ty), do.to(op_ty))
         ta = c * L + acc_rows
         # a row past the sequence reads lse = +inf, so its p is exp2(-inf) = 0
@@ -201,13 +222,8 @@ def ovq_bwd_dict_gluon_kernel(
                 * (1.0 / gl.maximum(cnt, 1.0))[:, None]
             stage_operands(mu_s, muv_s, mu.to(op_ty), muv.to(op_ty))
             logits, dp = read_products(q_s, do_s, mu_s, muv_s, zero)
-            # per slot, in the products' layouts: its count (logit offset, 1/count, whether it holds tokens)
-            n_acc = s + NB * (b * BN + acc_cols)
-            cnt_acc = gl.load(cnt_ptr + p_base + n_acc, cache_modifier=".cg")
-            if COUNT_PRIOR:
-                off = gl.where(cnt_acc > 0.5, gl.log2(gl.maximum(cnt_acc, 1.0)), float("-inf"))
-            else:
-                off = gl.where(cnt_acc > 0.5, 0.0, float("-inf"))
+            # per slot, in the products' layouts: its logit offset, and its count (1/count, whether it holds tokens)
+            off = gl.load(off_ptr + p_base + s + NB * (b * BN + acc_cols), cache_modifier=".cg")
             n_g = s + NB * (b * BN + g_rows)
             cnt_g = gl.load(cnt_ptr + p_base + n_g, cache_modifier=".cg")
             readable = cnt_g > 0.5
@@ -256,8 +272,8 @@ def slice_blocks(capacity: int, slices: int, block: int = 64) -> int:
 
 def launch(args: tuple, *, total: int, capacity: int, num_heads: int, chunks: int, padded: int, slices: int,
            bh: int, count_prior: bool, static: bool, fp16: bool) -> None:
-    """Launch the kernel over (slices, bh) with ``args`` = ``ovq_bwd_dict_kernel``'s pointer arguments without the
-    offset rows (q, k, v, beta, dO, lse, delta, z, schedule, sums k and v, counts, codes, G_k, G_v, dq, dk, dv,
+    """Launch the kernel over (slices, bh) with ``args`` = ``ovq_bwd_dict_kernel``'s pointer arguments (q, k, v, beta,
+    dO, lse, delta, z, schedule, sums k and v, counts, codes, G_k, G_v, offsets: float32 [bh, padded], dq, dk, dv,
     dbeta)."""
     ovq_bwd_dict_gluon_kernel[(slices, bh)](
         *args, total, capacity, num_heads, chunks, padded, D=64, L=128, BN=64, NB=slices,

@@ -434,8 +434,9 @@ def _backward(saved, cfg: KernelConfig, m0: int, do, delta, d_sum_k, d_sum_v) ->
                    pad(codebook.view(cfg.num_heads, n, d)) if cfg.static else sum_k)
         if _gluon_backward(cfg, d, dv, nb, v):
             from . import gluon_bwd
-            gluon_bwd.launch((qhat, khat, v, beta, do, lse, delta, z, sched, *scratch, g_k, g_v, dq, dk, dvals,
-                              dbeta_dict), total=total, capacity=n, num_heads=cfg.num_heads, chunks=chunks,
+            offsets = torch.empty(bh, padded, device=v.device, dtype=torch.float32)  # (the kernel fills them)
+            gluon_bwd.launch((qhat, khat, v, beta, do, lse, delta, z, sched, *scratch, g_k, g_v, offsets, dq, dk,
+                              dvals, dbeta_dict), total=total, capacity=n, num_heads=cfg.num_heads, chunks=chunks,
                              padded=padded, slices=nb, bh=bh, count_prior=cfg.count_prior, static=cfg.static,
                              fp16=cfg.read_precision == "fp16")
         else:
