@@ -122,3 +122,57 @@ def test_gluon_backward_matches_triton(case, monkeypatch):
         err = ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-6)).item()
         assert err < 2e-3, (name, err)
 
+
+
+class _Launched(Exception):
+    pass
+
+
+def test_the_op_binds_every_kernel_argument_by_name(monkeypatch):
+    """Drive the op's backward into the Gluon launch on the CPU (its kernel swapped for a recorder): every argument the
+    kernel takes is given, the tensors are the ones its names say (checked by shape and type), and the constexprs are
+    the scope's."""
+    import ovq.ops.gluon_bwd as gluon_bwd
+    import ovq.ops.triton_chunk as tc
+
+    kernel = gluon_bwd.ovq_bwd_dict_gluon_kernel
+    constexprs = {"D", "L", "BN", "NB", "SLICE_BLOCKS", "COUNT_PRIOR", "STATIC", "FP16"}
+    names = [a for a in kernel.arg_names if a not in constexprs]
+    b, t, h, n = 1, 300, 2, 256
+    calls = []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            def run(*args, **kwargs):
+                if args[names.index("T")] != t:  # the forward's probe (one chunk) of whether the backward loads
+                    return
+                calls.append((grid, args, kwargs))
+                raise _Launched
+            return run
+    monkeypatch.setattr(gluon_bwd, "ovq_bwd_dict_gluon_kernel", Recorder())
+    monkeypatch.setattr(tc, "_gluon_backward", lambda *a: True)
+    q, k, v = random_qkv(b, t, h, 64, dtype=torch.float32, seed=2, requires_grad=True)
+    o, _ = ovq_attention(q, k, v, 4.0, chunk_size=128, max_centroids=n, backend="triton")
+    with pytest.raises(_Launched):
+        o.sum().backward()
+    (grid, args, kwargs), = calls
+    assert len(args) == len(names) and set(kwargs) == constexprs | {"num_warps"}
+    arg = dict(zip(names, args))
+    slices, bh = grid
+    assert bh == b * h and kwargs["NB"] == slices and kwargs["D"] == 64 and kwargs["L"] == 128
+    assert (arg["T"], arg["N"], arg["H"], arg["C"]) == (t, n, h, 3)
+    padded = arg["P"]
+    assert padded % (slices * 64) == 0 and kwargs["SLICE_BLOCKS"] == padded // slices // 64
+    for name in ("q_ptr", "k_ptr", "v_ptr", "do_ptr", "dq_ptr", "dk_ptr", "dv_ptr"):
+        assert arg[name].shape == (bh, t, 64) and arg[name].dtype == torch.float32, name
+    for name in ("lse_ptr", "delta_ptr"):
+        assert arg[name].shape == (bh, t), name
+    assert arg["z_ptr"].shape == (bh, t) and arg["z_ptr"].dtype == torch.int32
+    assert arg["sched_ptr"].shape == (3, 2) and arg["beta_ptr"].shape == (h,)
+    for name, width in (("sk_ptr", 64), ("sv_ptr", 64)):
+        assert arg[name].shape == (bh, padded, width), name
+    assert arg["cnt_ptr"].shape == (bh, padded) and arg["off_ptr"].shape == (bh, padded)
+    assert arg["off_ptr"].dtype == torch.float32
+    for name in ("gk_ptr", "gv_ptr"):
+        assert arg[name].shape == (bh, n, 64) and arg[name].dtype == torch.float32, name
+    assert arg["dbeta_ptr"].shape == (bh, slices)
