@@ -1,6 +1,7 @@
 """Tuning tool: times the Triton kernels' launch variants on the GPU (not the public benchmark).
 
     python -m ovq.bench.kernels            # forward / backward variants at T = 4K and 64K, D = 64, N = 4096
+    python -m ovq.bench.kernels --configs 1x65536 --variants gluon_bwd   # the Gluon dictionary backward, A/B
 
 For each variant: median ms (CUDA events via do_bench), registers and spills of the compiled kernel.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 
 import torch
 
@@ -183,7 +185,33 @@ def _chunk_sizes(b: int, t: int, q, k, v, n: int, kernel) -> list[dict]:
     return rows
 
 
-VARIANTS = ("launch", "2persm", "nopicks", "bwd", "forward", "chunk")
+def _gluon_backward(b: int, t: int, q, k, v, n: int, grad) -> None:
+    """fwd+bwd at the models' chunk size 128 with the dictionary backward in Triton and in Gluon (``OVQ_GLUON_BWD``,
+    ``ovq.ops.gluon_bwd``), alternated three times. Each Gluon row says whether that kernel ran: outside its scope
+    (on an H200, anything but 64K with N = 4,096 here) the flag changes nothing."""
+    from ..ops import gluon_bwd
+
+    def fwd_bwd():
+        ovq_attention(q, k, v, 12.0, chunk_size=128, max_centroids=n)[0].backward(grad)
+    real_launch, launches, before = gluon_bwd.launch, [], os.environ.get("OVQ_GLUON_BWD")
+    gluon_bwd.launch = lambda *a, **kw: (launches.append(1), real_launch(*a, **kw))[1]
+    try:
+        for repeat in range(3):
+            for flag in ("0", "1"):
+                os.environ["OVQ_GLUON_BWD"] = flag
+                launches.clear()
+                ms = _time(fwd_bwd)
+                _show({"B": b, "T": t, "kernel": "fwd+bwd", "chunk_size": 128, "gluon_bwd": flag == "1",
+                       "gluon_ran": bool(launches), "repeat": repeat, "ms": ms})
+    finally:
+        gluon_bwd.launch = real_launch
+        if before is None:
+            os.environ.pop("OVQ_GLUON_BWD", None)
+        else:
+            os.environ["OVQ_GLUON_BWD"] = before
+
+
+VARIANTS = ("launch", "2persm", "nopicks", "bwd", "forward", "chunk", "gluon_bwd")
 
 
 def main(argv=None):
@@ -231,6 +259,8 @@ def main(argv=None):
                 _chunk_sizes(b, t, q, k, v, n, kernels.ovq_fwd_kernel)
             if "2persm" in chosen:
                 _two_programs_per_sm(b, t, h, n, fwd, kernels.ovq_fwd_kernel)
+            if "gluon_bwd" in chosen:
+                _gluon_backward(b, t, q, k, v, n, grad)
             if "nopicks" in chosen:  # without farthest-point picks (timing only: wrong function): the picks' share
                 real = tc._schedule
                 tc._schedule = lambda *a: tuple((m, 0) for m, _ in real(*a))

@@ -45,3 +45,20 @@ def test_chunk_size_variants_time_each_launch_and_restore_it(monkeypatch):
     assert [r["fwd_warps"] for r in both][::2] == [4, 8, 8]  # the launcher's rule
     assert all(r["ms"] == 1.0 for r in rows) and q.grad is not None
     assert tc.LAUNCH == before and tc.FWD_CACHED_OPERANDS is True
+
+
+def test_gluon_backward_rows_alternate_the_flag_say_whether_it_ran_and_restore_it(monkeypatch):
+    """On the CPU the Gluon kernel cannot run: every row says so, the flag alternates, and it is restored after."""
+    import os
+
+    monkeypatch.setattr(bench, "_time", lambda fn: (fn(), 1.0)[1])
+    monkeypatch.setenv("OVQ_GLUON_BWD", "0")
+    q, k, v = (torch.randn(1, 300, 2, 64, requires_grad=True) for _ in range(3))
+    rows = []
+    monkeypatch.setattr(bench, "_progress", rows.append)
+    bench._gluon_backward(1, 300, q, k, v, 64, torch.randn(1, 300, 2, 64))
+    assert [(r["gluon_bwd"], r["repeat"]) for r in rows] == [(f, i) for i in range(3) for f in (False, True)]
+    assert not any(r["gluon_ran"] for r in rows) and all(r["chunk_size"] == 128 for r in rows)
+    assert os.environ["OVQ_GLUON_BWD"] == "0"
+    from ovq.ops import gluon_bwd
+    assert gluon_bwd.launch.__name__ == "launch"  # the counting wrapper is gone
