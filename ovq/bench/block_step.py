@@ -46,7 +46,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon._runtime import GluonASTSource
 
-from ..ops.gluon_bwd import gradient_products, read_products, stage_operands, store_scores
+from ..ops.gluon_bwd import block_step_layouts, gradient_products, read_products, stage_operands, store_scores
 from .common import environment, save_json, saving_rows
 
 
@@ -98,13 +98,14 @@ def _step_gluon(q_ptr, do_ptr, lse_ptr, delta_ptr, mu_ptr, muv_ptr, off_ptr, gk_
     SHARED_V: gl.constexpr = G_HOME != "global"
     RES: gl.constexpr = SHARED_G_BLOCKS if SHARED_K else SHARED_GV_BLOCKS
     pid = gl.program_id(0)
-    blocked: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [W, 1], [1, 0])
-    acc_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[W, 1], instr_shape=[16, BN, 16])
-    accg_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, W // 4],
-                                                      instr_shape=[16, BD // (W // 4), 16])
-    op_l: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BL, BD], gl.bfloat16)
-    blk_l: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BN, BD], gl.bfloat16)
-    pd_l: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BL, BN], gl.bfloat16)
+    lay: gl.constexpr = block_step_layouts(W, BL, BN, BD, gl.bfloat16)
+    blocked: gl.constexpr = lay.blocked
+    acc_l: gl.constexpr = lay.read
+    dq_l: gl.constexpr = lay.dq
+    accg_l: gl.constexpr = lay.grad
+    op_l: gl.constexpr = lay.chunk_op
+    blk_l: gl.constexpr = lay.block_op
+    pd_l: gl.constexpr = lay.scores_op
     rows = gl.arange(0, BL, layout=gl.SliceLayout(1, blocked))
     cols = gl.arange(0, BD, layout=gl.SliceLayout(0, blocked))
     rows_n = gl.arange(0, BN, layout=gl.SliceLayout(1, blocked))
@@ -119,7 +120,7 @@ def _step_gluon(q_ptr, do_ptr, lse_ptr, delta_ptr, mu_ptr, muv_ptr, off_ptr, gk_
     zero_g = gl.zeros([BN, BD], gl.float32, accg_l)
     g_rows = gl.arange(0, BN, layout=gl.SliceLayout(1, accg_l))
     g_cols = gl.arange(0, BD, layout=gl.SliceLayout(0, accg_l))
-    g_l: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])  # (a swizzle of pairs timed no faster)
+    g_l: gl.constexpr = lay.g
     if SHARED_K:
         gk_s = gl.allocate_shared_memory(gl.float32, [RES, BN, BD], g_l)
         for b in gl.static_range(RES):
@@ -133,8 +134,7 @@ def _step_gluon(q_ptr, do_ptr, lse_ptr, delta_ptr, mu_ptr, muv_ptr, off_ptr, gk_
     lse2 = gl.load(lse_ptr + pid * BL + acc_rows)
     delta = gl.load(delta_ptr + pid * BL + acc_rows)
     zero = gl.zeros([BL, BN], gl.float32, acc_l)
-    dq = gl.zeros([BL, BD], gl.float32, gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[W, 1],
-                                                                   instr_shape=[16, BD, 16]))
+    dq = gl.zeros([BL, BD], gl.float32, dq_l)
     # the first block's operands, loaded ahead
     mu = gl.load(mu_ptr + rows_n[:, None] * BD + cols[None, :])
     muv = gl.load(muv_ptr + rows_n[:, None] * BD + cols[None, :])
@@ -234,14 +234,14 @@ def resident_gluon(q_ptr, do_ptr, lse_ptr, delta_ptr, mu_ptr, muv_ptr, off_ptr, 
     accumulating into G together) and the next chunk's loads issued behind the first two."""
     W: gl.constexpr = gl.num_warps()
     pid = gl.program_id(0)
-    blocked: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [W, 1], [1, 0])
-    acc_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[W, 1], instr_shape=[16, BN, 16])
-    dq_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[W, 1], instr_shape=[16, BD, 16])
-    accg_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, W // 4],
-                                                      instr_shape=[16, BD // (W // 4), 16])
-    op_l: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BL, BD], gl.bfloat16)
-    blk_l: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BN, BD], gl.bfloat16)
-    pd_l: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BL, BN], gl.bfloat16)
+    lay: gl.constexpr = block_step_layouts(W, BL, BN, BD, gl.bfloat16)
+    blocked: gl.constexpr = lay.blocked
+    acc_l: gl.constexpr = lay.read
+    dq_l: gl.constexpr = lay.dq
+    accg_l: gl.constexpr = lay.grad
+    op_l: gl.constexpr = lay.chunk_op
+    blk_l: gl.constexpr = lay.block_op
+    pd_l: gl.constexpr = lay.scores_op
     rows = gl.arange(0, BL, layout=gl.SliceLayout(1, blocked))
     cols = gl.arange(0, BD, layout=gl.SliceLayout(0, blocked))
     n = pid * BN + gl.arange(0, BN, layout=gl.SliceLayout(1, blocked))

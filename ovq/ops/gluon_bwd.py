@@ -25,6 +25,8 @@ has been checked and timed on a GPU.
 
 from __future__ import annotations
 
+import collections
+
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
@@ -42,6 +44,28 @@ def applies(d: int, dv: int, chunk_size: int, read_precision: str, detach: bool,
     """Whether this kernel serves the configuration (see the module's scope)."""
     return (d == 64 and dv == 64 and chunk_size == 128 and read_precision in ("bf16", "fp16") and not detach
             and 1 <= slice_blocks <= MAX_SLICE_BLOCKS)
+
+
+BlockStepLayouts = collections.namedtuple("BlockStepLayouts",
+                                          "blocked read dq grad chunk_op block_op scores_op g")
+
+
+@gluon.constexpr_function
+def block_step_layouts(W, BL, BN, BD, op_ty):
+    """The layouts of a (chunk, block) step's tiles at W warps, BL tokens, BN slots and BD columns: ``blocked`` for
+    global loads and stores; the warpgroup accumulators of the read ([BL, BN]), of dq ([BL, BD]) and of G ([BN, BD]);
+    the shared-memory operands (``op_ty``) of a chunk ([BL, BD]), a block ([BN, BD]) and p or ds ([BL, BN]); ``g`` for
+    float32 G kept in shared memory (a swizzle of pairs timed no faster in bench.block_step). Kernels bind the fields
+    to constexpr names (``acc_l: gl.constexpr = lay.read``) to pass them to jit functions."""
+    return BlockStepLayouts(
+        blocked=gl.BlockedLayout([1, 8], [4, 8], [W, 1], [1, 0]),
+        read=gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[W, 1], instr_shape=[16, BN, 16]),
+        dq=gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[W, 1], instr_shape=[16, BD, 16]),
+        grad=gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, W // 4], instr_shape=[16, BD // (W // 4), 16]),
+        chunk_op=gl.NVMMASharedLayout.get_default_for([BL, BD], op_ty),
+        block_op=gl.NVMMASharedLayout.get_default_for([BN, BD], op_ty),
+        scores_op=gl.NVMMASharedLayout.get_default_for([BL, BN], op_ty),
+        g=gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
 
 
 @gluon.jit
@@ -126,15 +150,15 @@ def ovq_bwd_dict_gluon_kernel(
     h = bh % H
     beta = gl.load(beta_ptr + h)
     op_ty: gl.constexpr = gl.float16 if FP16 else gl.bfloat16  # the products' operands (the read's precision)
-    blocked: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [W, 1], [1, 0])
-    acc_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[W, 1], instr_shape=[16, BN, 16])
-    dq_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[W, 1], instr_shape=[16, D, 16])
-    accg_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, W // 4],
-                                                      instr_shape=[16, D // (W // 4), 16])
-    op_l: gl.constexpr = gl.NVMMASharedLayout.get_default_for([L, D], op_ty)
-    blk_l: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BN, D], op_ty)
-    pd_l: gl.constexpr = gl.NVMMASharedLayout.get_default_for([L, BN], op_ty)
-    g_l: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+    lay: gl.constexpr = block_step_layouts(W, L, BN, D, op_ty)
+    blocked: gl.constexpr = lay.blocked
+    acc_l: gl.constexpr = lay.read
+    dq_l: gl.constexpr = lay.dq
+    accg_l: gl.constexpr = lay.grad
+    op_l: gl.constexpr = lay.chunk_op
+    blk_l: gl.constexpr = lay.block_op
+    pd_l: gl.constexpr = lay.scores_op
+    g_l: gl.constexpr = lay.g
     q_s = gl.allocate_shared_memory(op_ty, [L, D], op_l)
     do_s = gl.allocate_shared_memory(op_ty, [L, D], op_l)
     mu_s = gl.allocate_shared_memory(op_ty, [BN, D], blk_l)
@@ -246,9 +270,8 @@ def ovq_bwd_dict_gluon_kernel(
         # the slots opened by this chunk (not read by it): only their merged tokens' G_v
         for b in range(read_blocks, all_blocks):
             gv_tok += _gather_own(gv_s.index(b).load(accg_l), own_blk == b, local, tok_rows)
-        v_off = qk_off
-        dv = gl.load(dv_ptr + v_off, mask=own[:, None], other=0.0)
-        gl.store(dv_ptr + v_off, dv + gv_tok, mask=own[:, None])
+        dv = gl.load(dv_ptr + qk_off, mask=own[:, None], other=0.0)  # (DV = D)
+        gl.store(dv_ptr + qk_off, dv + gv_tok, mask=own[:, None])
         if read_blocks > 0:
             # sum over slots of ds * (q . mu) = q . (sum of ds mu): dbeta (q reloaded: live through the loop it
             # would hold registers)
@@ -265,9 +288,11 @@ def ovq_bwd_dict_gluon_kernel(
     gl.store(dbeta_ptr + bh * NB + s, dbeta)
 
 
-def slice_blocks(capacity: int, slices: int, block: int = 64) -> int:
-    """Blocks of ``block`` slots in each slice's share of ``capacity`` slots (slot n is slice n % slices's)."""
-    return -(-(-(-capacity // slices)) // block)
+def slice_blocks(capacity: int, slices: int) -> int:
+    """Blocks of BLOCK_CENTROIDS slots in each slice's share of ``capacity`` slots: the backward's padded buffers hold
+    whole blocks per slice (``triton_chunk.padded_capacity``)."""
+    from .triton_chunk import BLOCK_CENTROIDS, padded_capacity
+    return padded_capacity(capacity, slices) // (slices * BLOCK_CENTROIDS)
 
 
 def launch(args: tuple, *, total: int, capacity: int, num_heads: int, chunks: int, padded: int, slices: int,
