@@ -129,9 +129,9 @@ class _Launched(Exception):
 
 
 def test_the_op_binds_every_kernel_argument_by_name(monkeypatch):
-    """Drive the op's backward into the Gluon launch on the CPU (its kernel swapped for a recorder): every argument the
-    kernel takes is given, the tensors are the ones its names say (checked by shape and type), and the constexprs are
-    the scope's."""
+    """Drive the op's backward into the Gluon launch (its kernel swapped for a recorder; on the CPU through the
+    interpreter, on a GPU compiled): every argument the kernel takes is given, the tensors are the ones its names say
+    (checked by shape and type), and the constexprs are the scope's."""
     import ovq.ops.gluon_bwd as gluon_bwd
     import ovq.ops.triton_chunk as tc
 
@@ -151,7 +151,8 @@ def test_the_op_binds_every_kernel_argument_by_name(monkeypatch):
             return run
     monkeypatch.setattr(gluon_bwd, "ovq_bwd_dict_gluon_kernel", Recorder())
     monkeypatch.setattr(tc, "_gluon_backward", lambda *a: True)
-    q, k, v = random_qkv(b, t, h, 64, dtype=torch.float32, seed=2, requires_grad=True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # (Triton launches CPU tensors only when interpreting)
+    q, k, v = random_qkv(b, t, h, 64, dtype=torch.float32, seed=2, device=device, requires_grad=True)
     o, _ = ovq_attention(q, k, v, 4.0, chunk_size=128, max_centroids=n, backend="triton")
     with pytest.raises(_Launched):
         o.sum().backward()
