@@ -50,10 +50,14 @@ class DistributedContext:
             return model
         self.fsdp = fsdp
         if fsdp:
+            from torch.distributed.device_mesh import init_device_mesh
             from torch.distributed.fsdp import fully_shard
+            # the mesh on this context's device: fully_shard's default mesh is on the accelerator whenever one
+            # exists, so CPU processes on a one-GPU machine would all ask for cuda:<local rank>
+            mesh = init_device_mesh(self.device.type, (self.world_size,))
             for block in _fsdp_blocks(model):
-                fully_shard(block)
-            fully_shard(model)
+                fully_shard(block, mesh=mesh)
+            fully_shard(model, mesh=mesh)
             return model
         from torch.nn.parallel import DistributedDataParallel
         return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
