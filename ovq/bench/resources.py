@@ -47,6 +47,13 @@ KERNELS = ("ovq_fwd_kernel", "ovq_fwd_local_kernel", "ovq_bwd_local_kernel", "ov
 
 
 # ----------------------------------------------------------------------------------------------------- record
+def numpy_breaks_interpreter() -> bool:
+    """Whether numpy is too new for Triton 3.6's interpreter (>= 2.4 turns the interpreter's conversions of
+    one-element arrays to scalars into errors; pyproject pins < 2.4, but a GPU image may bring its own)."""
+    import numpy
+    return tuple(int(x) for x in numpy.__version__.split(".")[:2]) >= (2, 4)
+
+
 def record(path: str) -> None:
     assert os.environ.get("TRITON_INTERPRET") == "1"
     import torch
@@ -316,6 +323,10 @@ def main():
     if a.loops and a.ptxas_timeout <= 0:
         ap.error("--loops reads the cubins ptxas makes: it needs --ptxas-timeout > 0")
     settings = kernel_settings(ap, a.set)
+    if numpy_breaks_interpreter():
+        import numpy
+        ap.error(f"recording the launches runs Triton 3.6's interpreter, which breaks with numpy >= 2.4 (here "
+                 f"{numpy.__version__}): install requirements.txt's numpy")
 
     # the PTX-only backend must never write into (or read stubs from) the user's Triton cache
     scratch = tempfile.mkdtemp(prefix="ovq_sm90_")  # PTX files and a private Triton cache (stub cubins)

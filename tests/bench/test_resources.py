@@ -13,6 +13,9 @@ pytest.importorskip("triton")
 
 
 def test_forward_at_chunk_512_fits_the_h200_with_one_stage(tmp_path):
+    from ovq.bench.resources import numpy_breaks_interpreter
+    if numpy_breaks_interpreter():  # (the tool says so and stops)
+        pytest.skip("the tool records launches in Triton 3.6's interpreter, which needs numpy < 2.4")
     out = tmp_path / "resources.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compile, do not interpret
     proc = subprocess.run([sys.executable, "-m", "ovq.bench.resources", "--L", "512", "--stages", "1", "--kernels",
