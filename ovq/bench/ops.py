@@ -103,9 +103,10 @@ def _ovq_flops(t: int, b: int, h: int, d: int, chunk: int, n: int, static: bool)
 
 
 def bench(seq_lens, head_dims, centroids, chunk: int, tokens: int, heads: int, peers: list[str],
-          on_row=None) -> list[dict]:
+          on_row=None, detached: bool = False) -> list[dict]:
     """Times every op at every (D, T, N); ``on_row(rows)`` runs after each new row (the caller saves them, so a
-    run stopped at a time limit keeps what it measured)."""
+    run stopped at a time limit keeps what it measured). ``detached`` adds OVQ with ``detach_state=True``: the
+    online update without the gradient through the dictionary, which VQ's static keys do not have either."""
     rows = []
 
     def add(row: dict) -> None:
@@ -157,10 +158,13 @@ def bench(seq_lens, head_dims, centroids, chunk: int, tokens: int, heads: int, p
                                "fwd_bwd_peak_bytes": mem, "error": err})
             for n in centroids:
                 codebook = torch.randn(heads, n, d, device=device, generator=g)
-                for op, fn in (("ovq", lambda q_, k_, v_: ovq_attention(q_, k_, v_, 12.0, chunk_size=chunk,
-                                                                         max_centroids=n)[0]),
-                               ("vq", lambda q_, k_, v_: vq_attention(q_, k_, v_, 12.0, codebook,
-                                                                       chunk_size=chunk)[0])):
+                ops = [("ovq", lambda q_, k_, v_: ovq_attention(q_, k_, v_, 12.0, chunk_size=chunk,
+                                                               max_centroids=n)[0]),
+                       ("vq", lambda q_, k_, v_: vq_attention(q_, k_, v_, 12.0, codebook, chunk_size=chunk)[0])]
+                if detached:
+                    ops.append(("ovq_detached", lambda q_, k_, v_: ovq_attention(
+                        q_, k_, v_, 12.0, chunk_size=chunk, max_centroids=n, detach_state=True)[0]))
+                for op, fn in ops:
                     with torch.no_grad():
                         fwd = _bench(lambda: fn(q, k, v))
                     fb = _bench(_fwd_bwd(fn, (q, k, v), grad))
@@ -210,15 +214,20 @@ def decode(contexts, heads: int, d: int, n: int, chunk: int) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     """One line per (D, T, N): OVQ and VQ times, the online update's overhead (forward alone, as at inference, and
-    fwd+bwd, as in training), and the peers."""
+    fwd+bwd, as in training), and the peers; with ``ovq_detached`` rows, also that run's fwd+bwd overhead over VQ
+    (``det upd%``)."""
+    with_detached = any(r["op"] == "ovq_detached" for r in rows)
     lines = [f"{'D':>4}{'T':>7}{'N':>6} {'ovq f':>8}{'vq f':>8}{'f upd%':>8}{'ovq fb':>9}{'vq fb':>8}{'upd%':>8}"
-             f"{'sdpa fb':>9}{'gdn fb':>8}{'ovq/sdpa':>9}{'ovq/gdn':>8}"]
+             f"{'sdpa fb':>9}{'gdn fb':>8}{'ovq/sdpa':>9}{'ovq/gdn':>8}"
+             + (f"{'det upd%':>9}" if with_detached else "")]
     peers = {(r["D"], r["T"], r["op"]): r for r in rows if r["op"] in ("sdpa", "gdn")}
+
+    def same(op, r):
+        return next((x for x in rows if x["op"] == op and (x["D"], x["T"], x["N"]) == (r["D"], r["T"], r["N"])), None)
     for r in rows:
         if r["op"] != "ovq":
             continue
-        vq = next((x for x in rows if x["op"] == "vq" and x["D"] == r["D"] and x["T"] == r["T"] and x["N"] == r["N"]),
-                  None)
+        vq, det = same("vq", r), same("ovq_detached", r)
         sd, gd = peers.get((r["D"], r["T"], "sdpa")), peers.get((r["D"], r["T"], "gdn"))
 
         def fmt(x, w=8):
@@ -230,7 +239,9 @@ def table(rows: list[dict]) -> str:
         lines.append(f"{r['D']:>4}{r['T']:>7}{r['N']:>6} {fmt(r['fwd_ms'])}{fmt(vq['fwd_ms'] if vq else None)}"
                      f"{fmt(upd_f)}{fmt(r['fwd_bwd_ms'], 9)}"
                      f"{fmt(vq['fwd_bwd_ms'] if vq else None)}{fmt(upd)}{fmt(sd_fb, 9)}{fmt(gd_fb)}"
-                     f"{fmt(r['fwd_bwd_ms'] / sd_fb if sd_fb else None, 9)}{fmt(r['fwd_bwd_ms'] / gd_fb if gd_fb else None)}")
+                     f"{fmt(r['fwd_bwd_ms'] / sd_fb if sd_fb else None, 9)}{fmt(r['fwd_bwd_ms'] / gd_fb if gd_fb else None)}"
+                     + (fmt(100 * (det["fwd_bwd_ms"] / vq["fwd_bwd_ms"] - 1) if det and vq else None, 9)
+                        if with_detached else ""))
     return "\n".join(lines)
 
 
@@ -245,6 +256,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--tokens", type=int, default=65536, help="B·T")
     ap.add_argument("--heads", type=int, default=16)
     ap.add_argument("--peers", default="sdpa,gdn")
+    ap.add_argument("--detached", action="store_true",
+                    help="also time OVQ with detach_state=True (no gradient through the dictionary) against VQ")
     ap.add_argument("--decode-contexts", default="4096,65536,1048576")
     ap.add_argument("--decode-only", action="store_true",
                     help="only the decoding benchmark (no check of the chunk kernels: each row has its difference from PyTorch)")
@@ -269,7 +282,7 @@ def main(argv=None) -> dict:
     elif not args.check:
         payload["results"] = bench(ints(args.seq_lens), ints(args.head_dims), ints(args.centroids), args.chunk_size,
                                    args.tokens, args.heads, args.peers.split(","),
-                                   on_row=saving_rows(out, payload, "results"))
+                                   on_row=saving_rows(out, payload, "results"), detached=args.detached)
         payload["decode"] = decode(ints(args.decode_contexts), args.heads, 64, 4096, args.chunk_size)
     path = save_json(out, payload)
     if "results" in payload:

@@ -13,7 +13,7 @@ def test_a_stopped_run_keeps_its_rows(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(ops, "environment", lambda: {"gpu": "none (test)"})
 
-    def bench(*args, on_row):  # two rows measured, then the time limit
+    def bench(*args, on_row, **kwargs):  # two rows measured, then the time limit
         rows = []
         for t in (2048, 4096):
             rows.append({"op": "ovq", "T": t, "fwd_bwd_ms": 1.0})
@@ -26,3 +26,14 @@ def test_a_stopped_run_keeps_its_rows(tmp_path, monkeypatch):
     saved = json.loads(out.read_text())
     assert saved["unfinished"] is True and [r["T"] for r in saved["results"]] == [2048, 4096]
     assert saved["args"]["out"] == str(out) and saved["environment"] == {"gpu": "none (test)"}
+
+
+def test_the_table_shows_the_detached_overhead_only_when_measured():
+    rows = [{"op": "ovq", "D": 64, "T": 4096, "N": 4096, "fwd_ms": 2.0, "fwd_bwd_ms": 6.0},
+            {"op": "vq", "D": 64, "T": 4096, "N": 4096, "fwd_ms": 2.0, "fwd_bwd_ms": 5.0},
+            {"op": "sdpa", "D": 64, "T": 4096, "fwd_ms": 1.0, "fwd_bwd_ms": 3.0}]
+    header, line = ops.table(rows).splitlines()
+    assert "det upd%" not in header and line.split()[8] == "20.00"  # upd%: 6 / 5 - 1
+    rows.append({"op": "ovq_detached", "D": 64, "T": 4096, "N": 4096, "fwd_ms": 2.0, "fwd_bwd_ms": 5.5})
+    header, line = ops.table(rows).splitlines()
+    assert header.split()[-1] == "upd%" and header.split()[-2] == "det" and line.split()[-1] == "10.00"
