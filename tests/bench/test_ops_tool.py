@@ -34,6 +34,7 @@ def test_the_table_shows_the_detached_overhead_only_when_measured():
             {"op": "sdpa", "D": 64, "T": 4096, "fwd_ms": 1.0, "fwd_bwd_ms": 3.0}]
     header, line = ops.table(rows).splitlines()
     assert "det upd%" not in header and line.split()[8] == "20.00"  # upd%: 6 / 5 - 1
-    rows.append({"op": "ovq_detached", "D": 64, "T": 4096, "N": 4096, "fwd_ms": 2.0, "fwd_bwd_ms": 5.5})
+    rows += [{"op": "ovq_detached", "D": 64, "T": 4096, "N": 4096, "fwd_ms": 2.0, "fwd_bwd_ms": 5.5},
+             {"op": "vq_detached", "D": 64, "T": 4096, "N": 4096, "fwd_ms": 2.0, "fwd_bwd_ms": 5.0}]
     header, line = ops.table(rows).splitlines()
     assert header.split()[-1] == "upd%" and header.split()[-2] == "det" and line.split()[-1] == "10.00"
