@@ -141,6 +141,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--check-edits", action="store_true", help="apply and load every variant; no GPU needed")
     ap.add_argument("--out", default="results/gluon_bwd_parts_h200.json")
     args = ap.parse_args(argv)
+    for name in ("seq_len", "heads", "centroids", "repeats"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     variants = [x for x in args.variants.split(",") if x]
     unknown = [x for x in variants if x not in EDITS]
     if unknown or not variants:

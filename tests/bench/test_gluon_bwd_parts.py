@@ -31,5 +31,6 @@ def test_an_edit_that_no_longer_matches_is_named(monkeypatch):
 def test_bad_variants_are_argparse_errors():
     from ovq.bench.gluon_bwd_parts import main
 
-    with pytest.raises(SystemExit):
-        main(["--variants", "nope", "--check-edits"])
+    for bad in (["--variants", "nope"], ["--variants", ","], ["--repeats", "0"], ["--seq-len", "-1"]):
+        with pytest.raises(SystemExit):
+            main([*bad, "--check-edits"])
