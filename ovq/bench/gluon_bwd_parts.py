@@ -29,6 +29,9 @@ _GATHER_OPENED = ("        for b in range(read_blocks, all_blocks):\n"
 # (without its atomic adds, G_k's loads and math are dead code and go too)
 _GK_ADD = re.compile(r"\n +gl\.atomic_add\(gk_ptr \+ \(s_base \+ n_g\).*?sem=\"relaxed\"\)\n", re.S)
 _GV_UPDATE = re.compile(r"\n +gv_s\.index\(b\)\.store\(gv_old \+ .*?0\.0\)\)\n", re.S)
+_G_TILE = "g=gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))"
+# 8-byte pairs XOR-swizzled by row: the accumulator layout's 8 rows a warp touches fall on different banks
+_G_TILE_SWIZZLED = "g=gl.SwizzledSharedLayout(2, 1, 8, [1, 0]))"
 _GK_ADD_BLOCKED = ("\n                gl.atomic_add(gk_ptr + (s_base + n)[:, None] * D + cols[None, :], "
                    "gl.convert_layout(dsk, blocked), mask=(cnt > 0.5)[:, None], sem=\"relaxed\")\n")
 
@@ -41,6 +44,8 @@ EDITS: dict[str, list[tuple[str | re.Pattern, str]]] = {
     "no_gather_no_gv": [(_GATHER_IN_LOOP, ""), (_GATHER_OPENED, ""), (_GV_UPDATE, "\n")],  # G_v's shared update
     "no_gk": [(_GK_ADD, "\n")],
     "gk_blocked": [(_GK_ADD, _GK_ADD_BLOCKED)],  # G_k added from the loads' layout (coalesced rows): exact
+    "g_swizzled": [(_G_TILE, _G_TILE_SWIZZLED)],  # the G_v tile without 8-way bank conflicts: exact
+    "no_gather_g_swizzled": [(_GATHER_IN_LOOP, ""), (_GATHER_OPENED, ""), (_G_TILE, _G_TILE_SWIZZLED)],
 }
 
 
