@@ -15,6 +15,7 @@ import argparse
 import ast
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -52,9 +53,8 @@ def _ints(text: str) -> list[int]:
 
 
 def cmd_train(args) -> None:
-    from ..train import DistributedContext, Trainer, TrainConfig
-    from ..train.checkpoint import CHECKPOINT_NAME, load_model_weights
-    from ..train.jobs import JobConfig, backbone_of, build_training
+    from ..train import DistributedContext, TrainConfig
+    from ..train.jobs import JobConfig
 
     job = JobConfig(task=args.task, model=args.model, size=args.size, seq_len=args.seq_len,
                     batch_size=args.batch_size, task_args=_kv(args.task_arg, "--task-arg"),
@@ -66,6 +66,28 @@ def cmd_train(args) -> None:
                       eval_every=args.eval_every, ckpt_every=args.ckpt_every, fsdp=args.fsdp,
                       progress=not args.no_progress).validate()
     dist = DistributedContext.from_env(args.device)
+    try:
+        _train(args, job, cfg, dist)
+    finally:
+        dist.close()
+    if dist.world_size > 1:
+        # A torchrun worker leaves without the interpreter's finalization. There, a gloo worker thread can still be
+        # freeing the last collective's tensors; it needs the GIL, finalization ends such threads, and the C++
+        # runtime aborts the process ("terminate called without an active exception", exit -6: in a core dump,
+        # ProcessGroupGloo::runLoop in ~AsyncBarrierWork under Py_FinalizeEx). torchrun then reported finished
+        # runs as failed: 7 of ~360 two-process CPU launches (session 18). Everything is written by now (the log
+        # is flushed per record, the checkpoint written atomically).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+def _train(args, job, cfg, dist) -> None:
+    """``cmd_train`` within its process group."""
+    from ..train import Trainer
+    from ..train.checkpoint import CHECKPOINT_NAME, load_model_weights
+    from ..train.jobs import backbone_of, build_training
+
     model, source, loss_fn, eval_fn, extra = build_training(job, dist.rank, dist.world_size, dist.device)
     if args.init_from and (args.restart or not (Path(args.out) / CHECKPOINT_NAME).exists()):
         source_job = load_model_weights(model, args.init_from)  # a resumed run already holds its weights

@@ -41,6 +41,12 @@ class DistributedContext:
             dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
         return cls(rank, local_rank, world_size, dev)
 
+    def close(self) -> None:
+        """Tear down the process group once training is done, as PyTorch asks of every process that started one
+        (rather than leaving the backend's threads to the interpreter's exit)."""
+        if self.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
     @property
     def is_main(self) -> bool:
         return self.rank == 0
