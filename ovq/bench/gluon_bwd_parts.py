@@ -13,6 +13,7 @@ forward feeds every backward, so the Gluon kernel's error against the Triton ker
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import re
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 
 from .common import environment, save_json, saving_rows
+from .ops import _rel
 
 _GATHER_IN_LOOP = "            gv_tok += _gather_own(gv_old, own_blk == b, local, tok_rows)\n"
 _GATHER_OPENED = ("        for b in range(read_blocks, all_blocks):\n"
@@ -76,8 +78,28 @@ def load_variant(variant: str, folder: Path):
     return module.ovq_bwd_dict_gluon_kernel
 
 
-def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12)).item()
+@contextlib.contextmanager
+def counting_gluon_launches():
+    """Yields a list that gets an entry for each launch of the Gluon backward inside the block (so a timed row can
+    say whether that kernel ran); on exit ``gluon_bwd.launch`` and ``OVQ_GLUON_BWD``, which the caller switches,
+    are as they were."""
+    from ..ops import gluon_bwd
+
+    real_launch, launches, before = gluon_bwd.launch, [], os.environ.get("OVQ_GLUON_BWD")
+    gluon_bwd.launch = lambda *a, **kw: (launches.append(1), real_launch(*a, **kw))[1]
+    try:
+        yield launches
+    finally:
+        gluon_bwd.launch = real_launch
+        if before is None:
+            os.environ.pop("OVQ_GLUON_BWD", None)
+        else:
+            os.environ["OVQ_GLUON_BWD"] = before
+
+
+def _errors(grads, reference) -> dict:
+    """Each gradient's relative error against the reference run's (dq, dk, dv, dbeta)."""
+    return dict(zip(("dq", "dk", "dv", "dbeta"), map(_rel, grads, reference)))
 
 
 def measure(variants: list[str], seq_len: int, heads: int, centroids: int, repeats: int, save_rows) -> list[dict]:
@@ -105,34 +127,25 @@ def measure(variants: list[str], seq_len: int, heads: int, centroids: int, repea
             times.append(start.elapsed_time(end))
         return sorted(times)[len(times) // 2], grads
 
-    rows, launches = [], []
-    before, real_kernel, real_launch = os.environ.get("OVQ_GLUON_BWD"), gluon_bwd.ovq_bwd_dict_gluon_kernel, \
-        gluon_bwd.launch
-    gluon_bwd.launch = lambda *a, **kw: (launches.append(1), real_launch(*a, **kw))[1]
-    try:
+    rows, real_kernel = [], gluon_bwd.ovq_bwd_dict_gluon_kernel
+    with counting_gluon_launches() as launches, tempfile.TemporaryDirectory() as folder:
         ms, reference = backward(False)
         rows.append({"kernel": "triton", "bwd_ms": ms})
         print(rows[-1], flush=True)
-        with tempfile.TemporaryDirectory() as folder:
+        try:
             for variant in variants:
                 gluon_bwd.ovq_bwd_dict_gluon_kernel = load_variant(variant, Path(folder))
                 launches.clear()
                 ms, grads = backward(True)
                 rows.append({"kernel": f"gluon:{variant}", "bwd_ms": ms, "gluon_ran": bool(launches),
-                             "rel_err": dict(zip(("dq", "dk", "dv", "dbeta"), map(_rel_err, grads, reference)))})
+                             "rel_err": _errors(grads, reference)})
                 print(rows[-1], flush=True)
                 save_rows(rows)
-        gluon_bwd.ovq_bwd_dict_gluon_kernel = real_kernel
+        finally:
+            gluon_bwd.ovq_bwd_dict_gluon_kernel = real_kernel
         ms, grads = backward(False)  # again: the drift of the run, and the Triton kernel's own run-to-run error
-        rows.append({"kernel": "triton", "bwd_ms": ms,
-                     "rel_err": dict(zip(("dq", "dk", "dv", "dbeta"), map(_rel_err, grads, reference)))})
+        rows.append({"kernel": "triton", "bwd_ms": ms, "rel_err": _errors(grads, reference)})
         save_rows(rows)
-    finally:
-        gluon_bwd.ovq_bwd_dict_gluon_kernel, gluon_bwd.launch = real_kernel, real_launch
-        if before is None:
-            os.environ.pop("OVQ_GLUON_BWD", None)
-        else:
-            os.environ["OVQ_GLUON_BWD"] = before
     return rows
 
 

@@ -189,13 +189,11 @@ def _gluon_backward(b: int, t: int, q, k, v, n: int, grad) -> None:
     """fwd+bwd at the models' chunk size 128 with the dictionary backward in Triton and in Gluon (``OVQ_GLUON_BWD``,
     ``ovq.ops.gluon_bwd``), alternated three times. Each Gluon row says whether that kernel ran: outside its scope
     (on an H200, anything but 64K with N = 4,096 here) the flag changes nothing."""
-    from ..ops import gluon_bwd
+    from .gluon_bwd_parts import counting_gluon_launches
 
     def fwd_bwd():
         ovq_attention(q, k, v, 12.0, chunk_size=128, max_centroids=n)[0].backward(grad)
-    real_launch, launches, before = gluon_bwd.launch, [], os.environ.get("OVQ_GLUON_BWD")
-    gluon_bwd.launch = lambda *a, **kw: (launches.append(1), real_launch(*a, **kw))[1]
-    try:
+    with counting_gluon_launches() as launches:
         for repeat in range(3):
             for flag in ("0", "1"):
                 os.environ["OVQ_GLUON_BWD"] = flag
@@ -203,12 +201,6 @@ def _gluon_backward(b: int, t: int, q, k, v, n: int, grad) -> None:
                 ms = _time(fwd_bwd)
                 _show({"B": b, "T": t, "kernel": "fwd+bwd", "chunk_size": 128, "gluon_bwd": flag == "1",
                        "gluon_ran": bool(launches), "repeat": repeat, "ms": ms})
-    finally:
-        gluon_bwd.launch = real_launch
-        if before is None:
-            os.environ.pop("OVQ_GLUON_BWD", None)
-        else:
-            os.environ["OVQ_GLUON_BWD"] = before
 
 
 VARIANTS = ("launch", "2persm", "nopicks", "bwd", "forward", "chunk", "gluon_bwd")
