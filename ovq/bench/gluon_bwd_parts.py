@@ -4,7 +4,7 @@ the Gluon kernel (``ovq.ops.gluon_bwd``) and Gluon variants with one part taken 
     python -m ovq.bench.gluon_bwd_parts                 # on a Hopper GPU, ~1 minute
     python -m ovq.bench.gluon_bwd_parts --check-edits   # anywhere: every variant's edit applies and loads
 
-A variant is the kernel's source with a few lines removed or replaced (``EDITS``), loaded as a module of its own; a
+A variant is the kernel's source with a few lines removed or replaced (``EDITS``, applied by ``bench.source_edits``); a
 removed part makes its gradient wrong (the rows say how wrong), so these are timings, never kernels to use. One
 forward feeds every backward, so the Gluon kernel's error against the Triton kernel's is that of the backward alone
 (the compiled forward is not reproducible run to run at 64K: ``docs/kernels.md``, "Session 14").
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import os
 import re
 import tempfile
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from . import source_edits
 from .common import environment, save_json, saving_rows
 from .ops import _rel
 
@@ -51,31 +51,16 @@ EDITS: dict[str, list[tuple[str | re.Pattern, str]]] = {
 }
 
 
-def _shown(pattern: str | re.Pattern) -> str:
-    return (pattern.pattern if isinstance(pattern, re.Pattern) else pattern).strip()[:60]
-
-
 def edited_source(variant: str) -> str:
     """gluon_bwd.py with ``variant``'s edits; an edit that no longer matches is an error naming it."""
     from ..ops import gluon_bwd
-    src = Path(gluon_bwd.__file__).read_text()
-    for pattern, replacement in EDITS[variant]:
-        regex = isinstance(pattern, re.Pattern)
-        hits = len(pattern.findall(src)) if regex else src.count(pattern)
-        if hits != 1:
-            raise ValueError(f"variant {variant!r}: its edit {_shown(pattern)!r} matches {hits} times in gluon_bwd.py")
-        src = pattern.sub(lambda _: replacement, src) if regex else src.replace(pattern, replacement)
-    return src.replace("from .triton_chunk import", "from ovq.ops.triton_chunk import")
+    return source_edits.edited_source(gluon_bwd, EDITS[variant], variant)
 
 
 def load_variant(variant: str, folder: Path):
-    """The variant's kernel (a JIT function: Gluon reads a kernel's source from its file, so each is a file)."""
-    path = folder / f"gluon_bwd_{variant}.py"
-    path.write_text(edited_source(variant))
-    spec = importlib.util.spec_from_file_location(f"ovq_gluon_bwd_{variant}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.ovq_bwd_dict_gluon_kernel
+    """The variant's kernel (a JIT function)."""
+    from ..ops import gluon_bwd
+    return source_edits.load_edited(gluon_bwd, EDITS[variant], variant, folder).ovq_bwd_dict_gluon_kernel
 
 
 @contextlib.contextmanager
@@ -176,7 +161,8 @@ def main(argv=None) -> dict:
         ap.error("timing needs a Hopper GPU (the Gluon kernel's warpgroup products); --check-edits runs anywhere")
     payload = {"benchmark": "gluon_bwd_parts", "environment": environment(), "B": 1, "T": args.seq_len,
                "H": args.heads, "D": 64, "N": args.centroids, "chunk_size": 128, "dtype": "bf16",
-               "edits": {name: [_shown(p) for p, _ in edits] for name, edits in EDITS.items() if name in variants}}
+               "edits": {name: [source_edits.shown(p) for p, _ in edits] for name, edits in EDITS.items()
+                         if name in variants}}
     payload["rows"] = measure(variants, args.seq_len, args.heads, args.centroids, args.repeats,
                               saving_rows(args.out, payload, "rows"))
     print(f"{'kernel':24s} {'bwd ms':>8s}  rel. error dq dk dv dbeta")
