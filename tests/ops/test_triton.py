@@ -198,6 +198,27 @@ def test_detach_state_and_carried_state_match_torch():
     _compare(results[1], results[3], 1e-5, 1e-5)
 
 
+def test_buffers_hold_only_the_slots_the_call_opens(monkeypatch):
+    """The kernels' per-slot buffers hold the slots a call opens (TRIM_CAPACITY), not all N: 17 of 24 here, with a
+    carried state of 9; outputs, gradients and the final state (padded back to N) as with N rows."""
+    import ovq.ops.triton_chunk as tc
+
+    real_apply, capacities = tc.ChunkFunction.apply, []
+    monkeypatch.setattr(tc.ChunkFunction, "apply", lambda *a: (capacities.append(a[11].capacity), real_apply(*a))[1])
+    q, k, v = random_qkv(1, 70, 2, 16, dtype=torch.float32, seed=8, device=DEVICE, requires_grad=True)
+    beta = torch.tensor([3.0, 6.0], device=DEVICE, requires_grad=True)
+    do = torch.randn(1, 50, 2, 16, device=DEVICE)
+    kw = dict(chunk_size=16, max_centroids=24, backend="triton")
+    results = []
+    for trim in (True, False):
+        monkeypatch.setattr(tc, "TRIM_CAPACITY", trim)
+        _, mid = ovq_attention(q[:, :20], k[:, :20], v[:, :20], beta, **kw, output_final_state=True)
+        results.append(_run(ovq_attention, q[:, 20:], k[:, 20:], v[:, 20:], beta, do, **kw, initial_state=mid))
+    assert mid.num_centroids == 9 and results[1][1].num_centroids == 17
+    assert capacities == [9, 17, 24, 24]
+    _compare(results[1], results[0], 1e-6, 1e-6, state_atol=1e-6)
+
+
 def test_vq_kernels_match_torch():
     q, k, v = random_qkv(2, 50, 2, 16, dtype=torch.float32, seed=4, device=DEVICE, requires_grad=True)
     beta = torch.tensor([4.0, 9.0], device=DEVICE, requires_grad=True)
