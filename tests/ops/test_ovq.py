@@ -202,3 +202,16 @@ def test_empty_sequence():
     q, k, v = random_qkv(2, 0, 2, 4)
     o, state = ovq_attention(q, k, v, 1.0, chunk_size=4, max_centroids=4, output_final_state=True)
     assert o.shape == (2, 0, 2, 4) and state.num_tokens == 0
+
+
+@pytest.mark.parametrize("T", [0, 3, 9])
+def test_a_returned_state_is_writable_memory(T):
+    """ovq_attention starts from read-only broadcast zeros when given no state; the state it returns owns its memory
+    (decoding writes it in place), whatever the sequence filled."""
+    q, k, v = random_qkv(1, T + 2, 2, 4)
+    _, state = ovq_attention(q[:, :T], k[:, :T], v[:, :T], 1.0, chunk_size=4, max_centroids=6, output_final_state=True)
+    for x in (state.sum_k, state.sum_v, state.count, state.buffer_k, state.buffer_v):
+        assert 0 not in x.stride()
+    o, state = ovq_step(q[:, T:], k[:, T:], v[:, T:], 1.0, state, chunk_size=4, max_centroids=6)
+    o_ref, _ = ovq_attention(q, k, v, 1.0, chunk_size=4, max_centroids=6)
+    torch.testing.assert_close(o, o_ref[:, T:])

@@ -32,7 +32,8 @@ def ovq_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: float | to
     qhat, khat, vv, beta_ = prepare_inputs(q, k, v, beta)
     check_ovq_config(chunk_size, max_centroids, growth, growth_rate, count_prior)
     check_step_state_dtype(state, q.dtype, vv.dtype)
-    state = initial_ovq_state(q, v, state, chunk_size, max_centroids, growth, growth_rate, vv.dtype)
+    state = initial_ovq_state(q, v, state, chunk_size, max_centroids, growth, growth_rate, vv.dtype,
+                              writable=True)
     o, state = step_scan(qhat, khat, vv, beta_, OnlineDictionary.from_state(state, False), state, count_prior,
                          kernel=use_decode_kernel(backend, q, vv.dtype))
     return finish_output(o, q), state
