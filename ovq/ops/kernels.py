@@ -724,14 +724,30 @@ def _load_rows(ptr, rows, offs, W: tl.constexpr, BW: tl.constexpr):
 
 
 @triton.jit
+def _store_read_operands(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, crd_ptr, cmv_ptr, csc_ptr, base, cb_base, n, nmask,
+                         offs_d, dmask, offs_dv, dvmask, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr,
+                         BDV: tl.constexpr, STATIC: tl.constexpr, READ_PREC: tl.constexpr):
+    """The dictionary backward's cached operands of the slots ``n`` (rows ``base + n``): the unit key direction and
+    the value mean in the read's precision, and [1/||sum_k||, 1/count] in float32 (1/count 0 for an empty slot),
+    computed from the sums when they change instead of in every block of every chunk."""
+    mu, muv, cnt, inv = _load_centroids(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, base, cb_base, n, nmask, offs_d, dmask,
+                                        offs_dv, dvmask, D, DV, STATIC)
+    tl.store(crd_ptr + (base + n)[:, None] * BD + offs_d[None, :], _operand(mu, READ_PREC), mask=nmask[:, None])
+    tl.store(cmv_ptr + (base + n)[:, None] * BDV + offs_dv[None, :], _operand(muv, READ_PREC), mask=nmask[:, None])
+    tl.store(csc_ptr + (base + n) * 2, inv, mask=nmask)
+    tl.store(csc_ptr + (base + n) * 2 + 1, tl.where(cnt > 0.5, 1.0 / tl.maximum(cnt, 1.0), 0.0), mask=nmask)
+
+
+@triton.jit
 def ovq_bwd_dict_kernel(
     q_ptr, k_ptr, v_ptr, beta_ptr, do_ptr, lse_ptr, delta_ptr, z_ptr, sched_ptr,
-    sk_ptr, sv_ptr, cnt_ptr, cb_ptr, gk_ptr, gv_ptr, off_ptr,
+    sk_ptr, sv_ptr, cnt_ptr, cb_ptr, gk_ptr, gv_ptr, off_ptr, crd_ptr, cmv_ptr, csc_ptr,
     dq_ptr, dk_ptr, dv_ptr, dbeta_ptr,
     T, N, H, C,
     D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr,
     BL: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, BN: tl.constexpr, NB: tl.constexpr,
     COUNT_PRIOR: tl.constexpr, STATIC: tl.constexpr, DETACH: tl.constexpr, READ_PREC: tl.constexpr,
+    CACHED: tl.constexpr = False,
 ):
     """Gradients through the dictionary: a reverse scan over chunks per (slice, bh).
 
@@ -767,6 +783,9 @@ def ovq_bwd_dict_kernel(
         n = s + NB * (r0 + offs_n)
         cnt = tl.load(cnt_ptr + p_base + n, mask=n < N, other=0.0)
         _store_offset_rows(off_ptr, p_base + n, cnt, n < N, COUNT_PRIOR, READ_PREC)
+        if CACHED:
+            _store_read_operands(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, crd_ptr, cmv_ptr, csc_ptr, p_base, cb_base, n,
+                                 n < N, offs_d, dmask, offs_dv, dvmask, D, DV, BD, BDV, STATIC, READ_PREC)
     tl.debug_barrier()
     dbeta = 0.0  # a scalar: a [BL] accumulator fixed the reduction's layout (two [BL, BD] conversions a chunk)
     for cc in range(0, C):
@@ -803,6 +822,9 @@ def ovq_bwd_dict_kernel(
         # the rewound slots' offset rows (a slot hit twice is written twice, alike; one rewound to empty reads -inf)
         cnt_z = tl.load(cnt_ptr + p_base + zs, mask=own, other=0.0, cache_modifier=".cg")
         _store_offset_rows(off_ptr, p_base + zs, cnt_z, own, COUNT_PRIOR, READ_PREC)
+        if CACHED:  # ... and cached operands
+            _store_read_operands(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, crd_ptr, cmv_ptr, csc_ptr, p_base, cb_base, zs, own,
+                                 offs_d, dmask, offs_dv, dvmask, D, DV, BD, BDV, STATIC, READ_PREC)
         tl.debug_barrier()
 
         # (2) the gradient of this chunk's reads of its dictionary.
@@ -819,19 +841,27 @@ def ovq_bwd_dict_kernel(
             n = s + NB * (r0 + offs_n)
             # whole blocks, unmasked: a slot past the ones this chunk read (opened later: rewound to count 0) or
             # past N (padding) has a -inf offset row, so p = 0 there, and count 0, so no gradient is added
-            cnt = tl.load(cnt_ptr + p_base + n, cache_modifier=".cg")
-            if STATIC:
-                mu = _load_rows(cb_ptr + cb_base, n, offs_d, D, BD)
-                inv = tl.full(n.shape, 1.0, tl.float32)
+            if CACHED:  # (the projection below takes the direction in the read's precision)
+                mu_op = tl.load(crd_ptr + (p_base + n)[:, None] * BD + offs_d[None, :], cache_modifier=".cg")
+                muv_op = tl.load(cmv_ptr + (p_base + n)[:, None] * BDV + offs_dv[None, :], cache_modifier=".cg")
+                inv = tl.load(csc_ptr + (p_base + n) * 2, cache_modifier=".cg")
+                inv_cnt = tl.load(csc_ptr + (p_base + n) * 2 + 1, cache_modifier=".cg")
+                mu = mu_op.to(tl.float32)
             else:
-                mu, inv = _unit_rows(_load_rows(sk_ptr, p_base + n, offs_d, D, BD))
-            muv = _load_rows(sv_ptr, p_base + n, offs_dv, DV, BDV) * (1.0 / tl.maximum(cnt, 1.0))[:, None]
-            readable = cnt > 0.5
-            mu_op = _operand(mu, READ_PREC)
+                cnt = tl.load(cnt_ptr + p_base + n, cache_modifier=".cg")
+                if STATIC:
+                    mu = _load_rows(cb_ptr + cb_base, n, offs_d, D, BD)
+                    inv = tl.full(n.shape, 1.0, tl.float32)
+                else:
+                    mu, inv = _unit_rows(_load_rows(sk_ptr, p_base + n, offs_d, D, BD))
+                inv_cnt = tl.where(cnt > 0.5, 1.0 / tl.maximum(cnt, 1.0), 0.0)
+                muv_op = _operand(_load_rows(sv_ptr, p_base + n, offs_dv, DV, BDV) * inv_cnt[:, None], READ_PREC)
+                mu_op = _operand(mu, READ_PREC)
+            readable = inv_cnt > 0.0
             off_rows = tl.load(off_ptr + (p_base + n)[:, None] * OFFW + offs_w[None, :], cache_modifier=".cg")
             logits = _mm_acc(q_op, tl.trans(mu_op), _mm(ones_w, tl.trans(off_rows), READ_PREC), READ_PREC)
             p = tl.exp2(logits - lse2[:, None])  # 0 for empty slots (-inf offsets) and rows past the sequence
-            dp = _mm(do_op, tl.trans(_operand(muv, READ_PREC)), READ_PREC)
+            dp = _mm(do_op, tl.trans(muv_op), READ_PREC)
             ds = p * (dp - delta[:, None])
             dq += _mm(ds, mu_op, READ_PREC)
             if not DETACH:
@@ -844,7 +874,7 @@ def ovq_bwd_dict_kernel(
                     dmu = _mm(tl.trans(ds), q_op, READ_PREC) * LN2  # q_op carries beta * log2(e)
                     dsk = (dmu - mu * tl.sum(mu * dmu, axis=1)[:, None]) * inv[:, None]
                     tl.atomic_add(gk_ptr + rows_k, dsk, mask=readable[:, None] & dmask[None, :], sem="relaxed")
-                dsv = _mm(tl.trans(p), do_op, READ_PREC) * (1.0 / tl.maximum(cnt, 1.0))[:, None]
+                dsv = _mm(tl.trans(p), do_op, READ_PREC) * inv_cnt[:, None]
                 tl.atomic_add(gv_ptr + rows_v, dsv, mask=readable[:, None] & dvmask[None, :], sem="relaxed")
         if m_loc > 0:
             # sum over slots of ds * (q . mu) = q . (sum of ds mu): dbeta without the per-block product's raw

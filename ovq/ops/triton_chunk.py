@@ -206,6 +206,10 @@ def merge_rows(block_l: int, slices: int) -> int:
 # (session 14, fwd+bwd at 64K, D = 64, N = 4,096; results/s14_bwd_launch_variants_h200.json) 1 took 44.41 ms, 2
 # 45.72, 4 52.69; with 4 warps (two programs fit an SM) 78.3. At 4K (one slice per (b, h) either way) no change.
 BWD_PROGRAMS_PER_SM = 1
+# The dictionary backward keeps each slot's read operands (unit direction and value mean in the read's precision,
+# 1/|sum_k| and 1/count) in side buffers, refreshed for the slots each chunk's rewind changes, instead of loading,
+# normalizing and dividing the float32 sums in every block (session 19; off until measured faster).
+BWD_CACHED_OPERANDS = False
 BWD_MAX_SLICES = 32
 
 
@@ -444,11 +448,17 @@ def _backward(saved, cfg: KernelConfig, m0: int, do, delta, d_sum_k, d_sum_v) ->
         else:
             offset_rows = torch.zeros(bh, padded, OFFW.value, device=v.device, dtype=_read_dtype(cfg))
             offset_rows[..., 0] = float("-inf")  # (the kernel stores the rows of slots < N from their counts)
+            if BWD_CACHED_OPERANDS:  # per slot: direction and value mean in the read's type, [1/|sum_k|, 1/count]
+                cached = (torch.zeros(bh, padded, bd, device=v.device, dtype=_read_dtype(cfg)),
+                          torch.zeros(bh, padded, bdv, device=v.device, dtype=_read_dtype(cfg)),
+                          torch.zeros(bh, padded, 2, device=v.device, dtype=torch.float32))
+            else:
+                cached = (torch.zeros(1, device=v.device, dtype=torch.float32),) * 3
             _launch("bwd_dict", ovq_bwd_dict_kernel, (nb, bh), cfg.chunk_size, d, dv,
-                    qhat, khat, v, beta, do, lse, delta, z, sched, *scratch, g_k, g_v, offset_rows,
+                    qhat, khat, v, beta, do, lse, delta, z, sched, *scratch, g_k, g_v, offset_rows, *cached,
                     dq, dk, dvals, dbeta_dict, total, n, cfg.num_heads, chunks,
                     BN=BLOCK_CENTROIDS, NB=nb, COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, DETACH=cfg.detach,
-                    **kw)
+                    CACHED=BWD_CACHED_OPERANDS, **kw)
     dbeta = (dbeta_local.sum(-1) + dbeta_dict.sum(-1)).view(-1, cfg.num_heads).sum(0)
     if cfg.detach:
         d_sum_k0 = d_sum_v0 = None
@@ -469,7 +479,7 @@ def backward_fits(cfg: KernelConfig, d: int, dv: int, device: torch.device) -> b
     Asked before a forward that will need a backward, so a chunk too large for the backward is known while
     the PyTorch op can still take over, not halfway through ``loss.backward()``."""
     key = (device, cfg, d, dv, BLOCK_CENTROIDS, LOCAL_BLOCK, launch_settings("bwd_local", cfg.chunk_size),
-           launch_settings("bwd_dict", cfg.chunk_size), os.environ.get("OVQ_GLUON_BWD", "0"))
+           launch_settings("bwd_dict", cfg.chunk_size), BWD_CACHED_OPERANDS, os.environ.get("OVQ_GLUON_BWD", "0"))
     if key not in _BACKWARD_FITS:
         L, n, h = cfg.chunk_size, cfg.capacity, cfg.num_heads
         zeros = lambda *shape, dtype=torch.float32: torch.zeros(*shape, device=device, dtype=dtype)  # noqa: E731
