@@ -136,7 +136,7 @@ def measure(variants: list[str], seq_len: int, heads: int, centroids: int, repea
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variants", default=",".join(EDITS), help=f"comma-separated, of: {', '.join(EDITS)}")
+    ap.add_argument("--variants", help=f"comma-separated (default: all), of: {', '.join(EDITS)}")
     ap.add_argument("--seq-len", type=int, default=65536)
     ap.add_argument("--heads", type=int, default=16)
     ap.add_argument("--centroids", type=int, default=4096)
@@ -147,15 +147,9 @@ def main(argv=None) -> dict:
     for name in ("seq_len", "heads", "centroids", "repeats"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    variants = [x for x in args.variants.split(",") if x]
-    unknown = [x for x in variants if x not in EDITS]
-    if unknown or not variants:
-        ap.error(f"--variants: unknown {unknown} (known: {', '.join(EDITS)})")
+    variants = source_edits.chosen_variants(ap, args.variants, EDITS)
     if args.check_edits:
-        with tempfile.TemporaryDirectory() as folder:
-            for variant in variants:
-                load_variant(variant, Path(folder))
-                print(f"{variant}: edits apply, module loads")
+        source_edits.check_edits(load_variant, variants)
         return {"variants": variants}
     if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9:
         ap.error("timing needs a Hopper GPU (the Gluon kernel's warpgroup products); --check-edits runs anywhere")

@@ -213,15 +213,10 @@ def main(argv=None) -> dict:
     if any(len(c) != 2 or min(c) < 1 for c in configs) or args.heads < 1 or args.centroids < 1:
         ap.error("--configs' B and T, --heads and --centroids must be at least 1")
     known = EDITS[args.kernel]
-    variants = list(known) if args.variants is None else [x for x in args.variants.split(",") if x]
-    unknown = [x for x in variants if x not in known]
-    if unknown or not variants:
-        ap.error(f"--variants: unknown {unknown} (known for {args.kernel}: {', '.join(known)})")
+    variants = source_edits.chosen_variants(ap, args.variants, known)
     if args.check_edits:
-        with tempfile.TemporaryDirectory() as folder:
-            for variant in variants:
-                load_variant(args.kernel, variant, Path(folder))
-                print(f"{args.kernel} {variant}: edits apply, module loads")
+        source_edits.check_edits(lambda name, folder: load_variant(args.kernel, name, folder), variants,
+                                 f"{args.kernel} ")
         return {"kernel": args.kernel, "variants": variants}
     if not torch.cuda.is_available():
         ap.error("timing needs a CUDA GPU; --check-edits runs anywhere")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import tempfile
 from pathlib import Path
 from types import ModuleType
 
@@ -45,3 +46,20 @@ def load_edited(module: ModuleType, edits: list[Edit], label: str, folder: Path)
     edited = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(edited)
     return edited
+
+
+def chosen_variants(ap, text: str | None, known) -> list[str]:
+    """``--variants``' comma-separated names (all of ``known`` when not given); unknown or none is an argparse error."""
+    variants = list(known) if text is None else [x for x in text.split(",") if x]
+    unknown = [x for x in variants if x not in known]
+    if unknown or not variants:
+        ap.error(f"--variants: unknown {unknown} (known: {', '.join(known)})")
+    return variants
+
+
+def check_edits(load, variants: list[str], label: str = "") -> None:
+    """``--check-edits``: apply and load every variant (``load(variant, folder)``), saying so; no GPU needed."""
+    with tempfile.TemporaryDirectory() as folder:
+        for variant in variants:
+            load(variant, Path(folder))
+            print(f"{label}{variant}: edits apply, module loads")
