@@ -208,7 +208,11 @@ def merge_rows(block_l: int, slices: int) -> int:
 BWD_PROGRAMS_PER_SM = 1
 # The dictionary backward keeps each slot's read operands (unit direction and value mean in the read's precision,
 # 1/|sum_k| and 1/count) in side buffers, refreshed for the slots each chunk's rewind changes, instead of loading,
-# normalizing and dividing the float32 sums in every block (session 19; off until measured faster).
+# normalizing and dividing the float32 sums in every block. On an H200 (session 19, D = 64, N = 4,096, L = 128;
+# results/s19_bwd_cached_*.json) fwd+bwd at 64K took 41.76 / 42.07 ms with it and 44.44 without, at 4K 16.20 / 16.24
+# and 17.01. Its projection of G_k takes the direction rounded to the read's precision, so it stays off until its
+# bf16 gradients are checked against the PyTorch op on a GPU (python -m ovq.bench.ops --check --set
+# BWD_CACHED_OPERANDS=True); in float32 it is the same function.
 BWD_CACHED_OPERANDS = False
 BWD_MAX_SLICES = 32
 
@@ -497,8 +501,9 @@ def backward_fits(cfg: KernelConfig, d: int, dv: int, device: torch.device) -> b
 
 # The kernels' per-slot buffers (sums, counts, cached operands, gradient accumulators and their scratch copies) hold
 # only the slots a call can open, not the capacity N: at T = 4K with N = 4,096 that is 2,048 (the saturating growth's
-# M(4,096)), and their zero fills and copies were ~0.9 ms of a 17 ms fwd+bwd at B = 16 (session 19's profile).
-# False gives every call N rows, as before (for an A/B).
+# M(4,096)), and their zero fills and copies were ~0.9 ms of a 17 ms fwd+bwd at B = 16 (session 19's profile). On an
+# H200 (session 19, B·T = 65,536, results/s19_trim_*.json) fwd+bwd went 15.40 -> 14.34 ms at 2K and 17.20 -> 16.84 at
+# 4K, peak memory 5.22 -> 3.19 and 3.68 -> 3.02 GiB. False gives every call N rows, as before (for an A/B).
 TRIM_CAPACITY = True
 
 

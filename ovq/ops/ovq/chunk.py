@@ -27,18 +27,16 @@ def initial_ovq_state(q, v, initial_state, chunk_size, max_centroids, growth, gr
     broadcast zeros: ``ovq_attention`` reads a state's active rows and buffered tokens only, and an empty state has
     none, so allocating and zero-filling N rows per (batch, head) bought nothing (at B = 16, H = 16, N = 4,096,
     D = 64: 0.56 GB of zeros a call)."""
-    if initial_state is None and writable:
-        b, _, h, d = q.shape
-        return OVQState.empty(b, h, d, v.shape[-1], chunk_size=chunk_size, max_centroids=max_centroids,
-                              growth=growth, growth_rate=growth_rate, dtype=dtype, device=q.device)
     if initial_state is None:
         b, _, h, d = q.shape
-        zeros = torch.zeros((), dtype=dtype, device=q.device)
-        return OVQState(sum_k=zeros.expand(b, h, max_centroids, d), sum_v=zeros.expand(b, h, max_centroids,
-                                                                                        v.shape[-1]),
-                        count=zeros.expand(b, h, max_centroids), buffer_k=zeros.expand(b, h, chunk_size, d),
-                        buffer_v=zeros.expand(b, h, chunk_size, v.shape[-1]), growth=growth,
-                        growth_rate=float(growth_rate))
+        dv = v.shape[-1]
+        if writable:
+            return OVQState.empty(b, h, d, dv, chunk_size=chunk_size, max_centroids=max_centroids, growth=growth,
+                                  growth_rate=growth_rate, dtype=dtype, device=q.device)
+        zeros = torch.zeros((), dtype=dtype, device=q.device).expand
+        return OVQState(sum_k=zeros(b, h, max_centroids, d), sum_v=zeros(b, h, max_centroids, dv),
+                        count=zeros(b, h, max_centroids), buffer_k=zeros(b, h, chunk_size, d),
+                        buffer_v=zeros(b, h, chunk_size, dv), growth=growth, growth_rate=float(growth_rate))
     rule = {"growth": growth} | ({"growth_rate": float(growth_rate)} if growth == "linear" else {})
     check_state(initial_state, OVQState, q, v, chunk_size, max_centroids, "max_centroids", **rule)
     return state_for_compute(initial_state, dtype)
