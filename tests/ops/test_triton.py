@@ -436,26 +436,27 @@ def test_kernel_buffers_do_not_follow_torch_default_dtype(monkeypatch):
     assert not [(name, dtype) for name, dtype in launched if dtype == torch.float64]
 
 
-def test_cached_backward_operands_change_only_the_projections_rounding(forward_variant, monkeypatch):
-    """BWD_CACHED_OPERANDS in half precision: the same gradients as the backward that normalizes the float32 sums in
-    every block, but for dk, whose projection takes the slots' directions rounded to the read's precision (float16
-    here: ~1e-4; in float32 the two are the same, which every test above checks)."""
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_cached_backward_operands_change_only_the_projections_rounding(dtype, forward_variant, monkeypatch):
+    """BWD_CACHED_OPERANDS in half precision, from one forward: the same gradients as the backward that normalizes the
+    float32 sums in every block, but for dk, whose projection takes the slots' directions rounded to the read's
+    precision (in float32 the two are the same function, which every test above checks)."""
     import ovq.ops.triton_chunk as tc
 
     if forward_variant[:3] != (True, False, 16):
         pytest.skip("sets the backward itself: once, with the default forward")
-    q, k, v = random_qkv(1, 200, 2, 16, dtype=torch.float16, seed=9, device=DEVICE)
-    do = torch.randn(1, 200, 2, 16, device=DEVICE)
+    if dtype == torch.bfloat16 and DEVICE == "cpu":
+        pytest.skip("the interpreter's bf16 products are wrong")
+    q, k, v = random_qkv(1, 200, 2, 16, dtype=dtype, seed=9, device=DEVICE, requires_grad=True)
+    beta = torch.tensor([6.0, 10.0], device=DEVICE, requires_grad=True)
+    o, _ = ovq_attention(q, k, v, beta, chunk_size=32, max_centroids=40, backend="triton")
+    loss = (o.float() * torch.randn(1, 200, 2, 16, device=DEVICE)).sum()
     results = []
-    for cached in (False, True):
+    for cached in (False, True):  # (the backward reads the setting when it runs)
         monkeypatch.setattr(tc, "BWD_CACHED_OPERANDS", cached)
-        x = [t.clone().requires_grad_() for t in (q, k, v)]
-        beta = torch.tensor([6.0, 10.0], device=DEVICE, requires_grad=True)
-        o, _ = ovq_attention(*x, beta, chunk_size=32, max_centroids=40, backend="triton")
-        results.append(torch.autograd.grad((o.float() * do).sum(), (*x, beta)))
+        results.append(torch.autograd.grad(loss, (q, k, v, beta), retain_graph=True))
     rel = lambda a, b: ((a.float() - b.float()).norm() / b.float().norm()).item()  # noqa: E731
-    tol = 0.0 if DEVICE == "cpu" else 1e-5  # (compiled, float atomics add in any order)
-    for name, a, b in zip(("dq", "dv", "dbeta"), (results[1][0], results[1][2], results[1][3]),
-                          (results[0][0], results[0][2], results[0][3])):
-        assert rel(a, b) <= tol, name
-    assert 0 < rel(results[1][1], results[0][1]) < 1e-3
+    tol = 0.0 if DEVICE == "cpu" else 1e-3  # (compiled, float atomics add in any order, then a 16-bit rounding)
+    for name, i in (("dq", 0), ("dv", 2), ("dbeta", 3)):
+        assert rel(results[1][i], results[0][i]) <= tol, name
+    assert 0 < rel(results[1][1], results[0][1]) < (1e-3 if dtype == torch.float16 else 5e-3)
