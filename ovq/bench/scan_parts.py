@@ -69,7 +69,7 @@ _PICKS = "            if n_new > 0:  # most chunks of a long sequence open none:
 _SCATTER = re.compile(r"\n {16}if not STATIC:\n {20}tl\.atomic_add\(sk_ptr.*?mask=own, sem=\"relaxed\"\)\n", re.S)
 _REFRESH = "        if CACHED:  # the slots this chunk changed get fresh operands"
 
-# kernel -> variant -> (pattern, replacement) edits of kernels.py's source, in order (``bench.source_edits``)
+# variant -> (pattern, replacement) edits of kernels.py's source, in order (``bench.source_edits``)
 FWD_EDITS: dict[str, list[source_edits.Edit]] = {
     "full": [],
     "no_loop": [(_LOOP, _LOOP.replace("range(0, m_loc, BN)", "range(0, 0, BN)"))],
@@ -101,7 +101,7 @@ BWD_EDITS: dict[str, list[source_edits.Edit]] = {
     "no_rewind": [(_BWD_REWIND, "\n        tl.debug_barrier()\n")],
     "no_gather": [(_BWD_GATHER, "\n")],
 }
-EDITS = {"fwd": FWD_EDITS, "bwd": BWD_EDITS}
+EDITS = {"fwd": FWD_EDITS, "bwd": BWD_EDITS}  # kernel -> its variants
 KERNEL_NAMES = {"fwd": "ovq_fwd_kernel", "bwd": "ovq_bwd_dict_kernel"}
 
 
