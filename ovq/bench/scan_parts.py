@@ -4,6 +4,7 @@ variants that each take one part out.
 
     python -m ovq.bench.scan_parts                     # the forward, on a GPU, ~1 minute
     python -m ovq.bench.scan_parts --kernel bwd        # the dictionary backward
+    python -m ovq.bench.scan_parts --kernel bwd --set BWD_CACHED_OPERANDS=True   # with a kernel setting
     python -m ovq.bench.scan_parts --check-edits       # anywhere: every variant's edit applies and loads
 
 A variant is the kernel module's source with a few lines removed or replaced (``EDITS``, applied by
@@ -42,7 +43,7 @@ from pathlib import Path
 import torch
 
 from . import source_edits
-from .common import environment, save_json, saving_rows
+from .common import environment, kernel_settings, save_json, saving_rows
 from .ops import _bench, _rel
 
 _READ_LOADS = ('                mu_rd = tl.load(crd_ptr + rows_d, cache_modifier=".cg")\n'
@@ -203,6 +204,8 @@ def main(argv=None) -> dict:
                     + "; ".join(f"{k}: {', '.join(v)}" for k, v in EDITS.items()))
     ap.add_argument("--heads", type=int, default=16)
     ap.add_argument("--centroids", type=int, default=4096)
+    ap.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE",
+                    help="ovq.ops.triton_chunk settings for every row, e.g. BWD_CACHED_OPERANDS=True")
     ap.add_argument("--check-edits", action="store_true", help="apply and load every variant; no GPU needed")
     ap.add_argument("--out", help="JSON to write (default: results/<kernel>_parts_h200.json)")
     args = ap.parse_args(argv)
@@ -212,6 +215,7 @@ def main(argv=None) -> dict:
         ap.error(f"--configs must be BxT items such as 1x65536, got {args.configs!r}")
     if any(len(c) != 2 or min(c) < 1 for c in configs) or args.heads < 1 or args.centroids < 1:
         ap.error("--configs' B and T, --heads and --centroids must be at least 1")
+    settings = kernel_settings(ap, args.set)
     known = EDITS[args.kernel]
     variants = source_edits.chosen_variants(ap, args.variants, known)
     if args.check_edits:
@@ -221,8 +225,11 @@ def main(argv=None) -> dict:
     if not torch.cuda.is_available():
         ap.error("timing needs a CUDA GPU; --check-edits runs anywhere")
     out = args.out or f"results/{args.kernel}_parts_h200.json"
-    payload = {"benchmark": "scan_parts", "kernel": args.kernel, "environment": environment(), "H": args.heads,
-               "D": 64, "N": args.centroids, "chunk_size": 128, "dtype": "bf16", "beta": 8.0,
+    from ..ops import triton_chunk
+    for name, value in settings.items():  # (for the run; recorded in the results)
+        setattr(triton_chunk, name, value)
+    payload = {"benchmark": "scan_parts", "kernel": args.kernel, "settings": settings, "environment": environment(),
+               "H": args.heads, "D": 64, "N": args.centroids, "chunk_size": 128, "dtype": "bf16", "beta": 8.0,
                "edits": {name: [source_edits.shown(p) for p, _ in known[name]] for name in variants}}
     payload["rows"] = measure(args.kernel, configs, variants, args.heads, args.centroids,
                               saving_rows(out, payload, "rows"))

@@ -69,7 +69,8 @@ def test_bad_arguments_are_argparse_errors():
     from ovq.bench.scan_parts import main
 
     for bad in (["--variants", "nope"], ["--variants", ","], ["--kernel", "bwd", "--variants", "no_read"],
-                ["--kernel", "local"], ["--configs", "1x"], ["--configs", "0x128"], ["--heads", "0"]):
+                ["--kernel", "local"], ["--configs", "1x"], ["--configs", "0x128"], ["--heads", "0"],
+                ["--set", "NOT_A_SETTING=1"], ["--set", "BWD_CACHED_OPERANDS=yes"]):
         with pytest.raises(SystemExit):
             main([*bad, "--check-edits"])
 
