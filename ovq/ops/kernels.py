@@ -416,7 +416,7 @@ def ovq_fwd_kernel(
     BL: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, BN: tl.constexpr, NB: tl.constexpr,
     COUNT_PRIOR: tl.constexpr, STATIC: tl.constexpr, READ_PREC: tl.constexpr, ASSIGN_PREC: tl.constexpr,
     CACHED: tl.constexpr, TWO_PASS: tl.constexpr, GRAM_PICKS: tl.constexpr, MERGE_ROWS: tl.constexpr,
-    ORDERED_SCATTER: tl.constexpr = False,
+    ORDERED_SCATTER: tl.constexpr = False, HI_IS_READ: tl.constexpr = False,
 ):
     s = tl.program_id(0)
     bh = tl.program_id(1)
@@ -483,7 +483,10 @@ def ovq_fwd_kernel(
                 off_rows = tl.load(cpr_ptr + off_row, cache_modifier=".cg")
                 logits = _mm_acc(q_op, tl.trans(mu_rd), _mm(ones_w, tl.trans(off_rows), READ_PREC), READ_PREC)
                 row_max, row_sum, acc = _softmax_step(row_max, row_sum, acc, logits, muv, READ_PREC)
-                mu_hi = tl.load(chi_ptr + rows_d, cache_modifier=".cg")
+                if HI_IS_READ:  # (bf16 reads: the read's direction is the assignment's hi part, bit for bit)
+                    mu_hi = mu_rd
+                else:
+                    mu_hi = tl.load(chi_ptr + rows_d, cache_modifier=".cg")
                 mu_lo = mu_hi
                 if ASSIGN_PREC == "bf16x3":
                     mu_lo = tl.load(clo_ptr + rows_d, cache_modifier=".cg")

@@ -460,3 +460,22 @@ def test_cached_backward_operands_change_only_the_projections_rounding(dtype, fo
     for name, i in (("dq", 0), ("dv", 2), ("dbeta", 3)):
         assert rel(results[1][i], results[0][i]) <= tol, name
     assert 0 < rel(results[1][1], results[0][1]) < (1e-3 if dtype == torch.float16 else 5e-3)
+
+
+@pytest.mark.skipif(DEVICE == "cpu", reason="bf16 reads only compiled (the interpreter's bf16 products are wrong)")
+def test_shared_direction_is_the_same_forward(forward_variant, monkeypatch):
+    """FWD_SHARED_DIRECTION (bf16 reads): the read's direction serves as the assignment's hi part, the same bits, so
+    the forward is bitwise the same (with the fixed-order scatter, under which two runs are)."""
+    import ovq.ops.triton_chunk as tc
+
+    if forward_variant[:3] != (True, False, 16):
+        pytest.skip("the one-pass cached forward only: once")
+    monkeypatch.setattr(tc, "FWD_ORDERED_SCATTER", True)
+    q, k, v = random_qkv(2, 300, 2, 64, dtype=torch.bfloat16, seed=10, device=DEVICE)
+    results = []
+    for shared in (False, True):
+        monkeypatch.setattr(tc, "FWD_SHARED_DIRECTION", shared)
+        results.append(ovq_attention(q, k, v, 8.0, chunk_size=128, max_centroids=256, output_final_state=True,
+                                     backend="triton"))
+    (o0, s0), (o1, s1) = results
+    assert torch.equal(o0, o1) and torch.equal(s0.sum_k, s1.sum_k) and torch.equal(s0.count, s1.count)
