@@ -53,13 +53,8 @@ _READ_MATH = ('                off_rows = tl.load(cpr_ptr + off_row, cache_modif
               '                logits = _mm_acc(q_op, tl.trans(mu_rd), _mm(ones_w, tl.trans(off_rows), READ_PREC), '
               'READ_PREC)\n'
               '                row_max, row_sum, acc = _softmax_step(row_max, row_sum, acc, logits, muv, READ_PREC)\n')
-_ASSIGN = ('                mu_hi = tl.load(chi_ptr + rows_d, cache_modifier=".cg")\n'
-           '                mu_lo = mu_hi\n'
-           '                if ASSIGN_PREC == "bf16x3":\n'
-           '                    mu_lo = tl.load(clo_ptr + rows_d, cache_modifier=".cg")\n'
-           '                opened = tl.load(cpr_ptr + off_row + OFFW, cache_modifier=".cg")\n'
-           '                sim = _assign_mm_acc(k_hi, k_lo, tl.trans(mu_hi), tl.trans(mu_lo),\n'
-           '                                     _mm(ones_w, tl.trans(opened), READ_PREC), ASSIGN_PREC)\n')
+# (from the choice of the hi part's source to the similarities' product, whose call ends the span)
+_ASSIGN = re.compile(r"\n {16}if HI_IS_READ:.*?_mm\(ones_w, tl\.trans\(opened\), READ_PREC\), ASSIGN_PREC\)\n", re.S)
 _LOOP = ("        for r0 in range(0, m_loc, BN):\n"
          "            r = r0 + offs_n\n"
          "            nmask = r < m_loc\n"
@@ -76,7 +71,7 @@ FWD_EDITS: dict[str, list[source_edits.Edit]] = {
     "no_loop": [(_LOOP, _LOOP.replace("range(0, m_loc, BN)", "range(0, 0, BN)"))],
     # (the assignment's similarities stay: the read's logits go with it, so its own loads are kept)
     "no_read": [(_READ_LOADS, ""), (_READ_MATH, "")],
-    "no_assign": [(_ASSIGN, "                sim = logits\n")],
+    "no_assign": [(_ASSIGN, "\n                sim = logits\n")],
     "no_picks": [(_PICKS, _PICKS.replace("n_new > 0", "n_new < 0"))],
     "no_scatter": [(_SCATTER, "\n                pass\n"), (_REFRESH, _REFRESH.replace("if CACHED:", "if False:"))],
 }

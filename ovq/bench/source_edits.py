@@ -1,10 +1,10 @@
 """A kernel with parts of its source taken out, loaded as a module of its own: how the ablation benchmarks
-(``bench.fwd_parts``, ``bench.gluon_bwd_parts``) find where a kernel's time goes.
+(``bench.scan_parts``, ``bench.gluon_bwd_parts``) find where a kernel's time goes.
 
-An edit is ``(pattern, replacement)``: a literal, or a compiled regular expression over one statement. Each must match
-the module's source exactly once, so a kernel change that moves the edited lines is an error naming the edit, never a
-variant that silently times the full kernel. Triton and Gluon read a kernel's source from its file, so every variant
-is written to a file of its own.
+An edit is ``(pattern, replacement)``: a literal (one that begins with indentation matches whole lines only), or a
+compiled regular expression over one statement. Each must match the module's source exactly once, so a kernel change
+that moves the edited lines is an error naming the edit, never a variant that silently times the full kernel. Triton
+and Gluon read a kernel's source from its file, so every variant is written to a file of its own.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ def edited_source(module: ModuleType, edits: list[Edit], label: str) -> str:
     path = Path(module.__file__)
     src = path.read_text()
     for pattern, replacement in edits:
+        if isinstance(pattern, str) and pattern[:1] == " ":  # indented: whole lines, never the tail of a deeper line
+            pattern = re.compile("^" + re.escape(pattern), re.M)
         regex = isinstance(pattern, re.Pattern)
         hits = len(pattern.findall(src)) if regex else src.count(pattern)
         if hits != 1:

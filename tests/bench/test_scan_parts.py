@@ -31,6 +31,12 @@ def test_an_edit_that_no_longer_matches_is_named(monkeypatch):
     monkeypatch.setitem(parts.EDITS["bwd"], "stale", [("a line the kernel does not have\n", "")])
     with pytest.raises(ValueError, match="'bwd_stale'.*matches 0 times in kernels.py"):
         parts.edited_source("bwd", "stale")
+    # an indented literal is whole lines: the same text indented deeper (here inside an if) does not match
+    deeper = "                    mu_hi = tl.load(chi_ptr + rows_d, cache_modifier=\".cg\")\n"
+    assert parts.edited_source("fwd", "full").count(deeper) == 1
+    monkeypatch.setitem(parts.EDITS["fwd"], "shallow", [(deeper[4:], "")])
+    with pytest.raises(ValueError, match="matches 0 times"):
+        parts.edited_source("fwd", "shallow")
 
 
 @pytest.mark.skipif(not triton_available(), reason="needs Triton (a GPU or its interpreter)")
