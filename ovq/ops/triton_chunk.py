@@ -321,14 +321,15 @@ def _operand_buffers(cfg: KernelConfig, bh: int, bd: int, bdv: int, device) -> t
     read = _read_dtype(cfg)
     split = cfg.assign_precision == "bf16x3"
     n = padded_capacity(cfg.capacity, cfg.fwd_slices, cfg.fwd_block)
-    assign = (torch.zeros(1, device=device, dtype=torch.bfloat16) if shared_direction(cfg)  # (the read's serves)
+    read_directions = torch.zeros(bh, n, bd, device=device, dtype=read)
+    # (one buffer for both where they are the same bits: the refresh writes it twice, alike)
+    assign = (read_directions if shared_direction(cfg)
               else torch.zeros(bh, n, bd, device=device, dtype=torch.bfloat16 if split else torch.float32))
     low = (torch.zeros(bh, n, bd, device=device, dtype=torch.bfloat16) if split
            else torch.zeros(1, device=device, dtype=torch.float32))
     offsets = torch.zeros(bh, n, 2 * OFFW.value, device=device, dtype=read)
     offsets[..., 0] = offsets[..., OFFW.value] = float("-inf")  # unopened: read as empty, never assigned
-    return (torch.zeros(bh, n, bd, device=device, dtype=read), assign, low,
-            torch.zeros(bh, n, bdv, device=device, dtype=read), offsets)
+    return read_directions, assign, low, torch.zeros(bh, n, bdv, device=device, dtype=read), offsets
 
 
 class ChunkFunction(torch.autograd.Function):
@@ -371,9 +372,6 @@ class ChunkFunction(torch.autograd.Function):
         xbest = torch.full((bh, 3, bl), torch.iinfo(torch.int64).min, device=v.device, dtype=torch.int64)
         barrier = torch.zeros(bh, device=v.device, dtype=torch.int32)
         crd, chi, clo, cmv, cpr = _operand_buffers(cfg, bh, bd, bdv, v.device)
-        hi_is_read = shared_direction(cfg)
-        if hi_is_read:  # one buffer for both (the refresh writes it twice, alike; the two-pass loop reads it as hi)
-            chi = crd
         # each program's scratch for its chunk's key similarities and 3 rows of pick state (FWD_GRAM_PICKS)
         gram = torch.empty(bh * nb * (bl + 3) * bl if cfg.gram_picks else 1, device=v.device, dtype=torch.float32)
         if total > 0:
@@ -387,7 +385,7 @@ class ChunkFunction(torch.autograd.Function):
                     total, n, cfg.num_heads, sched.shape[0], **kw, BN=cfg.fwd_block, NB=nb,
                     COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, ASSIGN_PREC=cfg.assign_precision,
                     CACHED=cfg.cached, TWO_PASS=cfg.two_pass, GRAM_PICKS=cfg.gram_picks, MERGE_ROWS=merge_rows(bl, nb),
-                    ORDERED_SCATTER=cfg.ordered_scatter, HI_IS_READ=hi_is_read)
+                    ORDERED_SCATTER=cfg.ordered_scatter, HI_IS_READ=shared_direction(cfg))
         ctx.save_for_backward(qhat, khat, vals, q_norm, k_norm, beta, o, lse, z, sum_k, sum_v, count, codebook, sched)
         ctx.cfg, ctx.m0, ctx.batch, ctx.lead = cfg, m0, batch, lead_k.shape[2]
         ctx.dtypes = (q.dtype, k.dtype, v.dtype)
