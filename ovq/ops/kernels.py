@@ -727,6 +727,12 @@ def _load_rows(ptr, rows, offs, W: tl.constexpr, BW: tl.constexpr):
 
 
 @triton.jit
+def _inverse_count(cnt):
+    """The dictionary backward's 1/count per slot, 0 for an empty slot (so it also says which slots were read)."""
+    return tl.where(cnt > 0.5, 1.0 / tl.maximum(cnt, 1.0), 0.0)
+
+
+@triton.jit
 def _store_read_operands(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, crd_ptr, cmv_ptr, csc_ptr, base, cb_base, n, nmask,
                          offs_d, dmask, offs_dv, dvmask, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr,
                          BDV: tl.constexpr, STATIC: tl.constexpr, READ_PREC: tl.constexpr):
@@ -738,7 +744,7 @@ def _store_read_operands(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, crd_ptr, cmv_ptr, csc_
     tl.store(crd_ptr + (base + n)[:, None] * BD + offs_d[None, :], _operand(mu, READ_PREC), mask=nmask[:, None])
     tl.store(cmv_ptr + (base + n)[:, None] * BDV + offs_dv[None, :], _operand(muv, READ_PREC), mask=nmask[:, None])
     tl.store(csc_ptr + (base + n) * 2, inv, mask=nmask)
-    tl.store(csc_ptr + (base + n) * 2 + 1, tl.where(cnt > 0.5, 1.0 / tl.maximum(cnt, 1.0), 0.0), mask=nmask)
+    tl.store(csc_ptr + (base + n) * 2 + 1, _inverse_count(cnt), mask=nmask)
 
 
 @triton.jit
@@ -857,7 +863,7 @@ def ovq_bwd_dict_kernel(
                     inv = tl.full(n.shape, 1.0, tl.float32)
                 else:
                     mu, inv = _unit_rows(_load_rows(sk_ptr, p_base + n, offs_d, D, BD))
-                inv_cnt = tl.where(cnt > 0.5, 1.0 / tl.maximum(cnt, 1.0), 0.0)
+                inv_cnt = _inverse_count(cnt)
                 muv_op = _operand(_load_rows(sv_ptr, p_base + n, offs_dv, DV, BDV) * inv_cnt[:, None], READ_PREC)
                 mu_op = _operand(mu, READ_PREC)
             readable = inv_cnt > 0.0
