@@ -27,8 +27,9 @@ def _rel(x: torch.Tensor, y: torch.Tensor) -> float:
     return ((x.float() - y.float()).norm() / y.float().norm().clamp_min(1e-6)).item()
 
 
-def check(device: str = "cuda") -> list[dict]:
-    """Kernels vs the PyTorch op on the GPU: float32 (tight) and bf16 (stated tolerance)."""
+def check(device: str = "cuda", dtypes=("float32", "bfloat16"), on_row=None) -> list[dict]:
+    """Kernels vs the PyTorch op on the GPU: float32 (tight) and bf16 (stated tolerance), the cases of the given
+    ``dtypes``; ``on_row(rows)`` runs after each case (the caller saves them: the whole check takes minutes)."""
     rows = []
     cases = [  # B, T, H, D, L, N, dtype
         (2, 1000, 2, 64, 64, 256, torch.float32),
@@ -41,6 +42,8 @@ def check(device: str = "cuda") -> list[dict]:
         (1, 8192, 2, 64, 64, 4096, torch.bfloat16),  # last: the PyTorch op is slow here
     ]
     for b, t, h, d, chunk, n, dtype in cases:
+        if str(dtype).split(".")[-1] not in dtypes:
+            continue
         g = torch.Generator(device=device).manual_seed(t)
         q, k, v = (torch.randn(b, t, h, d, device=device, generator=g).to(dtype).requires_grad_() for _ in range(3))
         beta = torch.full((h,), 12.0, device=device, requires_grad=True)
@@ -55,6 +58,8 @@ def check(device: str = "cuda") -> list[dict]:
         except Exception as e:  # noqa: BLE001 - record the failure and check the other cases
             rows.append({"B": b, "T": t, "D": d, "N": n, "dtype": str(dtype), "error": repr(e)[:300]})
             print(rows[-1], flush=True)
+            if on_row is not None:
+                on_row(rows)
             continue
         (o0, s0, g0), (o1, s1, g1) = out["torch"], out["triton"]
         counts_differ = (s0.count != s1.count).float().mean().item()
@@ -67,6 +72,8 @@ def check(device: str = "cuda") -> list[dict]:
         rows.append(row)
         print(" ".join(f"{k_}={v_:.2e}" if isinstance(v_, float) else f"{k_}={v_}" for k_, v_ in row.items()),
               flush=True)
+        if on_row is not None:
+            on_row(rows)
     return rows
 
 
@@ -251,6 +258,8 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true", help="only check the kernels against the PyTorch op")
     ap.add_argument("--no-check", action="store_true", help="skip the correctness check before timing")
+    ap.add_argument("--check-dtypes", default="float32,bfloat16",
+                    help="the check's cases of these dtypes only (the bf16 ones are the slow ones)")
     ap.add_argument("--seq-lens", default="2048,4096,16384,65536")
     ap.add_argument("--head-dims", default="64,128")
     ap.add_argument("--centroids", default="1024,4096")
@@ -269,6 +278,9 @@ def main(argv=None) -> dict:
                     help="JSON to write (default: results/ops_h200.json, or results/ops_decode_h200.json with --decode-only)")
     args = ap.parse_args(argv)
     settings = kernel_settings(ap, args.set)
+    check_dtypes = args.check_dtypes.split(",")
+    if not set(check_dtypes) <= {"float32", "bfloat16"} or not check_dtypes:
+        ap.error(f"--check-dtypes: float32 and/or bfloat16, not {args.check_dtypes!r}")
     if not torch.cuda.is_available():
         sys.exit("ovq.bench.ops needs a CUDA GPU")
     for name, value in settings.items():  # recorded in the JSON with the other arguments
@@ -276,7 +288,7 @@ def main(argv=None) -> dict:
     payload = {"benchmark": "ovq.bench.ops", "args": vars(args), "environment": environment()}
     out = args.out or ("results/ops_decode_h200.json" if args.decode_only else "results/ops_h200.json")
     if not (args.no_check or args.decode_only):  # the decode rows carry their own difference from the PyTorch read
-        payload["check"] = check()
+        payload["check"] = check(dtypes=check_dtypes, on_row=saving_rows(out, payload, "check"))
         save_unfinished(out, payload)  # kept if the timings are cut short
     ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
     if args.decode_only:

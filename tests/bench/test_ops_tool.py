@@ -38,3 +38,26 @@ def test_the_table_shows_the_detached_overhead_only_when_measured():
              {"op": "vq_detached", "D": 64, "T": 4096, "N": 4096, "fwd_ms": 2.0, "fwd_bwd_ms": 5.0}]
     header, line = ops.table(rows).splitlines()
     assert header.split()[-1] == "upd%" and header.split()[-2] == "det" and line.split()[-1] == "10.00"
+
+
+def test_a_stopped_check_keeps_its_cases_and_takes_only_the_dtypes_asked(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(ops, "environment", lambda: {"gpu": "none (test)"})
+    asked = []
+
+    def check(dtypes, on_row):  # one case checked, then the time limit
+        asked.append(dtypes)
+        on_row([{"T": 4096, "dtype": "bfloat16", "o_rel": 4e-3}])
+        raise KeyboardInterrupt
+    monkeypatch.setattr(ops, "check", check)
+    out = tmp_path / "check.json"
+    with pytest.raises(KeyboardInterrupt):
+        ops.main(["--check", "--check-dtypes", "bfloat16", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert asked == [["bfloat16"]] and saved["unfinished"] is True and saved["check"][0]["o_rel"] == 4e-3
+
+
+def test_a_bad_check_dtype_is_named(capsys):
+    with pytest.raises(SystemExit):
+        ops.main(["--check", "--check-dtypes", "float16"])
+    assert "--check-dtypes: float32 and/or bfloat16, not 'float16'" in capsys.readouterr().err
