@@ -210,10 +210,10 @@ BWD_PROGRAMS_PER_SM = 1
 # 1/|sum_k| and 1/count) in side buffers, refreshed for the slots each chunk's rewind changes, instead of loading,
 # normalizing and dividing the float32 sums in every block. On an H200 (session 19, D = 64, N = 4,096, L = 128;
 # results/s19_bwd_cached_*.json) fwd+bwd at 64K took 41.76 / 42.07 ms with it and 44.44 without, at 4K 16.20 / 16.24
-# and 17.01. Its projection of G_k takes the direction rounded to the read's precision, so it stays off until its
-# bf16 gradients are checked against the PyTorch op on a GPU (python -m ovq.bench.ops --check --set
-# BWD_CACHED_OPERANDS=True); in float32 it is the same function.
-BWD_CACHED_OPERANDS = False
+# and 17.01. Its projection of G_k takes the direction rounded to the read's precision; in float32 it is the same
+# function, and in bf16 its gradients are as far from the PyTorch op's as the uncached backward's (session 20,
+# results/s20_check_bf16_h200.json: dk 4.71e-3, 4.62e-3, 4.78e-3 against 4.70e-3, 4.61e-3, 4.79e-3).
+BWD_CACHED_OPERANDS = True
 BWD_MAX_SLICES = 32
 
 
@@ -296,8 +296,11 @@ def _read_dtype(cfg: KernelConfig) -> torch.dtype:
 # and the assignment's hi part are the same bits: FWD_SHARED_DIRECTION keeps them in one buffer and loads each block's
 # once for both products. Compiled for sm_90 (session 19, on the CPU): the 64K forward's block loop 575 -> 548
 # instructions with 8 async copies instead of 10 and 16 KB less shared memory (122,880 -> 106,496 B); at 4K's launch
-# 947 -> 924 and 229,376 -> 196,608 B. Not yet timed, so off; the same function (a GPU test holds it bitwise).
-FWD_SHARED_DIRECTION = False
+# 947 -> 924 and 229,376 -> 196,608 B. The same function (a GPU test holds it bitwise). On an H200 (session 20,
+# results/s20_ab_*.json, alternated) the forward at 64K took 18.03 ms against 19.79 / 19.21 without, at 4K 6.74
+# against 6.97 / 6.99; with the cached backward, fwd+bwd 40.49 / 39.84 against 43.78 / 43.80 (4K 15.68 / 15.60
+# against 16.56 / 16.59).
+FWD_SHARED_DIRECTION = True
 
 
 def shared_direction(cfg: KernelConfig) -> bool:
