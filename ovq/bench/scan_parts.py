@@ -4,7 +4,7 @@ variants that each take one part out.
 
     python -m ovq.bench.scan_parts                     # the forward, on a GPU, ~1 minute
     python -m ovq.bench.scan_parts --kernel bwd        # the dictionary backward
-    python -m ovq.bench.scan_parts --kernel bwd --set BWD_CACHED_OPERANDS=True   # with a kernel setting
+    python -m ovq.bench.scan_parts --kernel bwd --set BWD_CACHED_OPERANDS=False  # with a kernel setting
     python -m ovq.bench.scan_parts --check-edits       # anywhere: every variant's edit applies and loads
 
 A variant is the kernel module's source with a few lines removed or replaced (``EDITS``, applied by
@@ -200,7 +200,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--heads", type=int, default=16)
     ap.add_argument("--centroids", type=int, default=4096)
     ap.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE",
-                    help="ovq.ops.triton_chunk settings for every row, e.g. BWD_CACHED_OPERANDS=True")
+                    help="ovq.ops.triton_chunk settings for every row, e.g. BWD_CACHED_OPERANDS=False")
     ap.add_argument("--check-edits", action="store_true", help="apply and load every variant; no GPU needed")
     ap.add_argument("--out", help="JSON to write (default: results/<kernel>_parts_h200.json)")
     args = ap.parse_args(argv)
