@@ -748,6 +748,19 @@ def _store_read_operands(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, crd_ptr, cmv_ptr, csc_
 
 
 @triton.jit
+def _read_rows(q_ptr, do_ptr, lse_ptr, delta_ptr, bh, T, t, tmask, qk_off, v_off, beta, dmask, dvmask,
+               READ_PREC: tl.constexpr):
+    """A chunk's rows for the backward of its read: q (scaled to base-2 logits, as the forward's) and dO as product
+    operands, lse in base 2 and delta. A row past the sequence reads lse = +inf, so its p is exp2(-inf) = 0 without
+    a mask per element."""
+    q = tl.load(q_ptr + qk_off, mask=tmask[:, None] & dmask[None, :], other=0.0)
+    do = tl.load(do_ptr + v_off, mask=tmask[:, None] & dvmask[None, :], other=0.0)
+    lse2 = tl.load(lse_ptr + bh * T + t, mask=tmask, other=float("inf")) * LOG2E
+    delta = tl.load(delta_ptr + bh * T + t, mask=tmask, other=0.0)
+    return _operand(q * (beta * LOG2E), READ_PREC), _operand(do, READ_PREC), lse2, delta
+
+
+@triton.jit
 def ovq_bwd_dict_kernel(
     q_ptr, k_ptr, v_ptr, beta_ptr, do_ptr, lse_ptr, delta_ptr, z_ptr, sched_ptr,
     sk_ptr, sv_ptr, cnt_ptr, cb_ptr, gk_ptr, gv_ptr, off_ptr, crd_ptr, cmv_ptr, csc_ptr,
@@ -756,7 +769,7 @@ def ovq_bwd_dict_kernel(
     D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr,
     BL: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, BN: tl.constexpr, NB: tl.constexpr,
     COUNT_PRIOR: tl.constexpr, STATIC: tl.constexpr, DETACH: tl.constexpr, READ_PREC: tl.constexpr,
-    CACHED: tl.constexpr = False,
+    CACHED: tl.constexpr = False, EARLY_LOADS: tl.constexpr = False,
 ):
     """Gradients through the dictionary: a reverse scan over chunks per (slice, bh).
 
@@ -804,6 +817,9 @@ def ovq_bwd_dict_kernel(
         qk_off = (bh * T + t)[:, None] * D + offs_d[None, :]
         v_off = (bh * T + t)[:, None] * DV + offs_dv[None, :]
         m = tl.load(sched_ptr + 2 * c)
+        if EARLY_LOADS:  # the read's rows, loaded before the rewind's chain of stores and barriers (not after it)
+            q_op, do_op, lse2, delta = _read_rows(q_ptr, do_ptr, lse_ptr, delta_ptr, bh, T, t, tmask, qk_off, v_off,
+                                                  beta, dmask, dvmask, READ_PREC)
         # (1) tokens merged by this chunk: take the gradient of every later read of their centroid,
         #     then rewind the sums to the dictionary this chunk read.
         z = tl.load(z_ptr + bh * T + t, mask=tmask, other=-1)
@@ -837,14 +853,10 @@ def ovq_bwd_dict_kernel(
         tl.debug_barrier()
 
         # (2) the gradient of this chunk's reads of its dictionary.
-        q = tl.load(q_ptr + qk_off, mask=tmask[:, None] & dmask[None, :], other=0.0)
-        do = tl.load(do_ptr + v_off, mask=tmask[:, None] & dvmask[None, :], other=0.0)
-        # a row past the sequence reads lse = +inf, so its p is exp2(-inf) = 0 without a mask per element
-        lse2 = tl.load(lse_ptr + bh * T + t, mask=tmask, other=float("inf")) * LOG2E
-        delta = tl.load(delta_ptr + bh * T + t, mask=tmask, other=0.0)
+        if not EARLY_LOADS:
+            q_op, do_op, lse2, delta = _read_rows(q_ptr, do_ptr, lse_ptr, delta_ptr, bh, T, t, tmask, qk_off, v_off,
+                                                  beta, dmask, dvmask, READ_PREC)
         m_loc = _slots_in_slice(m, s, NB)
-        q_op = _operand(q * (beta * LOG2E), READ_PREC)  # base-2 logits, as the forward's
-        do_op = _operand(do, READ_PREC)
         dq = tl.zeros([BL, BD], tl.float32)  # sum of ds @ mu over the blocks: beta and dbeta come after the loop
         for r0 in range(0, m_loc, BN):
             n = s + NB * (r0 + offs_n)
