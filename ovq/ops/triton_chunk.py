@@ -215,7 +215,10 @@ BWD_PROGRAMS_PER_SM = 1
 # results/s20_check_bf16_h200.json: dk 4.71e-3, 4.62e-3, 4.78e-3 against 4.70e-3, 4.61e-3, 4.79e-3).
 BWD_CACHED_OPERANDS = True
 # The dictionary backward loads each chunk's q, dO and row statistics before the rewind (whose atomic adds, stores and
-# two barriers are a chain of round trips to L2) instead of after it, so the loads wait alongside the chain.
+# two barriers are a chain of round trips to L2) instead of after it, so the loads wait alongside the chain. On an
+# H200 (session 20, b63434f, alternated; results/s20_early_*.json) the backward alone (fwd+bwd minus fwd) at 64K took
+# 21.55 / 20.60 ms with it and 21.06 / 21.45 without, at 4K 9.18 / 9.18 and 9.16 / 9.19: no gain beyond the runs'
+# spread, so off (it also spills 8-40 B more).
 BWD_EARLY_LOADS = False
 BWD_MAX_SLICES = 32
 
