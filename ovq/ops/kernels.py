@@ -769,7 +769,7 @@ def ovq_bwd_dict_kernel(
     D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr,
     BL: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, BN: tl.constexpr, NB: tl.constexpr,
     COUNT_PRIOR: tl.constexpr, STATIC: tl.constexpr, DETACH: tl.constexpr, READ_PREC: tl.constexpr,
-    CACHED: tl.constexpr = False, EARLY_LOADS: tl.constexpr = False,
+    CACHED: tl.constexpr = False,
 ):
     """Gradients through the dictionary: a reverse scan over chunks per (slice, bh).
 
@@ -817,9 +817,6 @@ def ovq_bwd_dict_kernel(
         qk_off = (bh * T + t)[:, None] * D + offs_d[None, :]
         v_off = (bh * T + t)[:, None] * DV + offs_dv[None, :]
         m = tl.load(sched_ptr + 2 * c)
-        if EARLY_LOADS:  # the read's rows, loaded before the rewind's chain of stores and barriers (not after it)
-            q_op, do_op, lse2, delta = _read_rows(q_ptr, do_ptr, lse_ptr, delta_ptr, bh, T, t, tmask, qk_off, v_off,
-                                                  beta, dmask, dvmask, READ_PREC)
         # (1) tokens merged by this chunk: take the gradient of every later read of their centroid,
         #     then rewind the sums to the dictionary this chunk read.
         z = tl.load(z_ptr + bh * T + t, mask=tmask, other=-1)
@@ -853,9 +850,9 @@ def ovq_bwd_dict_kernel(
         tl.debug_barrier()
 
         # (2) the gradient of this chunk's reads of its dictionary.
-        if not EARLY_LOADS:
-            q_op, do_op, lse2, delta = _read_rows(q_ptr, do_ptr, lse_ptr, delta_ptr, bh, T, t, tmask, qk_off, v_off,
-                                                  beta, dmask, dvmask, READ_PREC)
+        # (loaded here, not before the rewind: session 20 timed that order, BWD_EARLY_LOADS at b63434f, no gain)
+        q_op, do_op, lse2, delta = _read_rows(q_ptr, do_ptr, lse_ptr, delta_ptr, bh, T, t, tmask, qk_off, v_off, beta,
+                                              dmask, dvmask, READ_PREC)
         m_loc = _slots_in_slice(m, s, NB)
         dq = tl.zeros([BL, BD], tl.float32)  # sum of ds @ mu over the blocks: beta and dbeta come after the loop
         for r0 in range(0, m_loc, BN):

@@ -214,12 +214,6 @@ BWD_PROGRAMS_PER_SM = 1
 # function, and in bf16 its gradients are as far from the PyTorch op's as the uncached backward's (session 20,
 # results/s20_check_bf16_h200.json: dk 4.71e-3, 4.62e-3, 4.78e-3 against 4.70e-3, 4.61e-3, 4.79e-3).
 BWD_CACHED_OPERANDS = True
-# The dictionary backward loads each chunk's q, dO and row statistics before the rewind (whose atomic adds, stores and
-# two barriers are a chain of round trips to L2) instead of after it, so the loads wait alongside the chain. On an
-# H200 (session 20, b63434f, alternated; results/s20_early_*.json) the backward alone (fwd+bwd minus fwd) at 64K took
-# 21.55 / 20.60 ms with it and 21.06 / 21.45 without, at 4K 9.18 / 9.18 and 9.16 / 9.19: no gain beyond the runs'
-# spread, so off (it also spills 8-40 B more).
-BWD_EARLY_LOADS = False
 BWD_MAX_SLICES = 32
 
 
@@ -489,7 +483,7 @@ def _backward(saved, cfg: KernelConfig, m0: int, do, delta, d_sum_k, d_sum_v) ->
                     qhat, khat, v, beta, do, lse, delta, z, sched, *scratch, g_k, g_v, offset_rows, *cached,
                     dq, dk, dvals, dbeta_dict, total, n, cfg.num_heads, chunks,
                     BN=BLOCK_CENTROIDS, NB=nb, COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, DETACH=cfg.detach,
-                    CACHED=BWD_CACHED_OPERANDS, EARLY_LOADS=BWD_EARLY_LOADS, **kw)
+                    CACHED=BWD_CACHED_OPERANDS, **kw)
     dbeta = (dbeta_local.sum(-1) + dbeta_dict.sum(-1)).view(-1, cfg.num_heads).sum(0)
     if cfg.detach:
         d_sum_k0 = d_sum_v0 = None
@@ -510,8 +504,7 @@ def backward_fits(cfg: KernelConfig, d: int, dv: int, device: torch.device) -> b
     Asked before a forward that will need a backward, so a chunk too large for the backward is known while
     the PyTorch op can still take over, not halfway through ``loss.backward()``."""
     key = (device, cfg, d, dv, BLOCK_CENTROIDS, LOCAL_BLOCK, launch_settings("bwd_local", cfg.chunk_size),
-           launch_settings("bwd_dict", cfg.chunk_size), BWD_CACHED_OPERANDS, BWD_EARLY_LOADS,
-           os.environ.get("OVQ_GLUON_BWD", "0"))
+           launch_settings("bwd_dict", cfg.chunk_size), BWD_CACHED_OPERANDS, os.environ.get("OVQ_GLUON_BWD", "0"))
     if key not in _BACKWARD_FITS:
         L, n, h = cfg.chunk_size, cfg.capacity, cfg.num_heads
         zeros = lambda *shape, dtype=torch.float32: torch.zeros(*shape, device=device, dtype=dtype)  # noqa: E731

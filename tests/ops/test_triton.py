@@ -462,28 +462,6 @@ def test_cached_backward_operands_change_only_the_projections_rounding(dtype, fo
     assert 0 < rel(results[1][1], results[0][1]) < (1e-3 if dtype == torch.float16 else 5e-3)
 
 
-def test_early_loads_are_the_same_backward(forward_variant, monkeypatch):
-    """BWD_EARLY_LOADS only moves the loads of a chunk's q, dO and row statistics ahead of the rewind: the same
-    gradients, from one forward (bitwise in the interpreter; compiled, float atomics add in any order)."""
-    import ovq.ops.triton_chunk as tc
-
-    if forward_variant[:3] != (True, False, 16):
-        pytest.skip("sets the backward itself: once, with the default forward")
-    q, k, v = random_qkv(2, 150, 2, 16, dtype=torch.float32, seed=11, device=DEVICE, requires_grad=True)
-    beta = torch.tensor([5.0, 9.0], device=DEVICE, requires_grad=True)
-    o, _ = ovq_attention(q, k, v, beta, chunk_size=32, max_centroids=40, backend="triton")
-    loss = (o * torch.randn_like(o)).sum()
-    results = []
-    for early in (False, True):  # (the backward reads the setting when it runs)
-        monkeypatch.setattr(tc, "BWD_EARLY_LOADS", early)
-        results.append(torch.autograd.grad(loss, (q, k, v, beta), retain_graph=True))
-    for name, a, b in zip(("dq", "dk", "dv", "dbeta"), *results):
-        if DEVICE == "cpu":
-            assert torch.equal(a, b), name
-        else:
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
-
-
 @pytest.mark.skipif(DEVICE == "cpu", reason="bf16 reads only compiled (the interpreter's bf16 products are wrong)")
 def test_shared_direction_is_the_same_forward(forward_variant, monkeypatch):
     """FWD_SHARED_DIRECTION (bf16 reads): the read's direction serves as the assignment's hi part, the same bits, so
