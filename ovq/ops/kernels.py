@@ -761,6 +761,84 @@ def _read_rows(q_ptr, do_ptr, lse_ptr, delta_ptr, bh, T, t, tmask, qk_off, v_off
 
 
 @triton.jit
+def _read_grads(dq, q_op, do_op, lse2, delta, mu_op, mu, muv_op, inv, inv_cnt, off_rows, ones_w, gk_ptr, gv_ptr, g_rows,
+                readable, offs_d, dmask, offs_dv, dvmask, D: tl.constexpr, DV: tl.constexpr, STATIC: tl.constexpr,
+                DETACH: tl.constexpr, READ_PREC: tl.constexpr, ADD_G: tl.constexpr):
+    """The gradient of one chunk's read of one block of slots, from the slots' read operands (``mu`` the unit
+    directions in float32, ``inv`` 1/||sum_k||, ``inv_cnt`` 1/count) and the chunk's rows (``_read_rows``).
+    Returns ``dq`` + ds @ mu (the block's share of dq, before beta: added where the product is, which keeps the
+    compiled loop as it was before this helper) and the gradients w.r.t. the slots' key and value sums; with ADD_G
+    they are also added to G's rows ``g_rows`` (the readable slots), each right after its product.
+    Whole blocks, unmasked: a slot past the ones the chunk read (opened later: rewound to count 0) or past N
+    (padding) has a -inf offset row, so p = 0 there, and count 0, so no gradient is added."""
+    logits = _mm_acc(q_op, tl.trans(mu_op), _mm(ones_w, tl.trans(off_rows), READ_PREC), READ_PREC)
+    p = tl.exp2(logits - lse2[:, None])  # 0 for empty slots (-inf offsets) and rows past the sequence
+    dp = _mm(do_op, tl.trans(muv_op), READ_PREC)
+    ds = p * (dp - delta[:, None])
+    dq += _mm(ds, mu_op, READ_PREC)
+    dsk = 0.0
+    dsv = 0.0
+    if not DETACH:
+        rows_k = g_rows[:, None] * D + offs_d[None, :]
+        rows_v = g_rows[:, None] * DV + offs_dv[None, :]
+        # G += this read's gradient as fire-and-forget adds (each slot has one owner, so the sum is the
+        # load-add-store's): a load here would wait on L2 right after the products and cost two
+        # layout round trips through shared memory (compiled for sm_90)
+        if not STATIC:
+            dmu = _mm(tl.trans(ds), q_op, READ_PREC) * LN2  # q_op carries beta * log2(e)
+            dsk = (dmu - mu * tl.sum(mu * dmu, axis=1)[:, None]) * inv[:, None]
+            if ADD_G:
+                tl.atomic_add(gk_ptr + rows_k, dsk, mask=readable[:, None] & dmask[None, :], sem="relaxed")
+        dsv = _mm(tl.trans(p), do_op, READ_PREC) * inv_cnt[:, None]
+        if ADD_G:
+            tl.atomic_add(gv_ptr + rows_v, dsv, mask=readable[:, None] & dvmask[None, :], sem="relaxed")
+    return dq, dsk, dsv
+
+
+@triton.jit
+def _merge_and_rewind(z_ptr, k_ptr, v_ptr, sk_ptr, sv_ptr, cnt_ptr, cb_ptr, gk_ptr, gv_ptr, off_ptr, crd_ptr, cmv_ptr,
+                      csc_ptr, dk_ptr, dv_ptr, bh, s, T, t, tmask, qk_off, v_off, s_base, p_base, cb_base, offs_d,
+                      dmask, offs_dv, dvmask, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr,
+                      BDV: tl.constexpr, NB: tl.constexpr, COUNT_PRIOR: tl.constexpr, STATIC: tl.constexpr,
+                      DETACH: tl.constexpr, READ_PREC: tl.constexpr, CACHED: tl.constexpr):
+    """The dictionary backward's step for the tokens a chunk (rows ``t``) merged into this slice's slots: each takes
+    the gradient of every later read of its centroid (G, into its dk and dv rows), then leaves the scratch sums,
+    which then hold the dictionary the chunk read; the rewound slots' offset rows (``off_ptr``) and, with CACHED,
+    read operands (``crd_ptr``, ``cmv_ptr``, ``csc_ptr``) are stored anew. Returns the tokens' slots (0 where
+    not this slice's) and which are this slice's."""
+    z = tl.load(z_ptr + bh * T + t, mask=tmask, other=-1)
+    own = (z >= 0) & ((z % NB) == s)
+    zs = tl.where(own, z, 0)
+    k = tl.load(k_ptr + qk_off, mask=tmask[:, None] & dmask[None, :], other=0.0)
+    v = tl.load(v_ptr + v_off, mask=tmask[:, None] & dvmask[None, :], other=0.0)
+    if not DETACH:
+        if not STATIC:
+            gk = tl.load(gk_ptr + (s_base + zs)[:, None] * D + offs_d[None, :], mask=own[:, None] & dmask[None, :],
+                         other=0.0, cache_modifier=".cg")
+            dk = tl.load(dk_ptr + qk_off, mask=own[:, None] & dmask[None, :], other=0.0)
+            tl.store(dk_ptr + qk_off, dk + gk, mask=own[:, None] & dmask[None, :])
+        gv = tl.load(gv_ptr + (s_base + zs)[:, None] * DV + offs_dv[None, :], mask=own[:, None] & dvmask[None, :],
+                     other=0.0, cache_modifier=".cg")
+        dv = tl.load(dv_ptr + v_off, mask=own[:, None] & dvmask[None, :], other=0.0)
+        tl.store(dv_ptr + v_off, dv + gv, mask=own[:, None] & dvmask[None, :])
+    if not STATIC:
+        tl.atomic_add(sk_ptr + (p_base + zs)[:, None] * D + offs_d[None, :], -k, mask=own[:, None] & dmask[None, :],
+                      sem="relaxed")
+    tl.atomic_add(sv_ptr + (p_base + zs)[:, None] * DV + offs_dv[None, :], -v, mask=own[:, None] & dvmask[None, :],
+                  sem="relaxed")
+    tl.atomic_add(cnt_ptr + p_base + zs, tl.full(zs.shape, -1.0, tl.float32), mask=own, sem="relaxed")
+    tl.debug_barrier()
+    # the rewound slots' offset rows (a slot hit twice is written twice, alike; one rewound to empty reads -inf)
+    cnt_z = tl.load(cnt_ptr + p_base + zs, mask=own, other=0.0, cache_modifier=".cg")
+    _store_offset_rows(off_ptr, p_base + zs, cnt_z, own, COUNT_PRIOR, READ_PREC)
+    if CACHED:  # ... and cached operands
+        _store_read_operands(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, crd_ptr, cmv_ptr, csc_ptr, p_base, cb_base, zs, own,
+                             offs_d, dmask, offs_dv, dvmask, D, DV, BD, BDV, STATIC, READ_PREC)
+    tl.debug_barrier()
+    return zs, own
+
+
+@triton.jit
 def ovq_bwd_dict_kernel(
     q_ptr, k_ptr, v_ptr, beta_ptr, do_ptr, lse_ptr, delta_ptr, z_ptr, sched_ptr,
     sk_ptr, sv_ptr, cnt_ptr, cb_ptr, gk_ptr, gv_ptr, off_ptr, crd_ptr, cmv_ptr, csc_ptr,
@@ -819,35 +897,10 @@ def ovq_bwd_dict_kernel(
         m = tl.load(sched_ptr + 2 * c)
         # (1) tokens merged by this chunk: take the gradient of every later read of their centroid,
         #     then rewind the sums to the dictionary this chunk read.
-        z = tl.load(z_ptr + bh * T + t, mask=tmask, other=-1)
-        own = (z >= 0) & ((z % NB) == s)
-        zs = tl.where(own, z, 0)
-        k = tl.load(k_ptr + qk_off, mask=tmask[:, None] & dmask[None, :], other=0.0)
-        v = tl.load(v_ptr + v_off, mask=tmask[:, None] & dvmask[None, :], other=0.0)
-        if not DETACH:
-            if not STATIC:
-                gk = tl.load(gk_ptr + (s_base + zs)[:, None] * D + offs_d[None, :], mask=own[:, None] & dmask[None, :],
-                             other=0.0, cache_modifier=".cg")
-                dk = tl.load(dk_ptr + qk_off, mask=own[:, None] & dmask[None, :], other=0.0)
-                tl.store(dk_ptr + qk_off, dk + gk, mask=own[:, None] & dmask[None, :])
-            gv = tl.load(gv_ptr + (s_base + zs)[:, None] * DV + offs_dv[None, :], mask=own[:, None] & dvmask[None, :],
-                         other=0.0, cache_modifier=".cg")
-            dv = tl.load(dv_ptr + v_off, mask=own[:, None] & dvmask[None, :], other=0.0)
-            tl.store(dv_ptr + v_off, dv + gv, mask=own[:, None] & dvmask[None, :])
-        if not STATIC:
-            tl.atomic_add(sk_ptr + (p_base + zs)[:, None] * D + offs_d[None, :], -k, mask=own[:, None] & dmask[None, :],
-                          sem="relaxed")
-        tl.atomic_add(sv_ptr + (p_base + zs)[:, None] * DV + offs_dv[None, :], -v, mask=own[:, None] & dvmask[None, :],
-                      sem="relaxed")
-        tl.atomic_add(cnt_ptr + p_base + zs, tl.full([BL], -1.0, tl.float32), mask=own, sem="relaxed")
-        tl.debug_barrier()
-        # the rewound slots' offset rows (a slot hit twice is written twice, alike; one rewound to empty reads -inf)
-        cnt_z = tl.load(cnt_ptr + p_base + zs, mask=own, other=0.0, cache_modifier=".cg")
-        _store_offset_rows(off_ptr, p_base + zs, cnt_z, own, COUNT_PRIOR, READ_PREC)
-        if CACHED:  # ... and cached operands
-            _store_read_operands(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, crd_ptr, cmv_ptr, csc_ptr, p_base, cb_base, zs, own,
-                                 offs_d, dmask, offs_dv, dvmask, D, DV, BD, BDV, STATIC, READ_PREC)
-        tl.debug_barrier()
+        _merge_and_rewind(z_ptr, k_ptr, v_ptr, sk_ptr, sv_ptr, cnt_ptr, cb_ptr, gk_ptr, gv_ptr, off_ptr, crd_ptr,
+                          cmv_ptr, csc_ptr, dk_ptr, dv_ptr, bh, s, T, t, tmask, qk_off, v_off, s_base, p_base,
+                          cb_base, offs_d, dmask, offs_dv, dvmask, D, DV, BD, BDV, NB, COUNT_PRIOR, STATIC, DETACH,
+                          READ_PREC, CACHED)
 
         # (2) the gradient of this chunk's reads of its dictionary.
         # (loaded here, not before the rewind: session 20 timed that order, BWD_EARLY_LOADS at b63434f, no gain)
@@ -856,9 +909,7 @@ def ovq_bwd_dict_kernel(
         m_loc = _slots_in_slice(m, s, NB)
         dq = tl.zeros([BL, BD], tl.float32)  # sum of ds @ mu over the blocks: beta and dbeta come after the loop
         for r0 in range(0, m_loc, BN):
-            n = s + NB * (r0 + offs_n)
-            # whole blocks, unmasked: a slot past the ones this chunk read (opened later: rewound to count 0) or
-            # past N (padding) has a -inf offset row, so p = 0 there, and count 0, so no gradient is added
+            n = s + NB * (r0 + offs_n)  # (whole blocks, unmasked: see _read_grads)
             if CACHED:  # (the projection below takes the direction in the read's precision)
                 mu_op = tl.load(crd_ptr + (p_base + n)[:, None] * BD + offs_d[None, :], cache_modifier=".cg")
                 muv_op = tl.load(cmv_ptr + (p_base + n)[:, None] * BDV + offs_dv[None, :], cache_modifier=".cg")
@@ -877,23 +928,9 @@ def ovq_bwd_dict_kernel(
                 mu_op = _operand(mu, READ_PREC)
             readable = inv_cnt > 0.0
             off_rows = tl.load(off_ptr + (p_base + n)[:, None] * OFFW + offs_w[None, :], cache_modifier=".cg")
-            logits = _mm_acc(q_op, tl.trans(mu_op), _mm(ones_w, tl.trans(off_rows), READ_PREC), READ_PREC)
-            p = tl.exp2(logits - lse2[:, None])  # 0 for empty slots (-inf offsets) and rows past the sequence
-            dp = _mm(do_op, tl.trans(muv_op), READ_PREC)
-            ds = p * (dp - delta[:, None])
-            dq += _mm(ds, mu_op, READ_PREC)
-            if not DETACH:
-                rows_k = (s_base + n)[:, None] * D + offs_d[None, :]
-                rows_v = (s_base + n)[:, None] * DV + offs_dv[None, :]
-                # G += this read's gradient as fire-and-forget adds (each slot has one owner, so the sum is the
-                # load-add-store's): a load here would wait on L2 right after the products and cost two
-                # layout round trips through shared memory (compiled for sm_90)
-                if not STATIC:
-                    dmu = _mm(tl.trans(ds), q_op, READ_PREC) * LN2  # q_op carries beta * log2(e)
-                    dsk = (dmu - mu * tl.sum(mu * dmu, axis=1)[:, None]) * inv[:, None]
-                    tl.atomic_add(gk_ptr + rows_k, dsk, mask=readable[:, None] & dmask[None, :], sem="relaxed")
-                dsv = _mm(tl.trans(p), do_op, READ_PREC) * inv_cnt[:, None]
-                tl.atomic_add(gv_ptr + rows_v, dsv, mask=readable[:, None] & dvmask[None, :], sem="relaxed")
+            dq, dsk, dsv = _read_grads(dq, q_op, do_op, lse2, delta, mu_op, mu, muv_op, inv, inv_cnt, off_rows, ones_w,
+                                         gk_ptr, gv_ptr, s_base + n, readable, offs_d, dmask, offs_dv, dvmask, D, DV,
+                                         STATIC, DETACH, READ_PREC, True)
         if m_loc > 0:
             # sum over slots of ds * (q . mu) = q . (sum of ds mu): dbeta without the per-block product's raw
             # logits (q reloaded: keeping the float32 q live through the loop costs registers)
