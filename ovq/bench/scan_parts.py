@@ -77,26 +77,30 @@ FWD_EDITS: dict[str, list[source_edits.Edit]] = {
 }
 
 
-_BWD_LOOP = "        for r0 in range(0, m_loc, BN):\n            n = s + NB * (r0 + offs_n)  # (whole blocks, unmasked"
+_BWD_LOOP = ("        for r0 in range(0, m_loc, BN):\n"
+             "            n = s + NB * (r0 + offs_n)  # (whole blocks, unmasked: see _read_grads)\n"
+             "            if CACHED:")
 # (the block's gradient is kernels._read_grads, the merged tokens' gathers and the rewind kernels._merge_and_rewind)
 _BWD_GK = re.compile(r"\n {8}if not STATIC:\n {12}dmu = _mm\(tl\.trans\(ds\).*?"
                      r"tl\.atomic_add\(gk_ptr \+ rows_k.*?\)\n", re.S)
 _BWD_GV = re.compile(r"\n {8}dsv = _mm\(tl\.trans\(p\).*?tl\.atomic_add\(gv_ptr \+ rows_v.*?\)\n", re.S)
-_BWD_DQ = ("            tl.atomic_add(dq_ptr + qk_off, beta * dq, mask=tmask[:, None] & dmask[None, :], "
-           "sem=\"relaxed\")\n")
+_BWD_DQ_ADD = ("            tl.atomic_add(dq_ptr + qk_off, beta * dq, mask=tmask[:, None] & dmask[None, :], "
+               "sem=\"relaxed\")\n")
+_BWD_DQ = _BWD_DQ_ADD + "        tl.debug_barrier()\n    tl.store(dbeta_ptr"  # (the one-chunk kernel's, not the pairs')
 _BWD_REWIND = re.compile(r"\n {4}if not STATIC:\n {8}tl\.atomic_add\(sk_ptr \+ \(p_base \+ zs\).*?"
                          r"_store_offset_rows\(off_ptr, p_base \+ zs, cnt_z, own, COUNT_PRIOR, READ_PREC\)\n", re.S)
-_BWD_GATHER = re.compile(r"\n {4}if not DETACH:\n {8}if not STATIC:\n {12}gk = tl\.load\(gk_ptr.*?"
-                         r"tl\.store\(dv_ptr \+ v_off, dv \+ gv, mask=own\[:, None\] & dvmask\[None, :\]\)\n", re.S)
+_BWD_GATHER = ("    if not DETACH:\n"
+               "        _add_gathered(dk_ptr, dv_ptr, gk_ptr, gv_ptr, s_base + zs, own, qk_off, v_off, offs_d, dmask, "
+               "offs_dv, dvmask,\n                      D, DV, STATIC)\n")
 BWD_EDITS: dict[str, list[source_edits.Edit]] = {
     "full": [],
     "no_loop": [(_BWD_LOOP, _BWD_LOOP.replace("range(0, m_loc, BN)", "range(0, 0, BN)"))],
     "no_gk": [(_BWD_GK, "\n")],
     "no_gv": [(_BWD_GV, "\n")],
     "no_g": [(_BWD_GK, "\n"), (_BWD_GV, "\n")],
-    "no_dq": [(_BWD_DQ, "            pass\n")],
+    "no_dq": [(_BWD_DQ, _BWD_DQ.replace(_BWD_DQ_ADD, "            pass\n"))],
     "no_rewind": [(_BWD_REWIND, "\n    tl.debug_barrier()\n")],
-    "no_gather": [(_BWD_GATHER, "\n")],
+    "no_gather": [(_BWD_GATHER, "")],
 }
 EDITS = {"fwd": FWD_EDITS, "bwd": BWD_EDITS}  # kernel -> its variants
 KERNEL_NAMES = {"fwd": "ovq_fwd_kernel", "bwd": "ovq_bwd_dict_kernel"}

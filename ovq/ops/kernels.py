@@ -748,6 +748,17 @@ def _store_read_operands(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, crd_ptr, cmv_ptr, csc_
 
 
 @triton.jit
+def _load_read_operands(crd_ptr, cmv_ptr, csc_ptr, rows, offs_d, offs_dv, BD: tl.constexpr, BDV: tl.constexpr):
+    """The cached read operands of whole blocks of slot rows (``_store_read_operands``): unit direction and value
+    mean in the read's precision, 1/||sum_k|| and 1/count."""
+    mu_op = tl.load(crd_ptr + rows[:, None] * BD + offs_d[None, :], cache_modifier=".cg")
+    muv_op = tl.load(cmv_ptr + rows[:, None] * BDV + offs_dv[None, :], cache_modifier=".cg")
+    inv = tl.load(csc_ptr + rows * 2, cache_modifier=".cg")
+    inv_cnt = tl.load(csc_ptr + rows * 2 + 1, cache_modifier=".cg")
+    return mu_op, muv_op, inv, inv_cnt
+
+
+@triton.jit
 def _read_rows(q_ptr, do_ptr, lse_ptr, delta_ptr, bh, T, t, tmask, qk_off, v_off, beta, dmask, dvmask,
                READ_PREC: tl.constexpr):
     """A chunk's rows for the backward of its read: q (scaled to base-2 logits, as the forward's) and dO as product
@@ -758,6 +769,24 @@ def _read_rows(q_ptr, do_ptr, lse_ptr, delta_ptr, bh, T, t, tmask, qk_off, v_off
     lse2 = tl.load(lse_ptr + bh * T + t, mask=tmask, other=float("inf")) * LOG2E
     delta = tl.load(delta_ptr + bh * T + t, mask=tmask, other=0.0)
     return _operand(q * (beta * LOG2E), READ_PREC), _operand(do, READ_PREC), lse2, delta
+
+
+@triton.jit
+def _store_slice_rows(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, off_ptr, crd_ptr, cmv_ptr, csc_ptr, s, N, p_base, cb_base,
+                      offs_n, offs_d, dmask, offs_dv, dvmask, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr,
+                      BDV: tl.constexpr, BN: tl.constexpr, NB: tl.constexpr, COUNT_PRIOR: tl.constexpr,
+                      STATIC: tl.constexpr, READ_PREC: tl.constexpr, CACHED: tl.constexpr):
+    """The dictionary backward's start: each slot of the slice gets its offset row (log2 count with the prior; -inf
+    when empty; stored when a count changes rather than taken per block) and, with CACHED, its read operands, from
+    the final sums."""
+    for r0 in range(0, _slots_in_slice(N, s, NB), BN):
+        n = s + NB * (r0 + offs_n)
+        cnt = tl.load(cnt_ptr + p_base + n, mask=n < N, other=0.0)
+        _store_offset_rows(off_ptr, p_base + n, cnt, n < N, COUNT_PRIOR, READ_PREC)
+        if CACHED:
+            _store_read_operands(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, crd_ptr, cmv_ptr, csc_ptr, p_base, cb_base, n,
+                                 n < N, offs_d, dmask, offs_dv, dvmask, D, DV, BD, BDV, STATIC, READ_PREC)
+    tl.debug_barrier()
 
 
 @triton.jit
@@ -796,6 +825,22 @@ def _read_grads(dq, q_op, do_op, lse2, delta, mu_op, mu, muv_op, inv, inv_cnt, o
 
 
 @triton.jit
+def _add_gathered(dk_ptr, dv_ptr, gk_ptr, gv_ptr, g_rows, own, qk_off, v_off, offs_d, dmask, offs_dv, dvmask,
+                  D: tl.constexpr, DV: tl.constexpr, STATIC: tl.constexpr):
+    """dk and dv rows of the ``own`` tokens (``qk_off``, ``v_off``) += the gradient rows ``g_rows`` of gk and gv
+    (their slots')."""
+    if not STATIC:
+        gk = tl.load(gk_ptr + g_rows[:, None] * D + offs_d[None, :], mask=own[:, None] & dmask[None, :], other=0.0,
+                     cache_modifier=".cg")
+        dk = tl.load(dk_ptr + qk_off, mask=own[:, None] & dmask[None, :], other=0.0)
+        tl.store(dk_ptr + qk_off, dk + gk, mask=own[:, None] & dmask[None, :])
+    gv = tl.load(gv_ptr + g_rows[:, None] * DV + offs_dv[None, :], mask=own[:, None] & dvmask[None, :], other=0.0,
+                 cache_modifier=".cg")
+    dv = tl.load(dv_ptr + v_off, mask=own[:, None] & dvmask[None, :], other=0.0)
+    tl.store(dv_ptr + v_off, dv + gv, mask=own[:, None] & dvmask[None, :])
+
+
+@triton.jit
 def _merge_and_rewind(z_ptr, k_ptr, v_ptr, sk_ptr, sv_ptr, cnt_ptr, cb_ptr, gk_ptr, gv_ptr, off_ptr, crd_ptr, cmv_ptr,
                       csc_ptr, dk_ptr, dv_ptr, bh, s, T, t, tmask, qk_off, v_off, s_base, p_base, cb_base, offs_d,
                       dmask, offs_dv, dvmask, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr,
@@ -812,15 +857,8 @@ def _merge_and_rewind(z_ptr, k_ptr, v_ptr, sk_ptr, sv_ptr, cnt_ptr, cb_ptr, gk_p
     k = tl.load(k_ptr + qk_off, mask=tmask[:, None] & dmask[None, :], other=0.0)
     v = tl.load(v_ptr + v_off, mask=tmask[:, None] & dvmask[None, :], other=0.0)
     if not DETACH:
-        if not STATIC:
-            gk = tl.load(gk_ptr + (s_base + zs)[:, None] * D + offs_d[None, :], mask=own[:, None] & dmask[None, :],
-                         other=0.0, cache_modifier=".cg")
-            dk = tl.load(dk_ptr + qk_off, mask=own[:, None] & dmask[None, :], other=0.0)
-            tl.store(dk_ptr + qk_off, dk + gk, mask=own[:, None] & dmask[None, :])
-        gv = tl.load(gv_ptr + (s_base + zs)[:, None] * DV + offs_dv[None, :], mask=own[:, None] & dvmask[None, :],
-                     other=0.0, cache_modifier=".cg")
-        dv = tl.load(dv_ptr + v_off, mask=own[:, None] & dvmask[None, :], other=0.0)
-        tl.store(dv_ptr + v_off, dv + gv, mask=own[:, None] & dvmask[None, :])
+        _add_gathered(dk_ptr, dv_ptr, gk_ptr, gv_ptr, s_base + zs, own, qk_off, v_off, offs_d, dmask, offs_dv, dvmask,
+                      D, DV, STATIC)
     if not STATIC:
         tl.atomic_add(sk_ptr + (p_base + zs)[:, None] * D + offs_d[None, :], -k, mask=own[:, None] & dmask[None, :],
                       sem="relaxed")
@@ -877,16 +915,9 @@ def ovq_bwd_dict_kernel(
     cb_base = h * _padded_rows(N, NB, BN) * D
     ones_w = _ones_for_offsets(BL, READ_PREC)
     offs_w = tl.arange(0, OFFW)
-    # each slot's offset row (log2 count with the prior; -inf when empty), stored when a count changes rather
-    # than taken per block
-    for r0 in range(0, _slots_in_slice(N, s, NB), BN):
-        n = s + NB * (r0 + offs_n)
-        cnt = tl.load(cnt_ptr + p_base + n, mask=n < N, other=0.0)
-        _store_offset_rows(off_ptr, p_base + n, cnt, n < N, COUNT_PRIOR, READ_PREC)
-        if CACHED:
-            _store_read_operands(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, crd_ptr, cmv_ptr, csc_ptr, p_base, cb_base, n,
-                                 n < N, offs_d, dmask, offs_dv, dvmask, D, DV, BD, BDV, STATIC, READ_PREC)
-    tl.debug_barrier()
+    _store_slice_rows(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, off_ptr, crd_ptr, cmv_ptr, csc_ptr, s, N, p_base, cb_base,
+                      offs_n, offs_d, dmask, offs_dv, dvmask, D, DV, BD, BDV, BN, NB, COUNT_PRIOR, STATIC, READ_PREC,
+                      CACHED)
     dbeta = 0.0  # a scalar: a [BL] accumulator fixed the reduction's layout (two [BL, BD] conversions a chunk)
     for cc in range(0, C):
         c = C - 1 - cc
@@ -911,10 +942,8 @@ def ovq_bwd_dict_kernel(
         for r0 in range(0, m_loc, BN):
             n = s + NB * (r0 + offs_n)  # (whole blocks, unmasked: see _read_grads)
             if CACHED:  # (the projection below takes the direction in the read's precision)
-                mu_op = tl.load(crd_ptr + (p_base + n)[:, None] * BD + offs_d[None, :], cache_modifier=".cg")
-                muv_op = tl.load(cmv_ptr + (p_base + n)[:, None] * BDV + offs_dv[None, :], cache_modifier=".cg")
-                inv = tl.load(csc_ptr + (p_base + n) * 2, cache_modifier=".cg")
-                inv_cnt = tl.load(csc_ptr + (p_base + n) * 2 + 1, cache_modifier=".cg")
+                mu_op, muv_op, inv, inv_cnt = _load_read_operands(crd_ptr, cmv_ptr, csc_ptr, p_base + n, offs_d,
+                                                                  offs_dv, BD, BDV)
                 mu = mu_op.to(tl.float32)
             else:
                 cnt = tl.load(cnt_ptr + p_base + n, cache_modifier=".cg")
@@ -929,13 +958,141 @@ def ovq_bwd_dict_kernel(
             readable = inv_cnt > 0.0
             off_rows = tl.load(off_ptr + (p_base + n)[:, None] * OFFW + offs_w[None, :], cache_modifier=".cg")
             dq, dsk, dsv = _read_grads(dq, q_op, do_op, lse2, delta, mu_op, mu, muv_op, inv, inv_cnt, off_rows, ones_w,
-                                         gk_ptr, gv_ptr, s_base + n, readable, offs_d, dmask, offs_dv, dvmask, D, DV,
-                                         STATIC, DETACH, READ_PREC, True)
+                                       gk_ptr, gv_ptr, s_base + n, readable, offs_d, dmask, offs_dv, dvmask, D, DV,
+                                       STATIC, DETACH, READ_PREC, True)
         if m_loc > 0:
             # sum over slots of ds * (q . mu) = q . (sum of ds mu): dbeta without the per-block product's raw
             # logits (q reloaded: keeping the float32 q live through the loop costs registers)
             q = tl.load(q_ptr + qk_off, mask=tmask[:, None] & dmask[None, :], other=0.0)
             dbeta += tl.sum(q * dq)
             tl.atomic_add(dq_ptr + qk_off, beta * dq, mask=tmask[:, None] & dmask[None, :], sem="relaxed")
+        tl.debug_barrier()
+    tl.store(dbeta_ptr + bh * NB + s, dbeta)
+
+
+@triton.jit
+def ovq_bwd_dict_pairs_kernel(
+    q_ptr, k_ptr, v_ptr, beta_ptr, do_ptr, lse_ptr, delta_ptr, z_ptr, sched_ptr,
+    sk_ptr, sv_ptr, cnt_ptr, cb_ptr, gk_ptr, gv_ptr, off_ptr, crd_ptr, cmv_ptr, csc_ptr,
+    off1_ptr, crd1_ptr, cmv1_ptr, csc1_ptr, mark_ptr, gck_ptr, gcv_ptr,
+    dq_ptr, dk_ptr, dv_ptr, dbeta_ptr,
+    T, N, H, C,
+    D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr,
+    BL: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, BN: tl.constexpr, NB: tl.constexpr,
+    COUNT_PRIOR: tl.constexpr, STATIC: tl.constexpr, DETACH: tl.constexpr, READ_PREC: tl.constexpr,
+):
+    """``ovq_bwd_dict_kernel`` (with cached operands) two chunks at a time, c and c1 = c - 1, so that each block of
+    slots adds its two reads' gradients to G in one go: half the G traffic, which is most of the one-chunk scan's
+    time at long T.
+
+    The dictionaries c and c1 read differ only in the slots c1's tokens merged into. Before the block loop both
+    chunks' tokens are merged and rewound: c's into the main operand buffers (the dictionary c read, as in the
+    one-chunk scan), c1's into the second ones (``off1``, ``crd1``, ``cmv1``, ``csc1``; only those slots' rows),
+    and those slots are marked with c (``mark``). In the loop a block reads c's operands, patches its marked rows
+    from the second buffers for c1, and adds both reads' gradients to G at once. c1's tokens took G before the
+    loop (the reads after c), so chunk c's read of their slots, which the one-chunk scan would have added first,
+    goes to scratch rows (``gck``, ``gcv``) for them to take after it. An odd C ends with a pair whose c1 is -1
+    (no rows). Same arguments as the one-chunk kernel otherwise.
+    """
+    s = tl.program_id(0)
+    bh = tl.program_id(1)
+    h = bh % H
+    beta = tl.load(beta_ptr + h)
+    offs_l = tl.arange(0, BL)
+    offs_d = tl.arange(0, BD)
+    offs_dv = tl.arange(0, BDV)
+    offs_n = tl.arange(0, BN)
+    dmask = offs_d < D
+    dvmask = offs_dv < DV
+    in_chunk = offs_l < L
+    s_base = bh * N  # row offset of this bh's gradients (gk, gv, gck, gcv)
+    p_base = bh * _padded_rows(N, NB, BN)  # ... and of its scratch sums, counts, operands and marks (padded)
+    cb_base = h * _padded_rows(N, NB, BN) * D
+    ones_w = _ones_for_offsets(BL, READ_PREC)
+    offs_w = tl.arange(0, OFFW)
+    _store_slice_rows(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, off_ptr, crd_ptr, cmv_ptr, csc_ptr, s, N, p_base, cb_base,
+                      offs_n, offs_d, dmask, offs_dv, dvmask, D, DV, BD, BDV, BN, NB, COUNT_PRIOR, STATIC, READ_PREC,
+                      True)
+    dbeta = 0.0
+    for pp in range(0, (C + 1) // 2):
+        c = C - 1 - 2 * pp
+        t = c * L + offs_l
+        tmask = in_chunk & (t < T)
+        qk_off = (bh * T + t)[:, None] * D + offs_d[None, :]
+        v_off = (bh * T + t)[:, None] * DV + offs_dv[None, :]
+        t1 = t - L
+        tmask1 = in_chunk & (t1 >= 0)
+        qk_off1 = qk_off - L * D
+        v_off1 = v_off - L * DV
+        m = tl.load(sched_ptr + 2 * c)
+        _merge_and_rewind(z_ptr, k_ptr, v_ptr, sk_ptr, sv_ptr, cnt_ptr, cb_ptr, gk_ptr, gv_ptr, off_ptr, crd_ptr,
+                          cmv_ptr, csc_ptr, dk_ptr, dv_ptr, bh, s, T, t, tmask, qk_off, v_off, s_base, p_base,
+                          cb_base, offs_d, dmask, offs_dv, dvmask, D, DV, BD, BDV, NB, COUNT_PRIOR, STATIC, DETACH,
+                          READ_PREC, True)
+        zs1, own1 = _merge_and_rewind(z_ptr, k_ptr, v_ptr, sk_ptr, sv_ptr, cnt_ptr, cb_ptr, gk_ptr, gv_ptr, off1_ptr,
+                                      crd1_ptr, cmv1_ptr, csc1_ptr, dk_ptr, dv_ptr, bh, s, T, t1, tmask1, qk_off1,
+                                      v_off1, s_base, p_base, cb_base, offs_d, dmask, offs_dv, dvmask, D, DV, BD, BDV,
+                                      NB, COUNT_PRIOR, STATIC, DETACH, READ_PREC, True)
+        tl.store(mark_ptr + p_base + zs1, c, mask=own1)
+        tl.debug_barrier()
+
+        q_op, do_op, lse2, delta = _read_rows(q_ptr, do_ptr, lse_ptr, delta_ptr, bh, T, t, tmask, qk_off, v_off, beta,
+                                              dmask, dvmask, READ_PREC)
+        q_op1, do_op1, lse21, delta1 = _read_rows(q_ptr, do_ptr, lse_ptr, delta_ptr, bh, T, t1, tmask1, qk_off1,
+                                                  v_off1, beta, dmask, dvmask, READ_PREC)
+        m_loc = _slots_in_slice(m, s, NB)  # (c1 read no more slots than c)
+        dq = tl.zeros([BL, BD], tl.float32)
+        dq1 = tl.zeros([BL, BD], tl.float32)
+        for r0 in range(0, m_loc, BN):
+            n = s + NB * (r0 + offs_n)  # (whole blocks, unmasked: see _read_grads)
+            rows = p_base + n
+            mu_op, muv_op, inv, inv_cnt = _load_read_operands(crd_ptr, cmv_ptr, csc_ptr, rows, offs_d, offs_dv, BD, BDV)
+            readable = inv_cnt > 0.0  # (in c: a slot c1 read was read by c too)
+            off_rows = tl.load(off_ptr + rows[:, None] * OFFW + offs_w[None, :], cache_modifier=".cg")
+            dq, dsk, dsv = _read_grads(dq, q_op, do_op, lse2, delta, mu_op, mu_op.to(tl.float32), muv_op, inv, inv_cnt,
+                                       off_rows, ones_w, gk_ptr, gv_ptr, s_base + n, readable, offs_d, dmask, offs_dv,
+                                       dvmask, D, DV, STATIC, DETACH, READ_PREC, False)
+            moved = tl.load(mark_ptr + rows, cache_modifier=".cg") == c
+            rows_k = (s_base + n)[:, None] * D + offs_d[None, :]
+            rows_v = (s_base + n)[:, None] * DV + offs_dv[None, :]
+            if not DETACH:  # chunk c's read of the slots c1's tokens merged into, for them to take after the loop
+                if not STATIC:
+                    tl.store(gck_ptr + rows_k, dsk, mask=moved[:, None] & dmask[None, :])
+                tl.store(gcv_ptr + rows_v, dsv, mask=moved[:, None] & dvmask[None, :])
+            moved_d = moved[:, None] & (offs_d[None, :] >= 0)
+            moved_dv = moved[:, None] & (offs_dv[None, :] >= 0)
+            mu_op1 = tl.where(moved_d, tl.load(crd1_ptr + rows[:, None] * BD + offs_d[None, :], mask=moved_d,
+                                               other=0.0, cache_modifier=".cg"), mu_op)
+            muv_op1 = tl.where(moved_dv, tl.load(cmv1_ptr + rows[:, None] * BDV + offs_dv[None, :], mask=moved_dv,
+                                                 other=0.0, cache_modifier=".cg"), muv_op)
+            inv1 = tl.where(moved, tl.load(csc1_ptr + rows * 2, mask=moved, other=0.0, cache_modifier=".cg"), inv)
+            inv_cnt1 = tl.where(moved, tl.load(csc1_ptr + rows * 2 + 1, mask=moved, other=0.0, cache_modifier=".cg"),
+                                inv_cnt)
+            moved_w = moved[:, None] & (offs_w[None, :] >= 0)
+            off_rows1 = tl.where(moved_w, tl.load(off1_ptr + rows[:, None] * OFFW + offs_w[None, :], mask=moved_w,
+                                                  other=0.0, cache_modifier=".cg"), off_rows)
+            dq1, dsk1, dsv1 = _read_grads(dq1, q_op1, do_op1, lse21, delta1, mu_op1, mu_op1.to(tl.float32), muv_op1,
+                                          inv1, inv_cnt1, off_rows1, ones_w, gk_ptr, gv_ptr, s_base + n, readable,
+                                          offs_d, dmask, offs_dv, dvmask, D, DV, STATIC, DETACH, READ_PREC, False)
+            if not DETACH:  # G += both reads' gradients (fire-and-forget adds, as in the one-chunk scan)
+                if not STATIC:
+                    tl.atomic_add(gk_ptr + rows_k, dsk + dsk1, mask=readable[:, None] & dmask[None, :], sem="relaxed")
+                tl.atomic_add(gv_ptr + rows_v, dsv + dsv1, mask=readable[:, None] & dvmask[None, :], sem="relaxed")
+        if m_loc > 0:  # (dbeta as in the one-chunk scan, for each chunk)
+            q = tl.load(q_ptr + qk_off, mask=tmask[:, None] & dmask[None, :], other=0.0)
+            dbeta += tl.sum(q * dq)
+            tl.atomic_add(dq_ptr + qk_off, beta * dq, mask=tmask[:, None] & dmask[None, :], sem="relaxed")
+            q1 = tl.load(q_ptr + qk_off1, mask=tmask1[:, None] & dmask[None, :], other=0.0)
+            dbeta += tl.sum(q1 * dq1)
+            tl.atomic_add(dq_ptr + qk_off1, beta * dq1, mask=tmask1[:, None] & dmask[None, :], sem="relaxed")
+        tl.debug_barrier()
+        if not DETACH:  # c1's tokens take chunk c's read of their slots
+            _add_gathered(dk_ptr, dv_ptr, gck_ptr, gcv_ptr, s_base + zs1, own1, qk_off1, v_off1, offs_d, dmask, offs_dv,
+                          dvmask, D, DV, STATIC)
+        # the main buffers' rows of those slots: the dictionary c1 read, for the next pair's first chunk
+        cnt_z1 = tl.load(cnt_ptr + p_base + zs1, mask=own1, other=0.0, cache_modifier=".cg")
+        _store_offset_rows(off_ptr, p_base + zs1, cnt_z1, own1, COUNT_PRIOR, READ_PREC)
+        _store_read_operands(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, crd_ptr, cmv_ptr, csc_ptr, p_base, cb_base, zs1, own1,
+                             offs_d, dmask, offs_dv, dvmask, D, DV, BD, BDV, STATIC, READ_PREC)
         tl.debug_barrier()
     tl.store(dbeta_ptr + bh * NB + s, dbeta)

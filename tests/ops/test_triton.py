@@ -17,7 +17,8 @@ pytest.importorskip("triton")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@pytest.fixture(autouse=True, params=[(False, False, 1, False), (True, False, 16, True), (True, True, 16, False)],
+@pytest.fixture(autouse=True, params=[(False, False, 1, False, False), (True, False, 16, True, False),
+                                      (True, True, 16, True, True)],
                 ids=["sums-gram", "cached-operands", "cached-two-pass"])
 def forward_variant(request, monkeypatch):
     """Every test runs with each forward: operands computed from the sums in every chunk, or kept in side
@@ -26,12 +27,14 @@ def forward_variant(request, monkeypatch):
     chunk's Gram matrix wherever a chunk picks (``GRAM_MIN_PICKS`` = 1); the others take them per pick, as the
     launcher does where chunks open few centroids (these small cases open fewer than the default 16). The default
     forward runs with the default backward, the dictionary backward with its cached operands (``BWD_CACHED_OPERANDS``);
-    the others with the backward that normalizes the sums in every block."""
+    the first with the backward that normalizes the sums in every block, the last with the cached one two chunks at
+    a time (``BWD_PAIRS``)."""
     import ovq.ops.triton_chunk as tc
     monkeypatch.setattr(tc, "FWD_CACHED_OPERANDS", request.param[0])
     monkeypatch.setattr(tc, "FWD_TWO_PASS", request.param[1])
     monkeypatch.setattr(tc, "GRAM_MIN_PICKS", request.param[2])
     monkeypatch.setattr(tc, "BWD_CACHED_OPERANDS", request.param[3])
+    monkeypatch.setattr(tc, "BWD_PAIRS", request.param[4])
     return request.param
 
 
@@ -388,7 +391,8 @@ def test_a_backward_that_does_not_fit_is_known_before_the_forward(monkeypatch):
     expected = _run(ovq_attention, q, k, v, beta, do, **kw, backend="torch")
     monkeypatch.setattr(tc, "_BACKWARD_FITS", {})
     monkeypatch.setattr(tc, "_DOES_NOT_FIT", set())
-    monkeypatch.setattr(kernels, "ovq_bwd_dict_kernel", _KernelThatDoesNotFit())
+    for name in ("ovq_bwd_dict_kernel", "ovq_bwd_dict_pairs_kernel"):  # (the launcher takes the one its settings ask)
+        monkeypatch.setattr(kernels, name, _KernelThatDoesNotFit())
     with pytest.raises(KernelResourceError, match="backward kernels do not fit"):
         ovq_attention(q, k, v, beta, **kw, backend="triton")
     assert list(tc._BACKWARD_FITS.values()) == [False]
