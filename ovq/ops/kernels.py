@@ -980,6 +980,7 @@ def ovq_bwd_dict_pairs_kernel(
     D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr,
     BL: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, BN: tl.constexpr, NB: tl.constexpr,
     COUNT_PRIOR: tl.constexpr, STATIC: tl.constexpr, DETACH: tl.constexpr, READ_PREC: tl.constexpr,
+    BNL: tl.constexpr,
 ):
     """``ovq_bwd_dict_kernel`` (with cached operands) two chunks at a time, c and c1 = c - 1, so that each block of
     slots adds its two reads' gradients to G in one go: half the G traffic, which is most of the one-chunk scan's
@@ -992,7 +993,9 @@ def ovq_bwd_dict_pairs_kernel(
     from the second buffers for c1, and adds both reads' gradients to G at once. c1's tokens took G before the
     loop (the reads after c), so chunk c's read of their slots, which the one-chunk scan would have added first,
     goes to scratch rows (``gck``, ``gcv``) for them to take after it. An odd C ends with a pair whose c1 is -1
-    (no rows). Same arguments as the one-chunk kernel otherwise.
+    (no rows). The loop takes BNL slots at a time (a divisor of BN, the rows' padding): with two chunks' rows and
+    accumulators live, BNL = 32 compiles without spills in the loop where 64 spills. Same arguments as the one-chunk
+    kernel otherwise.
     """
     s = tl.program_id(0)
     bh = tl.program_id(1)
@@ -1002,6 +1005,7 @@ def ovq_bwd_dict_pairs_kernel(
     offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
     offs_n = tl.arange(0, BN)
+    offs_nl = tl.arange(0, BNL)
     dmask = offs_d < D
     dvmask = offs_dv < DV
     in_chunk = offs_l < L
@@ -1043,8 +1047,8 @@ def ovq_bwd_dict_pairs_kernel(
         m_loc = _slots_in_slice(m, s, NB)  # (c1 read no more slots than c)
         dq = tl.zeros([BL, BD], tl.float32)
         dq1 = tl.zeros([BL, BD], tl.float32)
-        for r0 in range(0, m_loc, BN):
-            n = s + NB * (r0 + offs_n)  # (whole blocks, unmasked: see _read_grads)
+        for r0 in range(0, m_loc, BNL):
+            n = s + NB * (r0 + offs_nl)  # (whole blocks, unmasked: see _read_grads)
             rows = p_base + n
             mu_op, muv_op, inv, inv_cnt = _load_read_operands(crd_ptr, cmv_ptr, csc_ptr, rows, offs_d, offs_dv, BD, BDV)
             readable = inv_cnt > 0.0  # (in c: a slot c1 read was read by c too)

@@ -217,10 +217,13 @@ BWD_CACHED_OPERANDS = True
 # The dictionary backward with cached operands scans two chunks at a time (``ovq_bwd_dict_pairs_kernel``): each block of
 # slots adds both chunks' read gradients to G in one atomic add, half the G traffic (session 20's map of the one-chunk
 # scan: G's adds 9.8 of its 21.2 ms at 64K). Built and tested in the interpreter in session 20, not yet run on a GPU.
-# Compiled for sm_90 (CPU, bench.resources --set BWD_PAIRS=True) it holds two chunks' rows and dq accumulators and
-# spills: 1,024 B a thread at 64K's launch (the one-chunk kernel 48), its block loop 1,392 instructions for two chunks
-# with 63 spill loads and 39 stores (one chunk: 572, none), 187 KB of shared memory. Off until timed.
+# Compiled for sm_90 (CPU, bench.resources --set BWD_PAIRS=True BWD_PAIRS_BLOCK=...) it holds two chunks' rows and dq
+# accumulators: with 64-slot blocks it spills 1,024 B a thread at 64K's launch (the one-chunk kernel 48) and its block
+# loop has 1,392 instructions for two chunks with 63 spill loads and 39 stores (one chunk: 572, none), 187 KB of
+# shared memory; with 32-slot blocks (BWD_PAIRS_BLOCK) 624 B, a loop of 925 instructions with 3 spill loads, 93 KB.
+# Off until timed.
 BWD_PAIRS = False
+BWD_PAIRS_BLOCK = 32
 BWD_MAX_SLICES = 32
 
 
@@ -498,7 +501,7 @@ def _backward(saved, cfg: KernelConfig, m0: int, do, delta, d_sum_k, d_sum_v) ->
                                 torch.full((bh, padded), -1, device=v.device, dtype=torch.int32),
                                 torch.empty_like(g_k), torch.empty_like(g_v))
                 _launch("bwd_dict", ovq_bwd_dict_pairs_kernel, (nb, bh), cfg.chunk_size, d, dv, *head,
-                        *pair_buffers, *tail, **consts)
+                        *pair_buffers, *tail, BNL=BWD_PAIRS_BLOCK, **consts)
             else:
                 _launch("bwd_dict", ovq_bwd_dict_kernel, (nb, bh), cfg.chunk_size, d, dv, *head, *tail,
                         CACHED=BWD_CACHED_OPERANDS, **consts)
@@ -523,7 +526,7 @@ def backward_fits(cfg: KernelConfig, d: int, dv: int, device: torch.device) -> b
     the PyTorch op can still take over, not halfway through ``loss.backward()``."""
     key = (device, cfg, d, dv, BLOCK_CENTROIDS, LOCAL_BLOCK, launch_settings("bwd_local", cfg.chunk_size),
            launch_settings("bwd_dict", cfg.chunk_size), BWD_CACHED_OPERANDS, BWD_PAIRS,
-           os.environ.get("OVQ_GLUON_BWD", "0"))
+           BWD_PAIRS_BLOCK, os.environ.get("OVQ_GLUON_BWD", "0"))
     if key not in _BACKWARD_FITS:
         L, n, h = cfg.chunk_size, cfg.capacity, cfg.num_heads
         zeros = lambda *shape, dtype=torch.float32: torch.zeros(*shape, device=device, dtype=dtype)  # noqa: E731

@@ -466,6 +466,28 @@ def test_cached_backward_operands_change_only_the_projections_rounding(dtype, fo
     assert 0 < rel(results[1][1], results[0][1]) < (1e-3 if dtype == torch.float16 else 5e-3)
 
 
+@pytest.mark.parametrize("block", [32, 64])
+def test_the_backward_in_pairs_of_chunks_is_the_same_backward(block, forward_variant, monkeypatch):
+    """BWD_PAIRS (two chunks a scan step, their G adds summed) against the one-chunk scan, from one forward, with
+    an odd number of chunks (the last pair has one) and both loop widths: the same gradients up to the order of
+    float32 additions (every test here also runs it, with the last forward variant, against the PyTorch op)."""
+    import ovq.ops.triton_chunk as tc
+
+    if forward_variant[:3] != (True, False, 16):
+        pytest.skip("sets the backward itself: once, with the default forward")
+    q, k, v = random_qkv(2, 232, 2, 16, dtype=torch.float32, seed=12, device=DEVICE, requires_grad=True)
+    beta = torch.tensor([5.0, 9.0], device=DEVICE, requires_grad=True)
+    o, _ = ovq_attention(q, k, v, beta, chunk_size=16, max_centroids=150, backend="triton")  # 15 chunks, 3 blocks
+    loss = (o * torch.randn_like(o)).sum()
+    monkeypatch.setattr(tc, "BWD_PAIRS_BLOCK", block)
+    results = []
+    for pairs in (False, True):  # (the backward reads the settings when it runs)
+        monkeypatch.setattr(tc, "BWD_PAIRS", pairs)
+        results.append(torch.autograd.grad(loss, (q, k, v, beta), retain_graph=True))
+    for name, a, b in zip(("dq", "dk", "dv", "dbeta"), *results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
 @pytest.mark.skipif(DEVICE == "cpu", reason="bf16 reads only compiled (the interpreter's bf16 products are wrong)")
 def test_shared_direction_is_the_same_forward(forward_variant, monkeypatch):
     """FWD_SHARED_DIRECTION (bf16 reads): the read's direction serves as the assignment's hi part, the same bits, so
