@@ -220,8 +220,8 @@ BWD_CACHED_OPERANDS = True
 # Compiled for sm_90 (CPU, bench.resources --set BWD_PAIRS=True BWD_PAIRS_BLOCK=...) it holds two chunks' rows and dq
 # accumulators: with 64-slot blocks it spills 1,024 B a thread at 64K's launch (the one-chunk kernel 48) and its block
 # loop has 1,392 instructions for two chunks with 63 spill loads and 39 stores (one chunk: 572, none), 187 KB of
-# shared memory; with 32-slot blocks (BWD_PAIRS_BLOCK) 624 B, a loop of 925 instructions with 3 spill loads, 93 KB.
-# Off until timed.
+# shared memory; with 32-slot blocks (BWD_PAIRS_BLOCK, at most BLOCK_CENTROIDS) 624 B, a loop of 925 instructions
+# (per 32 slots and two chunks) with 3 spill loads, 93 KB. Off until timed.
 BWD_PAIRS = False
 BWD_PAIRS_BLOCK = 32
 BWD_MAX_SLICES = 32
@@ -501,7 +501,7 @@ def _backward(saved, cfg: KernelConfig, m0: int, do, delta, d_sum_k, d_sum_v) ->
                                 torch.full((bh, padded), -1, device=v.device, dtype=torch.int32),
                                 torch.empty_like(g_k), torch.empty_like(g_v))
                 _launch("bwd_dict", ovq_bwd_dict_pairs_kernel, (nb, bh), cfg.chunk_size, d, dv, *head,
-                        *pair_buffers, *tail, BNL=BWD_PAIRS_BLOCK, **consts)
+                        *pair_buffers, *tail, BNL=min(BWD_PAIRS_BLOCK, BLOCK_CENTROIDS), **consts)
             else:
                 _launch("bwd_dict", ovq_bwd_dict_kernel, (nb, bh), cfg.chunk_size, d, dv, *head, *tail,
                         CACHED=BWD_CACHED_OPERANDS, **consts)
