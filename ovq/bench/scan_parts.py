@@ -84,9 +84,8 @@ _BWD_LOOP = ("        for r0 in range(0, m_loc, BN):\n"
 _BWD_GK = re.compile(r"\n {8}if not STATIC:\n {12}dmu = _mm\(tl\.trans\(ds\).*?"
                      r"tl\.atomic_add\(gk_ptr \+ rows_k.*?\)\n", re.S)
 _BWD_GV = re.compile(r"\n {8}dsv = _mm\(tl\.trans\(p\).*?tl\.atomic_add\(gv_ptr \+ rows_v.*?\)\n", re.S)
-_BWD_DQ_ADD = ("            tl.atomic_add(dq_ptr + qk_off, beta * dq, mask=tmask[:, None] & dmask[None, :], "
-               "sem=\"relaxed\")\n")
-_BWD_DQ = _BWD_DQ_ADD + "        tl.debug_barrier()\n    tl.store(dbeta_ptr"  # (the one-chunk kernel's, not the pairs')
+_BWD_DQ = ("    tl.atomic_add(dq_ptr + qk_off, beta * dq, mask=tmask[:, None] & dmask[None, :], "
+           "sem=\"relaxed\")\n")  # (in kernels._add_dq)
 _BWD_REWIND = re.compile(r"\n {4}if not STATIC:\n {8}tl\.atomic_add\(sk_ptr \+ \(p_base \+ zs\).*?"
                          r"_store_offset_rows\(off_ptr, p_base \+ zs, cnt_z, own, COUNT_PRIOR, READ_PREC\)\n", re.S)
 _BWD_GATHER = ("    if not DETACH:\n"
@@ -98,7 +97,7 @@ BWD_EDITS: dict[str, list[source_edits.Edit]] = {
     "no_gk": [(_BWD_GK, "\n")],
     "no_gv": [(_BWD_GV, "\n")],
     "no_g": [(_BWD_GK, "\n"), (_BWD_GV, "\n")],
-    "no_dq": [(_BWD_DQ, _BWD_DQ.replace(_BWD_DQ_ADD, "            pass\n"))],
+    "no_dq": [(_BWD_DQ, "")],
     "no_rewind": [(_BWD_REWIND, "\n    tl.debug_barrier()\n")],
     "no_gather": [(_BWD_GATHER, "")],
 }

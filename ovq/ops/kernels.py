@@ -825,6 +825,31 @@ def _read_grads(dq, q_op, do_op, lse2, delta, mu_op, mu, muv_op, inv, inv_cnt, o
 
 
 @triton.jit
+def _bwd_program(beta_ptr, H, D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BL: tl.constexpr,
+                 BD: tl.constexpr, BDV: tl.constexpr):
+    """A dictionary backward program's slice and (batch, head), its head's beta, and the chunk rows' and head
+    dimensions' offsets and masks."""
+    s = tl.program_id(0)
+    bh = tl.program_id(1)
+    h = bh % H
+    offs_l = tl.arange(0, BL)
+    offs_d = tl.arange(0, BD)
+    offs_dv = tl.arange(0, BDV)
+    return s, bh, h, tl.load(beta_ptr + h), offs_l, offs_d, offs_dv, offs_d < D, offs_dv < DV, offs_l < L
+
+
+@triton.jit
+def _add_dq(q_ptr, dq_ptr, qk_off, tmask, dmask, beta, dq):
+    """dq rows += beta * (the chunk's sum of ds @ mu over this slice's blocks), atomically (the slices all add);
+    returns the chunk's dbeta share: the sum over slots of ds * (q . mu) = q . (sum of ds mu), without the blocks'
+    raw logits (q reloaded: keeping the float32 q live through the block loop costs registers)."""
+    q = tl.load(q_ptr + qk_off, mask=tmask[:, None] & dmask[None, :], other=0.0)
+    dbeta = tl.sum(q * dq)
+    tl.atomic_add(dq_ptr + qk_off, beta * dq, mask=tmask[:, None] & dmask[None, :], sem="relaxed")
+    return dbeta
+
+
+@triton.jit
 def _add_gathered(dk_ptr, dv_ptr, gk_ptr, gv_ptr, g_rows, own, qk_off, v_off, offs_d, dmask, offs_dv, dvmask,
                   D: tl.constexpr, DV: tl.constexpr, STATIC: tl.constexpr):
     """dk and dv rows of the ``own`` tokens (``qk_off``, ``v_off``) += the gradient rows ``g_rows`` of gk and gv
@@ -896,17 +921,8 @@ def ovq_bwd_dict_kernel(
     dictionary's are added: to dq atomically (NB slices contribute), to a token's dk/dv row by the slice that
     owns its centroid.
     """
-    s = tl.program_id(0)
-    bh = tl.program_id(1)
-    h = bh % H
-    beta = tl.load(beta_ptr + h)
-    offs_l = tl.arange(0, BL)
-    offs_d = tl.arange(0, BD)
-    offs_dv = tl.arange(0, BDV)
+    s, bh, h, beta, offs_l, offs_d, offs_dv, dmask, dvmask, in_chunk = _bwd_program(beta_ptr, H, D, DV, L, BL, BD, BDV)
     offs_n = tl.arange(0, BN)
-    dmask = offs_d < D
-    dvmask = offs_dv < DV
-    in_chunk = offs_l < L
     s_base = bh * N  # row offset of this bh's gradients (gk, gv)
     # ... and of its scratch sums, counts and offset rows (and codes), padded so that every slice holds whole
     # blocks: the padded rows read as empty slots (zero sums, count 0, -inf offsets), so the block loop loads
@@ -961,11 +977,7 @@ def ovq_bwd_dict_kernel(
                                        gk_ptr, gv_ptr, s_base + n, readable, offs_d, dmask, offs_dv, dvmask, D, DV,
                                        STATIC, DETACH, READ_PREC, True)
         if m_loc > 0:
-            # sum over slots of ds * (q . mu) = q . (sum of ds mu): dbeta without the per-block product's raw
-            # logits (q reloaded: keeping the float32 q live through the loop costs registers)
-            q = tl.load(q_ptr + qk_off, mask=tmask[:, None] & dmask[None, :], other=0.0)
-            dbeta += tl.sum(q * dq)
-            tl.atomic_add(dq_ptr + qk_off, beta * dq, mask=tmask[:, None] & dmask[None, :], sem="relaxed")
+            dbeta += _add_dq(q_ptr, dq_ptr, qk_off, tmask, dmask, beta, dq)
         tl.debug_barrier()
     tl.store(dbeta_ptr + bh * NB + s, dbeta)
 
@@ -997,18 +1009,9 @@ def ovq_bwd_dict_pairs_kernel(
     accumulators live, BNL = 32 compiles without spills in the loop where 64 spills. Same arguments as the one-chunk
     kernel otherwise.
     """
-    s = tl.program_id(0)
-    bh = tl.program_id(1)
-    h = bh % H
-    beta = tl.load(beta_ptr + h)
-    offs_l = tl.arange(0, BL)
-    offs_d = tl.arange(0, BD)
-    offs_dv = tl.arange(0, BDV)
+    s, bh, h, beta, offs_l, offs_d, offs_dv, dmask, dvmask, in_chunk = _bwd_program(beta_ptr, H, D, DV, L, BL, BD, BDV)
     offs_n = tl.arange(0, BN)
     offs_nl = tl.arange(0, BNL)
-    dmask = offs_d < D
-    dvmask = offs_dv < DV
-    in_chunk = offs_l < L
     s_base = bh * N  # row offset of this bh's gradients (gk, gv, gck, gcv)
     p_base = bh * _padded_rows(N, NB, BN)  # ... and of its scratch sums, counts, operands and marks (padded)
     cb_base = h * _padded_rows(N, NB, BN) * D
@@ -1083,12 +1086,8 @@ def ovq_bwd_dict_pairs_kernel(
                     tl.atomic_add(gk_ptr + rows_k, dsk + dsk1, mask=readable[:, None] & dmask[None, :], sem="relaxed")
                 tl.atomic_add(gv_ptr + rows_v, dsv + dsv1, mask=readable[:, None] & dvmask[None, :], sem="relaxed")
         if m_loc > 0:  # (dbeta as in the one-chunk scan, for each chunk)
-            q = tl.load(q_ptr + qk_off, mask=tmask[:, None] & dmask[None, :], other=0.0)
-            dbeta += tl.sum(q * dq)
-            tl.atomic_add(dq_ptr + qk_off, beta * dq, mask=tmask[:, None] & dmask[None, :], sem="relaxed")
-            q1 = tl.load(q_ptr + qk_off1, mask=tmask1[:, None] & dmask[None, :], other=0.0)
-            dbeta += tl.sum(q1 * dq1)
-            tl.atomic_add(dq_ptr + qk_off1, beta * dq1, mask=tmask1[:, None] & dmask[None, :], sem="relaxed")
+            dbeta += _add_dq(q_ptr, dq_ptr, qk_off, tmask, dmask, beta, dq)
+            dbeta += _add_dq(q_ptr, dq_ptr, qk_off1, tmask1, dmask, beta, dq1)
         tl.debug_barrier()
         if not DETACH:  # c1's tokens take chunk c's read of their slots
             _add_gathered(dk_ptr, dv_ptr, gck_ptr, gcv_ptr, s_base + zs1, own1, qk_off1, v_off1, offs_d, dmask, offs_dv,
