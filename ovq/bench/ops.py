@@ -279,7 +279,7 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     settings = kernel_settings(ap, args.set)
     check_dtypes = args.check_dtypes.split(",")
-    if not set(check_dtypes) <= {"float32", "bfloat16"} or not check_dtypes:
+    if not set(check_dtypes) <= {"float32", "bfloat16"}:  # ("" and "float32," leave an empty name: an error too)
         ap.error(f"--check-dtypes: float32 and/or bfloat16, not {args.check_dtypes!r}")
     if not torch.cuda.is_available():
         sys.exit("ovq.bench.ops needs a CUDA GPU")

@@ -983,6 +983,12 @@ def ovq_bwd_dict_kernel(
 
 
 @triton.jit
+def _patched(ptrs, mask, values):
+    """``values`` with the elements under ``mask`` loaded from ``ptrs`` instead (only those are read)."""
+    return tl.where(mask, tl.load(ptrs, mask=mask, other=0.0, cache_modifier=".cg"), values)
+
+
+@triton.jit
 def ovq_bwd_dict_pairs_kernel(
     q_ptr, k_ptr, v_ptr, beta_ptr, do_ptr, lse_ptr, delta_ptr, z_ptr, sched_ptr,
     sk_ptr, sv_ptr, cnt_ptr, cb_ptr, gk_ptr, gv_ptr, off_ptr, crd_ptr, cmv_ptr, csc_ptr,
@@ -1006,8 +1012,8 @@ def ovq_bwd_dict_pairs_kernel(
     loop (the reads after c), so chunk c's read of their slots, which the one-chunk scan would have added first,
     goes to scratch rows (``gck``, ``gcv``) for them to take after it. An odd C ends with a pair whose c1 is -1
     (no rows). The loop takes BNL slots at a time (a divisor of BN, the rows' padding): with two chunks' rows and
-    accumulators live, BNL = 32 compiles without spills in the loop where 64 spills. Same arguments as the one-chunk
-    kernel otherwise.
+    accumulators live, BNL = 32 compiles to 3 spill loads in the loop where 64 has 63 (sm_90). Same arguments as the
+    one-chunk kernel otherwise.
     """
     s, bh, h, beta, offs_l, offs_d, offs_dv, dmask, dvmask, in_chunk = _bwd_program(beta_ptr, H, D, DV, L, BL, BD, BDV)
     offs_n = tl.arange(0, BN)
@@ -1066,18 +1072,14 @@ def ovq_bwd_dict_pairs_kernel(
                 if not STATIC:
                     tl.store(gck_ptr + rows_k, dsk, mask=moved[:, None] & dmask[None, :])
                 tl.store(gcv_ptr + rows_v, dsv, mask=moved[:, None] & dvmask[None, :])
-            moved_d = moved[:, None] & (offs_d[None, :] >= 0)
-            moved_dv = moved[:, None] & (offs_dv[None, :] >= 0)
-            mu_op1 = tl.where(moved_d, tl.load(crd1_ptr + rows[:, None] * BD + offs_d[None, :], mask=moved_d,
-                                               other=0.0, cache_modifier=".cg"), mu_op)
-            muv_op1 = tl.where(moved_dv, tl.load(cmv1_ptr + rows[:, None] * BDV + offs_dv[None, :], mask=moved_dv,
-                                                 other=0.0, cache_modifier=".cg"), muv_op)
-            inv1 = tl.where(moved, tl.load(csc1_ptr + rows * 2, mask=moved, other=0.0, cache_modifier=".cg"), inv)
-            inv_cnt1 = tl.where(moved, tl.load(csc1_ptr + rows * 2 + 1, mask=moved, other=0.0, cache_modifier=".cg"),
-                                inv_cnt)
-            moved_w = moved[:, None] & (offs_w[None, :] >= 0)
-            off_rows1 = tl.where(moved_w, tl.load(off1_ptr + rows[:, None] * OFFW + offs_w[None, :], mask=moved_w,
-                                                  other=0.0, cache_modifier=".cg"), off_rows)
+            mu_op1 = _patched(crd1_ptr + rows[:, None] * BD + offs_d[None, :], moved[:, None] & (offs_d >= 0)[None, :],
+                              mu_op)
+            muv_op1 = _patched(cmv1_ptr + rows[:, None] * BDV + offs_dv[None, :],
+                               moved[:, None] & (offs_dv >= 0)[None, :], muv_op)
+            inv1 = _patched(csc1_ptr + rows * 2, moved, inv)
+            inv_cnt1 = _patched(csc1_ptr + rows * 2 + 1, moved, inv_cnt)
+            off_rows1 = _patched(off1_ptr + rows[:, None] * OFFW + offs_w[None, :],
+                                 moved[:, None] & (offs_w >= 0)[None, :], off_rows)
             dq1, dsk1, dsv1 = _read_grads(dq1, q_op1, do_op1, lse21, delta1, mu_op1, mu_op1.to(tl.float32), muv_op1,
                                           inv1, inv_cnt1, off_rows1, ones_w, gk_ptr, gv_ptr, s_base + n, readable,
                                           offs_d, dmask, offs_dv, dvmask, D, DV, STATIC, DETACH, READ_PREC, False)
