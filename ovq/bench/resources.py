@@ -43,8 +43,7 @@ from .common import kernel_settings
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 H200_SHARED = 232_448
 H200_SMS = 132
-KERNELS = ("ovq_fwd_kernel", "ovq_fwd_local_kernel", "ovq_bwd_local_kernel", "ovq_bwd_dict_kernel",
-           "ovq_bwd_dict_pairs_kernel")
+KERNELS = ("ovq_fwd_kernel", "ovq_fwd_local_kernel", "ovq_bwd_local_kernel", "ovq_bwd_dict_kernel")
 
 
 # ----------------------------------------------------------------------------------------------------- record

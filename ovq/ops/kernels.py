@@ -792,12 +792,12 @@ def _store_slice_rows(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, off_ptr, crd_ptr, cmv_ptr
 @triton.jit
 def _read_grads(dq, q_op, do_op, lse2, delta, mu_op, mu, muv_op, inv, inv_cnt, off_rows, ones_w, gk_ptr, gv_ptr, g_rows,
                 readable, offs_d, dmask, offs_dv, dvmask, D: tl.constexpr, DV: tl.constexpr, STATIC: tl.constexpr,
-                DETACH: tl.constexpr, READ_PREC: tl.constexpr, ADD_G: tl.constexpr):
+                DETACH: tl.constexpr, READ_PREC: tl.constexpr):
     """The gradient of one chunk's read of one block of slots, from the slots' read operands (``mu`` the unit
     directions in float32, ``inv`` 1/||sum_k||, ``inv_cnt`` 1/count) and the chunk's rows (``_read_rows``).
     Returns ``dq`` + ds @ mu (the block's share of dq, before beta: added where the product is, which keeps the
-    compiled loop as it was before this helper) and the gradients w.r.t. the slots' key and value sums; with ADD_G
-    they are also added to G's rows ``g_rows`` (the readable slots), each right after its product.
+    compiled loop as it was before this helper); the gradients w.r.t. the slots' key and value sums are added to
+    G's rows ``g_rows`` (the readable slots), each right after its product.
     Whole blocks, unmasked: a slot past the ones the chunk read (opened later: rewound to count 0) or past N
     (padding) has a -inf offset row, so p = 0 there, and count 0, so no gradient is added."""
     logits = _mm_acc(q_op, tl.trans(mu_op), _mm(ones_w, tl.trans(off_rows), READ_PREC), READ_PREC)
@@ -805,8 +805,6 @@ def _read_grads(dq, q_op, do_op, lse2, delta, mu_op, mu, muv_op, inv, inv_cnt, o
     dp = _mm(do_op, tl.trans(muv_op), READ_PREC)
     ds = p * (dp - delta[:, None])
     dq += _mm(ds, mu_op, READ_PREC)
-    dsk = 0.0
-    dsv = 0.0
     if not DETACH:
         rows_k = g_rows[:, None] * D + offs_d[None, :]
         rows_v = g_rows[:, None] * DV + offs_dv[None, :]
@@ -816,12 +814,10 @@ def _read_grads(dq, q_op, do_op, lse2, delta, mu_op, mu, muv_op, inv, inv_cnt, o
         if not STATIC:
             dmu = _mm(tl.trans(ds), q_op, READ_PREC) * LN2  # q_op carries beta * log2(e)
             dsk = (dmu - mu * tl.sum(mu * dmu, axis=1)[:, None]) * inv[:, None]
-            if ADD_G:
-                tl.atomic_add(gk_ptr + rows_k, dsk, mask=readable[:, None] & dmask[None, :], sem="relaxed")
+            tl.atomic_add(gk_ptr + rows_k, dsk, mask=readable[:, None] & dmask[None, :], sem="relaxed")
         dsv = _mm(tl.trans(p), do_op, READ_PREC) * inv_cnt[:, None]
-        if ADD_G:
-            tl.atomic_add(gv_ptr + rows_v, dsv, mask=readable[:, None] & dvmask[None, :], sem="relaxed")
-    return dq, dsk, dsv
+        tl.atomic_add(gv_ptr + rows_v, dsv, mask=readable[:, None] & dvmask[None, :], sem="relaxed")
+    return dq
 
 
 @triton.jit
@@ -973,131 +969,11 @@ def ovq_bwd_dict_kernel(
                 mu_op = _operand(mu, READ_PREC)
             readable = inv_cnt > 0.0
             off_rows = tl.load(off_ptr + (p_base + n)[:, None] * OFFW + offs_w[None, :], cache_modifier=".cg")
-            dq, dsk, dsv = _read_grads(dq, q_op, do_op, lse2, delta, mu_op, mu, muv_op, inv, inv_cnt, off_rows, ones_w,
-                                       gk_ptr, gv_ptr, s_base + n, readable, offs_d, dmask, offs_dv, dvmask, D, DV,
-                                       STATIC, DETACH, READ_PREC, True)
+            dq = _read_grads(dq, q_op, do_op, lse2, delta, mu_op, mu, muv_op, inv, inv_cnt, off_rows, ones_w, gk_ptr,
+                             gv_ptr, s_base + n, readable, offs_d, dmask, offs_dv, dvmask, D, DV, STATIC, DETACH,
+                             READ_PREC)
         if m_loc > 0:
             dbeta += _add_dq(q_ptr, dq_ptr, qk_off, tmask, dmask, beta, dq)
         tl.debug_barrier()
     tl.store(dbeta_ptr + bh * NB + s, dbeta)
 
-
-@triton.jit
-def _patched(ptrs, mask, values):
-    """``values`` with the elements under ``mask`` loaded from ``ptrs`` instead (only those are read)."""
-    return tl.where(mask, tl.load(ptrs, mask=mask, other=0.0, cache_modifier=".cg"), values)
-
-
-@triton.jit
-def ovq_bwd_dict_pairs_kernel(
-    q_ptr, k_ptr, v_ptr, beta_ptr, do_ptr, lse_ptr, delta_ptr, z_ptr, sched_ptr,
-    sk_ptr, sv_ptr, cnt_ptr, cb_ptr, gk_ptr, gv_ptr, off_ptr, crd_ptr, cmv_ptr, csc_ptr,
-    off1_ptr, crd1_ptr, cmv1_ptr, csc1_ptr, mark_ptr, gck_ptr, gcv_ptr,
-    dq_ptr, dk_ptr, dv_ptr, dbeta_ptr,
-    T, N, H, C,
-    D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr,
-    BL: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, BN: tl.constexpr, NB: tl.constexpr,
-    COUNT_PRIOR: tl.constexpr, STATIC: tl.constexpr, DETACH: tl.constexpr, READ_PREC: tl.constexpr,
-    BNL: tl.constexpr,
-):
-    """``ovq_bwd_dict_kernel`` (with cached operands) two chunks at a time, c and c1 = c - 1, so that each block of
-    slots adds its two reads' gradients to G in one go: half the G traffic, which is most of the one-chunk scan's
-    time at long T.
-
-    The dictionaries c and c1 read differ only in the slots c1's tokens merged into. Before the block loop both
-    chunks' tokens are merged and rewound: c's into the main operand buffers (the dictionary c read, as in the
-    one-chunk scan), c1's into the second ones (``off1``, ``crd1``, ``cmv1``, ``csc1``; only those slots' rows),
-    and those slots are marked with c (``mark``). In the loop a block reads c's operands, patches its marked rows
-    from the second buffers for c1, and adds both reads' gradients to G at once. c1's tokens took G before the
-    loop (the reads after c), so chunk c's read of their slots, which the one-chunk scan would have added first,
-    goes to scratch rows (``gck``, ``gcv``) for them to take after it. An odd C ends with a pair whose c1 is -1
-    (no rows). The loop takes BNL slots at a time (a divisor of BN, the rows' padding): with two chunks' rows and
-    accumulators live, BNL = 32 compiles to 3 spill loads in the loop where 64 has 63 (sm_90). Same arguments as the
-    one-chunk kernel otherwise.
-    """
-    s, bh, h, beta, offs_l, offs_d, offs_dv, dmask, dvmask, in_chunk = _bwd_program(beta_ptr, H, D, DV, L, BL, BD, BDV)
-    offs_n = tl.arange(0, BN)
-    offs_nl = tl.arange(0, BNL)
-    s_base = bh * N  # row offset of this bh's gradients (gk, gv, gck, gcv)
-    p_base = bh * _padded_rows(N, NB, BN)  # ... and of its scratch sums, counts, operands and marks (padded)
-    cb_base = h * _padded_rows(N, NB, BN) * D
-    ones_w = _ones_for_offsets(BL, READ_PREC)
-    offs_w = tl.arange(0, OFFW)
-    _store_slice_rows(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, off_ptr, crd_ptr, cmv_ptr, csc_ptr, s, N, p_base, cb_base,
-                      offs_n, offs_d, dmask, offs_dv, dvmask, D, DV, BD, BDV, BN, NB, COUNT_PRIOR, STATIC, READ_PREC,
-                      True)
-    dbeta = 0.0
-    for pp in range(0, (C + 1) // 2):
-        c = C - 1 - 2 * pp
-        t = c * L + offs_l
-        tmask = in_chunk & (t < T)
-        qk_off = (bh * T + t)[:, None] * D + offs_d[None, :]
-        v_off = (bh * T + t)[:, None] * DV + offs_dv[None, :]
-        t1 = t - L
-        tmask1 = in_chunk & (t1 >= 0)
-        qk_off1 = qk_off - L * D
-        v_off1 = v_off - L * DV
-        m = tl.load(sched_ptr + 2 * c)
-        _merge_and_rewind(z_ptr, k_ptr, v_ptr, sk_ptr, sv_ptr, cnt_ptr, cb_ptr, gk_ptr, gv_ptr, off_ptr, crd_ptr,
-                          cmv_ptr, csc_ptr, dk_ptr, dv_ptr, bh, s, T, t, tmask, qk_off, v_off, s_base, p_base,
-                          cb_base, offs_d, dmask, offs_dv, dvmask, D, DV, BD, BDV, NB, COUNT_PRIOR, STATIC, DETACH,
-                          READ_PREC, True)
-        zs1, own1 = _merge_and_rewind(z_ptr, k_ptr, v_ptr, sk_ptr, sv_ptr, cnt_ptr, cb_ptr, gk_ptr, gv_ptr, off1_ptr,
-                                      crd1_ptr, cmv1_ptr, csc1_ptr, dk_ptr, dv_ptr, bh, s, T, t1, tmask1, qk_off1,
-                                      v_off1, s_base, p_base, cb_base, offs_d, dmask, offs_dv, dvmask, D, DV, BD, BDV,
-                                      NB, COUNT_PRIOR, STATIC, DETACH, READ_PREC, True)
-        tl.store(mark_ptr + p_base + zs1, c, mask=own1)
-        tl.debug_barrier()
-
-        q_op, do_op, lse2, delta = _read_rows(q_ptr, do_ptr, lse_ptr, delta_ptr, bh, T, t, tmask, qk_off, v_off, beta,
-                                              dmask, dvmask, READ_PREC)
-        q_op1, do_op1, lse21, delta1 = _read_rows(q_ptr, do_ptr, lse_ptr, delta_ptr, bh, T, t1, tmask1, qk_off1,
-                                                  v_off1, beta, dmask, dvmask, READ_PREC)
-        m_loc = _slots_in_slice(m, s, NB)  # (c1 read no more slots than c)
-        dq = tl.zeros([BL, BD], tl.float32)
-        dq1 = tl.zeros([BL, BD], tl.float32)
-        for r0 in range(0, m_loc, BNL):
-            n = s + NB * (r0 + offs_nl)  # (whole blocks, unmasked: see _read_grads)
-            rows = p_base + n
-            mu_op, muv_op, inv, inv_cnt = _load_read_operands(crd_ptr, cmv_ptr, csc_ptr, rows, offs_d, offs_dv, BD, BDV)
-            readable = inv_cnt > 0.0  # (in c: a slot c1 read was read by c too)
-            off_rows = tl.load(off_ptr + rows[:, None] * OFFW + offs_w[None, :], cache_modifier=".cg")
-            dq, dsk, dsv = _read_grads(dq, q_op, do_op, lse2, delta, mu_op, mu_op.to(tl.float32), muv_op, inv, inv_cnt,
-                                       off_rows, ones_w, gk_ptr, gv_ptr, s_base + n, readable, offs_d, dmask, offs_dv,
-                                       dvmask, D, DV, STATIC, DETACH, READ_PREC, False)
-            moved = tl.load(mark_ptr + rows, cache_modifier=".cg") == c
-            rows_k = (s_base + n)[:, None] * D + offs_d[None, :]
-            rows_v = (s_base + n)[:, None] * DV + offs_dv[None, :]
-            if not DETACH:  # chunk c's read of the slots c1's tokens merged into, for them to take after the loop
-                if not STATIC:
-                    tl.store(gck_ptr + rows_k, dsk, mask=moved[:, None] & dmask[None, :])
-                tl.store(gcv_ptr + rows_v, dsv, mask=moved[:, None] & dvmask[None, :])
-            mu_op1 = _patched(crd1_ptr + rows[:, None] * BD + offs_d[None, :], moved[:, None] & (offs_d >= 0)[None, :],
-                              mu_op)
-            muv_op1 = _patched(cmv1_ptr + rows[:, None] * BDV + offs_dv[None, :],
-                               moved[:, None] & (offs_dv >= 0)[None, :], muv_op)
-            inv1 = _patched(csc1_ptr + rows * 2, moved, inv)
-            inv_cnt1 = _patched(csc1_ptr + rows * 2 + 1, moved, inv_cnt)
-            off_rows1 = _patched(off1_ptr + rows[:, None] * OFFW + offs_w[None, :],
-                                 moved[:, None] & (offs_w >= 0)[None, :], off_rows)
-            dq1, dsk1, dsv1 = _read_grads(dq1, q_op1, do_op1, lse21, delta1, mu_op1, mu_op1.to(tl.float32), muv_op1,
-                                          inv1, inv_cnt1, off_rows1, ones_w, gk_ptr, gv_ptr, s_base + n, readable,
-                                          offs_d, dmask, offs_dv, dvmask, D, DV, STATIC, DETACH, READ_PREC, False)
-            if not DETACH:  # G += both reads' gradients (fire-and-forget adds, as in the one-chunk scan)
-                if not STATIC:
-                    tl.atomic_add(gk_ptr + rows_k, dsk + dsk1, mask=readable[:, None] & dmask[None, :], sem="relaxed")
-                tl.atomic_add(gv_ptr + rows_v, dsv + dsv1, mask=readable[:, None] & dvmask[None, :], sem="relaxed")
-        if m_loc > 0:  # (dbeta as in the one-chunk scan, for each chunk)
-            dbeta += _add_dq(q_ptr, dq_ptr, qk_off, tmask, dmask, beta, dq)
-            dbeta += _add_dq(q_ptr, dq_ptr, qk_off1, tmask1, dmask, beta, dq1)
-        tl.debug_barrier()
-        if not DETACH:  # c1's tokens take chunk c's read of their slots
-            _add_gathered(dk_ptr, dv_ptr, gck_ptr, gcv_ptr, s_base + zs1, own1, qk_off1, v_off1, offs_d, dmask, offs_dv,
-                          dvmask, D, DV, STATIC)
-        # the main buffers' rows of those slots: the dictionary c1 read, for the next pair's first chunk
-        cnt_z1 = tl.load(cnt_ptr + p_base + zs1, mask=own1, other=0.0, cache_modifier=".cg")
-        _store_offset_rows(off_ptr, p_base + zs1, cnt_z1, own1, COUNT_PRIOR, READ_PREC)
-        _store_read_operands(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, crd_ptr, cmv_ptr, csc_ptr, p_base, cb_base, zs1, own1,
-                             offs_d, dmask, offs_dv, dvmask, D, DV, BD, BDV, STATIC, READ_PREC)
-        tl.debug_barrier()
-    tl.store(dbeta_ptr + bh * NB + s, dbeta)

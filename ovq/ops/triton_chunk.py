@@ -214,16 +214,6 @@ BWD_PROGRAMS_PER_SM = 1
 # function, and in bf16 its gradients are as far from the PyTorch op's as the uncached backward's (session 20,
 # results/s20_check_bf16_h200.json: dk 4.71e-3, 4.62e-3, 4.78e-3 against 4.70e-3, 4.61e-3, 4.79e-3).
 BWD_CACHED_OPERANDS = True
-# The dictionary backward with cached operands scans two chunks at a time (``ovq_bwd_dict_pairs_kernel``): each block of
-# slots adds both chunks' read gradients to G in one atomic add, half the G traffic (session 20's map of the one-chunk
-# scan: G's adds 9.8 of its 21.2 ms at 64K). Built and tested in the interpreter in session 20, not yet run on a GPU.
-# Compiled for sm_90 (CPU, bench.resources --set BWD_PAIRS=True BWD_PAIRS_BLOCK=...) it holds two chunks' rows and dq
-# accumulators: with 64-slot blocks it spills 1,024 B a thread at 64K's launch (the one-chunk kernel 48) and its block
-# loop has 1,392 instructions for two chunks with 63 spill loads and 39 stores (one chunk: 572, none), 187 KB of
-# shared memory; with 32-slot blocks (BWD_PAIRS_BLOCK, at most BLOCK_CENTROIDS) 624 B, a loop of 925 instructions
-# (per 32 slots and two chunks) with 3 spill loads, 93 KB. Off until timed.
-BWD_PAIRS = False
-BWD_PAIRS_BLOCK = 32
 BWD_MAX_SLICES = 32
 
 
@@ -447,7 +437,7 @@ def _gluon_backward(cfg: KernelConfig, d: int, dv: int, slices: int, v: torch.Te
 def _backward(saved, cfg: KernelConfig, m0: int, do, delta, d_sum_k, d_sum_v) -> tuple:
     """The kernels' gradients, head-first float32 (``saved``: the forward's head-first tensors, as
     :class:`ChunkFunction` keeps them; ``do`` the output's gradient head-first, ``delta`` its row term dO . O)."""
-    from .kernels import OFFW, ovq_bwd_dict_kernel, ovq_bwd_dict_pairs_kernel, ovq_bwd_local_kernel
+    from .kernels import OFFW, ovq_bwd_dict_kernel, ovq_bwd_local_kernel
 
     qhat, khat, v, beta, o, lse, z, sum_k, sum_v, count, codebook, sched = saved
     bh, total, d = khat.shape
@@ -483,28 +473,17 @@ def _backward(saved, cfg: KernelConfig, m0: int, do, delta, d_sum_k, d_sum_v) ->
         else:
             offset_rows = torch.zeros(bh, padded, OFFW.value, device=v.device, dtype=_read_dtype(cfg))
             offset_rows[..., 0] = float("-inf")  # (the kernel stores the rows of slots < N from their counts)
-            def read_operands():  # per slot: direction and value mean in the read's type, [1/|sum_k|, 1/count]
-                return (torch.zeros(bh, padded, bd, device=v.device, dtype=_read_dtype(cfg)),
-                        torch.zeros(bh, padded, bdv, device=v.device, dtype=_read_dtype(cfg)),
-                        torch.zeros(bh, padded, 2, device=v.device, dtype=torch.float32))
-            if BWD_CACHED_OPERANDS:
-                cached = read_operands()
+            if BWD_CACHED_OPERANDS:  # per slot: direction and value mean in the read's type, [1/|sum_k|, 1/count]
+                cached = (torch.zeros(bh, padded, bd, device=v.device, dtype=_read_dtype(cfg)),
+                          torch.zeros(bh, padded, bdv, device=v.device, dtype=_read_dtype(cfg)),
+                          torch.zeros(bh, padded, 2, device=v.device, dtype=torch.float32))
             else:
                 cached = (torch.zeros(1, device=v.device, dtype=torch.float32),) * 3
-            head = (qhat, khat, v, beta, do, lse, delta, z, sched, *scratch, g_k, g_v, offset_rows, *cached)
-            tail = (dq, dk, dvals, dbeta_dict, total, n, cfg.num_heads, chunks)
-            consts = dict(BN=BLOCK_CENTROIDS, NB=nb, COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, DETACH=cfg.detach,
-                          **kw)
-            if BWD_CACHED_OPERANDS and BWD_PAIRS:
-                # the second chunk's operand rows, its slots' marks (-1: none yet) and chunk c's read of them
-                pair_buffers = (torch.zeros_like(offset_rows), *read_operands(),
-                                torch.full((bh, padded), -1, device=v.device, dtype=torch.int32),
-                                torch.empty_like(g_k), torch.empty_like(g_v))
-                _launch("bwd_dict", ovq_bwd_dict_pairs_kernel, (nb, bh), cfg.chunk_size, d, dv, *head,
-                        *pair_buffers, *tail, BNL=min(BWD_PAIRS_BLOCK, BLOCK_CENTROIDS), **consts)
-            else:
-                _launch("bwd_dict", ovq_bwd_dict_kernel, (nb, bh), cfg.chunk_size, d, dv, *head, *tail,
-                        CACHED=BWD_CACHED_OPERANDS, **consts)
+            _launch("bwd_dict", ovq_bwd_dict_kernel, (nb, bh), cfg.chunk_size, d, dv,
+                    qhat, khat, v, beta, do, lse, delta, z, sched, *scratch, g_k, g_v, offset_rows, *cached,
+                    dq, dk, dvals, dbeta_dict, total, n, cfg.num_heads, chunks,
+                    BN=BLOCK_CENTROIDS, NB=nb, COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, DETACH=cfg.detach,
+                    CACHED=BWD_CACHED_OPERANDS, **kw)
     dbeta = (dbeta_local.sum(-1) + dbeta_dict.sum(-1)).view(-1, cfg.num_heads).sum(0)
     if cfg.detach:
         d_sum_k0 = d_sum_v0 = None
@@ -525,8 +504,8 @@ def backward_fits(cfg: KernelConfig, d: int, dv: int, device: torch.device) -> b
     Asked before a forward that will need a backward, so a chunk too large for the backward is known while
     the PyTorch op can still take over, not halfway through ``loss.backward()``."""
     key = (device, cfg, d, dv, BLOCK_CENTROIDS, LOCAL_BLOCK, launch_settings("bwd_local", cfg.chunk_size),
-           launch_settings("bwd_dict", cfg.chunk_size), BWD_CACHED_OPERANDS, BWD_PAIRS,
-           BWD_PAIRS_BLOCK, os.environ.get("OVQ_GLUON_BWD", "0"))
+           launch_settings("bwd_dict", cfg.chunk_size), BWD_CACHED_OPERANDS,
+           os.environ.get("OVQ_GLUON_BWD", "0"))
     if key not in _BACKWARD_FITS:
         L, n, h = cfg.chunk_size, cfg.capacity, cfg.num_heads
         zeros = lambda *shape, dtype=torch.float32: torch.zeros(*shape, device=device, dtype=dtype)  # noqa: E731

@@ -17,8 +17,7 @@ pytest.importorskip("triton")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@pytest.fixture(autouse=True, params=[(False, False, 1, False, False), (True, False, 16, True, False),
-                                      (True, True, 16, True, True)],
+@pytest.fixture(autouse=True, params=[(False, False, 1, False), (True, False, 16, True), (True, True, 16, True)],
                 ids=["sums-gram", "cached-operands", "cached-two-pass"])
 def forward_variant(request, monkeypatch):
     """Every test runs with each forward: operands computed from the sums in every chunk, or kept in side
@@ -27,14 +26,12 @@ def forward_variant(request, monkeypatch):
     chunk's Gram matrix wherever a chunk picks (``GRAM_MIN_PICKS`` = 1); the others take them per pick, as the
     launcher does where chunks open few centroids (these small cases open fewer than the default 16). The default
     forward runs with the default backward, the dictionary backward with its cached operands (``BWD_CACHED_OPERANDS``);
-    the first with the backward that normalizes the sums in every block, the last with the cached one two chunks at
-    a time (``BWD_PAIRS``)."""
+    the first with the backward that normalizes the sums in every block."""
     import ovq.ops.triton_chunk as tc
     monkeypatch.setattr(tc, "FWD_CACHED_OPERANDS", request.param[0])
     monkeypatch.setattr(tc, "FWD_TWO_PASS", request.param[1])
     monkeypatch.setattr(tc, "GRAM_MIN_PICKS", request.param[2])
     monkeypatch.setattr(tc, "BWD_CACHED_OPERANDS", request.param[3])
-    monkeypatch.setattr(tc, "BWD_PAIRS", request.param[4])
     return request.param
 
 
@@ -391,8 +388,7 @@ def test_a_backward_that_does_not_fit_is_known_before_the_forward(monkeypatch):
     expected = _run(ovq_attention, q, k, v, beta, do, **kw, backend="torch")
     monkeypatch.setattr(tc, "_BACKWARD_FITS", {})
     monkeypatch.setattr(tc, "_DOES_NOT_FIT", set())
-    for name in ("ovq_bwd_dict_kernel", "ovq_bwd_dict_pairs_kernel"):  # (the launcher takes the one its settings ask)
-        monkeypatch.setattr(kernels, name, _KernelThatDoesNotFit())
+    monkeypatch.setattr(kernels, "ovq_bwd_dict_kernel", _KernelThatDoesNotFit())
     with pytest.raises(KernelResourceError, match="backward kernels do not fit"):
         ovq_attention(q, k, v, beta, **kw, backend="triton")
     assert list(tc._BACKWARD_FITS.values()) == [False]
@@ -464,28 +460,6 @@ def test_cached_backward_operands_change_only_the_projections_rounding(dtype, fo
     for name, i in (("dq", 0), ("dv", 2), ("dbeta", 3)):
         assert rel(results[1][i], results[0][i]) <= tol, name
     assert 0 < rel(results[1][1], results[0][1]) < (1e-3 if dtype == torch.float16 else 5e-3)
-
-
-@pytest.mark.parametrize("block", [32, 64])
-def test_the_backward_in_pairs_of_chunks_is_the_same_backward(block, forward_variant, monkeypatch):
-    """BWD_PAIRS (two chunks a scan step, their G adds summed) against the one-chunk scan, from one forward, with
-    an odd number of chunks (the last pair has one) and both loop widths: the same gradients up to the order of
-    float32 additions (every test here also runs it, with the last forward variant, against the PyTorch op)."""
-    import ovq.ops.triton_chunk as tc
-
-    if forward_variant[:3] != (True, False, 16):
-        pytest.skip("sets the backward itself: once, with the default forward")
-    q, k, v = random_qkv(2, 232, 2, 16, dtype=torch.float32, seed=12, device=DEVICE, requires_grad=True)
-    beta = torch.tensor([5.0, 9.0], device=DEVICE, requires_grad=True)
-    o, _ = ovq_attention(q, k, v, beta, chunk_size=16, max_centroids=150, backend="triton")  # 15 chunks, 3 blocks
-    loss = (o * torch.randn_like(o)).sum()
-    monkeypatch.setattr(tc, "BWD_PAIRS_BLOCK", block)
-    results = []
-    for pairs in (False, True):  # (the backward reads the settings when it runs)
-        monkeypatch.setattr(tc, "BWD_PAIRS", pairs)
-        results.append(torch.autograd.grad(loss, (q, k, v, beta), retain_graph=True))
-    for name, a, b in zip(("dq", "dk", "dv", "dbeta"), *results):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
 
 
 @pytest.mark.skipif(DEVICE == "cpu", reason="bf16 reads only compiled (the interpreter's bf16 products are wrong)")
