@@ -90,7 +90,7 @@ _BWD_REWIND = re.compile(r"\n {4}if not STATIC:\n {8}tl\.atomic_add\(sk_ptr \+ \
                          r"_store_offset_rows\(off_ptr, p_base \+ zs, cnt_z, own, COUNT_PRIOR, READ_PREC\)\n", re.S)
 _BWD_GATHER = ("    if not DETACH:\n"
                "        _add_gathered(dk_ptr, dv_ptr, gk_ptr, gv_ptr, s_base + zs, own, qk_off, v_off, offs_d, dmask, "
-               "offs_dv, dvmask,\n                      D, DV, STATIC, DEFER_GK, sk_ptr, rk_ptr, p_base + zs)\n")
+               "offs_dv, dvmask,\n                      D, DV, STATIC)\n")
 BWD_EDITS: dict[str, list[source_edits.Edit]] = {
     "full": [],
     "no_loop": [(_BWD_LOOP, _BWD_LOOP.replace("range(0, m_loc, BN)", "range(0, 0, BN)"))],

@@ -790,15 +790,14 @@ def _store_slice_rows(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, off_ptr, crd_ptr, cmv_ptr
 
 
 @triton.jit
-def _read_grads(dq, q_op, do_op, lse2, delta, mu_op, mu, muv_op, inv, inv_cnt, off_rows, ones_w, gk_ptr, rk_ptr,
-                gv_ptr, g_rows, readable, offs_d, dmask, offs_dv, dvmask, D: tl.constexpr, DV: tl.constexpr,
-                STATIC: tl.constexpr, DETACH: tl.constexpr, READ_PREC: tl.constexpr, DEFER_GK: tl.constexpr):
+def _read_grads(dq, q_op, do_op, lse2, delta, mu_op, mu, muv_op, inv, inv_cnt, off_rows, ones_w, gk_ptr, gv_ptr, g_rows,
+                readable, offs_d, dmask, offs_dv, dvmask, D: tl.constexpr, DV: tl.constexpr, STATIC: tl.constexpr,
+                DETACH: tl.constexpr, READ_PREC: tl.constexpr):
     """The gradient of one chunk's read of one block of slots, from the slots' read operands (``mu`` the unit
     directions in float32, ``inv`` 1/||sum_k||, ``inv_cnt`` 1/count) and the chunk's rows (``_read_rows``).
     Returns ``dq`` + ds @ mu (the block's share of dq, before beta: added where the product is, which keeps the
     compiled loop as it was before this helper); the gradients w.r.t. the slots' key and value sums are added to
-    G's rows ``g_rows`` (the readable slots), each right after its product; with DEFER_GK the key sums' share goes
-    to R (``rk_ptr``) unprojected (see ``_settled_gk``).
+    G's rows ``g_rows`` (the readable slots), each right after its product.
     Whole blocks, unmasked: a slot past the ones the chunk read (opened later: rewound to count 0) or past N
     (padding) has a -inf offset row, so p = 0 there, and count 0, so no gradient is added."""
     logits = _mm_acc(q_op, tl.trans(mu_op), _mm(ones_w, tl.trans(off_rows), READ_PREC), READ_PREC)
@@ -813,13 +812,9 @@ def _read_grads(dq, q_op, do_op, lse2, delta, mu_op, mu, muv_op, inv, inv_cnt, o
         # load-add-store's): a load here would wait on L2 right after the products and cost two
         # layout round trips through shared memory (compiled for sm_90)
         if not STATIC:
-            dmu = _mm(tl.trans(ds), q_op, READ_PREC)
-            if DEFER_GK:  # raw into R: projected and scaled once per slot change (_settled_gk), not per block
-                tl.atomic_add(rk_ptr + rows_k, dmu, mask=readable[:, None] & dmask[None, :], sem="relaxed")
-            else:
-                dmu = dmu * LN2  # q_op carries beta * log2(e)
-                dsk = (dmu - mu * tl.sum(mu * dmu, axis=1)[:, None]) * inv[:, None]
-                tl.atomic_add(gk_ptr + rows_k, dsk, mask=readable[:, None] & dmask[None, :], sem="relaxed")
+            dmu = _mm(tl.trans(ds), q_op, READ_PREC) * LN2  # q_op carries beta * log2(e)
+            dsk = (dmu - mu * tl.sum(mu * dmu, axis=1)[:, None]) * inv[:, None]
+            tl.atomic_add(gk_ptr + rows_k, dsk, mask=readable[:, None] & dmask[None, :], sem="relaxed")
         dsv = _mm(tl.trans(p), do_op, READ_PREC) * inv_cnt[:, None]
         tl.atomic_add(gv_ptr + rows_v, dsv, mask=readable[:, None] & dvmask[None, :], sem="relaxed")
     return dq
@@ -851,42 +846,13 @@ def _add_dq(q_ptr, dq_ptr, qk_off, tmask, dmask, beta, dq):
 
 
 @triton.jit
-def _settled_gk(sk_ptr, gk_ptr, rk_ptr, s_rows, g_rows, mask, offs_d, dmask, D: tl.constexpr):
-    """G_k's rows ``g_rows`` with their pending raw sums R added: G_k + ln 2 (R - mu (mu . R)) / ||sum_k||, mu and
-    ||sum_k|| from the scratch sums' rows ``s_rows`` as they stand.
-
-    With DEFER_GK the block loop adds each read's dmu = ds^T q to R unprojected: a slot's sum, and with it the
-    projection (I - mu mu^T) / ||sum_k|| of the gradient through its unit direction, stays the same from one change to
-    the next, so projecting the sum of a stretch's reads once equals projecting each read (up to rounding), and the
-    loop loses the per-block row reduction over D (three barriers a block on sm_90) and its arithmetic. R is settled
-    into G_k where the slot changes: before the rewind of a chunk's tokens (the sums still those the later reads
-    used) and, for every slot, after the scan."""
-    rows = g_rows[:, None] * D + offs_d[None, :]
-    m2 = mask[:, None] & dmask[None, :]
-    sk = tl.load(sk_ptr + s_rows[:, None] * D + offs_d[None, :], mask=m2, other=0.0, cache_modifier=".cg")
-    mu, inv = _unit_rows(sk)
-    r = tl.load(rk_ptr + rows, mask=m2, other=0.0, cache_modifier=".cg")
-    gk = tl.load(gk_ptr + rows, mask=m2, other=0.0, cache_modifier=".cg")
-    return gk + (r - mu * tl.sum(mu * r, axis=1)[:, None]) * (inv * LN2)[:, None]
-
-
-@triton.jit
 def _add_gathered(dk_ptr, dv_ptr, gk_ptr, gv_ptr, g_rows, own, qk_off, v_off, offs_d, dmask, offs_dv, dvmask,
-                  D: tl.constexpr, DV: tl.constexpr, STATIC: tl.constexpr, DEFER_GK: tl.constexpr, sk_ptr, rk_ptr,
-                  s_rows):
+                  D: tl.constexpr, DV: tl.constexpr, STATIC: tl.constexpr):
     """dk and dv rows of the ``own`` tokens (``qk_off``, ``v_off``) += the gradient rows ``g_rows`` of gk and gv
-    (their slots'). With DEFER_GK the slots' R is first settled into gk (``_settled_gk``; ``s_rows`` their scratch
-    sums' rows) and cleared."""
+    (their slots')."""
     if not STATIC:
-        if DEFER_GK:
-            gk = _settled_gk(sk_ptr, gk_ptr, rk_ptr, s_rows, g_rows, own, offs_d, dmask, D)
-            tl.debug_barrier()  # every token's loads first: tokens of one slot load, then store, the same rows
-            g_off = g_rows[:, None] * D + offs_d[None, :]
-            tl.store(gk_ptr + g_off, gk, mask=own[:, None] & dmask[None, :])
-            tl.store(rk_ptr + g_off, tl.zeros_like(gk), mask=own[:, None] & dmask[None, :])
-        else:
-            gk = tl.load(gk_ptr + g_rows[:, None] * D + offs_d[None, :], mask=own[:, None] & dmask[None, :],
-                         other=0.0, cache_modifier=".cg")
+        gk = tl.load(gk_ptr + g_rows[:, None] * D + offs_d[None, :], mask=own[:, None] & dmask[None, :], other=0.0,
+                     cache_modifier=".cg")
         dk = tl.load(dk_ptr + qk_off, mask=own[:, None] & dmask[None, :], other=0.0)
         tl.store(dk_ptr + qk_off, dk + gk, mask=own[:, None] & dmask[None, :])
     gv = tl.load(gv_ptr + g_rows[:, None] * DV + offs_dv[None, :], mask=own[:, None] & dvmask[None, :], other=0.0,
@@ -896,11 +862,11 @@ def _add_gathered(dk_ptr, dv_ptr, gk_ptr, gv_ptr, g_rows, own, qk_off, v_off, of
 
 
 @triton.jit
-def _merge_and_rewind(z_ptr, k_ptr, v_ptr, sk_ptr, sv_ptr, cnt_ptr, cb_ptr, gk_ptr, rk_ptr, gv_ptr, off_ptr, crd_ptr,
-                      cmv_ptr, csc_ptr, dk_ptr, dv_ptr, bh, s, T, t, tmask, qk_off, v_off, s_base, p_base, cb_base,
-                      offs_d, dmask, offs_dv, dvmask, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr,
+def _merge_and_rewind(z_ptr, k_ptr, v_ptr, sk_ptr, sv_ptr, cnt_ptr, cb_ptr, gk_ptr, gv_ptr, off_ptr, crd_ptr, cmv_ptr,
+                      csc_ptr, dk_ptr, dv_ptr, bh, s, T, t, tmask, qk_off, v_off, s_base, p_base, cb_base, offs_d,
+                      dmask, offs_dv, dvmask, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr,
                       BDV: tl.constexpr, NB: tl.constexpr, COUNT_PRIOR: tl.constexpr, STATIC: tl.constexpr,
-                      DETACH: tl.constexpr, READ_PREC: tl.constexpr, CACHED: tl.constexpr, DEFER_GK: tl.constexpr):
+                      DETACH: tl.constexpr, READ_PREC: tl.constexpr, CACHED: tl.constexpr):
     """The dictionary backward's step for the tokens a chunk (rows ``t``) merged into this slice's slots: each takes
     the gradient of every later read of its centroid (G, into its dk and dv rows), then leaves the scratch sums,
     which then hold the dictionary the chunk read; the rewound slots' offset rows (``off_ptr``) and, with CACHED,
@@ -913,7 +879,7 @@ def _merge_and_rewind(z_ptr, k_ptr, v_ptr, sk_ptr, sv_ptr, cnt_ptr, cb_ptr, gk_p
     v = tl.load(v_ptr + v_off, mask=tmask[:, None] & dvmask[None, :], other=0.0)
     if not DETACH:
         _add_gathered(dk_ptr, dv_ptr, gk_ptr, gv_ptr, s_base + zs, own, qk_off, v_off, offs_d, dmask, offs_dv, dvmask,
-                      D, DV, STATIC, DEFER_GK, sk_ptr, rk_ptr, p_base + zs)
+                      D, DV, STATIC)
     if not STATIC:
         tl.atomic_add(sk_ptr + (p_base + zs)[:, None] * D + offs_d[None, :], -k, mask=own[:, None] & dmask[None, :],
                       sem="relaxed")
@@ -934,19 +900,18 @@ def _merge_and_rewind(z_ptr, k_ptr, v_ptr, sk_ptr, sv_ptr, cnt_ptr, cb_ptr, gk_p
 @triton.jit
 def ovq_bwd_dict_kernel(
     q_ptr, k_ptr, v_ptr, beta_ptr, do_ptr, lse_ptr, delta_ptr, z_ptr, sched_ptr,
-    sk_ptr, sv_ptr, cnt_ptr, cb_ptr, gk_ptr, rk_ptr, gv_ptr, off_ptr, crd_ptr, cmv_ptr, csc_ptr,
+    sk_ptr, sv_ptr, cnt_ptr, cb_ptr, gk_ptr, gv_ptr, off_ptr, crd_ptr, cmv_ptr, csc_ptr,
     dq_ptr, dk_ptr, dv_ptr, dbeta_ptr,
     T, N, H, C,
     D: tl.constexpr, DV: tl.constexpr, L: tl.constexpr,
     BL: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, BN: tl.constexpr, NB: tl.constexpr,
     COUNT_PRIOR: tl.constexpr, STATIC: tl.constexpr, DETACH: tl.constexpr, READ_PREC: tl.constexpr,
-    CACHED: tl.constexpr = False, DEFER_GK: tl.constexpr = False,
+    CACHED: tl.constexpr = False,
 ):
     """Gradients through the dictionary: a reverse scan over chunks per (slice, bh).
 
     sk/sv/cnt hold the *final* sums on entry (a scratch copy: they are rewound chunk by chunk);
-    gk/gv hold the gradient w.r.t. the final sums on entry and w.r.t. the initial sums on exit; with DEFER_GK, rk is
-    zeros on entry and scratch for the key sums' unprojected gradient (``_settled_gk``). off is scratch
+    gk/gv hold the gradient w.r.t. the final sums on entry and w.r.t. the initial sums on exit. off is scratch
     for each slot's logit offset row (``_store_offset_rows``), kept up to date as the counts are rewound.
     dq, dk and dv hold the in-chunk attention's gradients (``ovq_bwd_local_kernel``) on entry, and the
     dictionary's are added: to dq atomically (NB slices contribute), to a token's dk/dv row by the slice that
@@ -975,10 +940,10 @@ def ovq_bwd_dict_kernel(
         m = tl.load(sched_ptr + 2 * c)
         # (1) tokens merged by this chunk: take the gradient of every later read of their centroid,
         #     then rewind the sums to the dictionary this chunk read.
-        _merge_and_rewind(z_ptr, k_ptr, v_ptr, sk_ptr, sv_ptr, cnt_ptr, cb_ptr, gk_ptr, rk_ptr, gv_ptr, off_ptr,
-                          crd_ptr, cmv_ptr, csc_ptr, dk_ptr, dv_ptr, bh, s, T, t, tmask, qk_off, v_off, s_base, p_base,
+        _merge_and_rewind(z_ptr, k_ptr, v_ptr, sk_ptr, sv_ptr, cnt_ptr, cb_ptr, gk_ptr, gv_ptr, off_ptr, crd_ptr,
+                          cmv_ptr, csc_ptr, dk_ptr, dv_ptr, bh, s, T, t, tmask, qk_off, v_off, s_base, p_base,
                           cb_base, offs_d, dmask, offs_dv, dvmask, D, DV, BD, BDV, NB, COUNT_PRIOR, STATIC, DETACH,
-                          READ_PREC, CACHED, DEFER_GK)
+                          READ_PREC, CACHED)
 
         # (2) the gradient of this chunk's reads of its dictionary.
         # (loaded here, not before the rewind: session 20 timed that order, BWD_EARLY_LOADS at b63434f, no gain)
@@ -1005,15 +970,10 @@ def ovq_bwd_dict_kernel(
             readable = inv_cnt > 0.0
             off_rows = tl.load(off_ptr + (p_base + n)[:, None] * OFFW + offs_w[None, :], cache_modifier=".cg")
             dq = _read_grads(dq, q_op, do_op, lse2, delta, mu_op, mu, muv_op, inv, inv_cnt, off_rows, ones_w, gk_ptr,
-                             rk_ptr, gv_ptr, s_base + n, readable, offs_d, dmask, offs_dv, dvmask, D, DV, STATIC,
-                             DETACH, READ_PREC, DEFER_GK)
+                             gv_ptr, s_base + n, readable, offs_d, dmask, offs_dv, dvmask, D, DV, STATIC, DETACH,
+                             READ_PREC)
         if m_loc > 0:
             dbeta += _add_dq(q_ptr, dq_ptr, qk_off, tmask, dmask, beta, dq)
         tl.debug_barrier()
     tl.store(dbeta_ptr + bh * NB + s, dbeta)
-    if DEFER_GK and not STATIC and not DETACH:  # the reads of the initial dictionary's slots: R settled
-        for r0 in range(0, _slots_in_slice(N, s, NB), BN):
-            n = s + NB * (r0 + offs_n)
-            gk = _settled_gk(sk_ptr, gk_ptr, rk_ptr, p_base + n, s_base + n, n < N, offs_d, dmask, D)
-            tl.store(gk_ptr + (s_base + n)[:, None] * D + offs_d[None, :], gk, mask=(n < N)[:, None] & dmask[None, :])
 

@@ -214,13 +214,6 @@ BWD_PROGRAMS_PER_SM = 1
 # function, and in bf16 its gradients are as far from the PyTorch op's as the uncached backward's (session 20,
 # results/s20_check_bf16_h200.json: dk 4.71e-3, 4.62e-3, 4.78e-3 against 4.70e-3, 4.61e-3, 4.79e-3).
 BWD_CACHED_OPERANDS = True
-# The dictionary backward adds each read's gradient w.r.t. a slot's unit key direction to a raw accumulator R and
-# projects it onto the key sum's gradient, (I - mu mu^T) / ||sum_k||, once per change of the slot (when a chunk's
-# tokens are rewound out of it, and after the scan), instead of in every block of every chunk: the projection is the
-# same between two changes, so the sum is the same up to rounding (and taken with the float32 direction, where the
-# cached per-block one used the direction rounded to the read's type). Compiled for sm_90 (on the CPU, `bench.resources
-# --loops`) the block loop loses the projection's row reduction over D. R costs one more [N, D] float32 buffer.
-BWD_DEFER_GK_PROJECTION = True
 BWD_MAX_SLICES = 32
 
 
@@ -486,13 +479,11 @@ def _backward(saved, cfg: KernelConfig, m0: int, do, delta, d_sum_k, d_sum_v) ->
                           torch.zeros(bh, padded, 2, device=v.device, dtype=torch.float32))
             else:
                 cached = (torch.zeros(1, device=v.device, dtype=torch.float32),) * 3
-            defer = BWD_DEFER_GK_PROJECTION and not (cfg.static or cfg.detach)
-            r_k = torch.zeros_like(g_k) if defer else g_k  # (unread without DEFER_GK)
             _launch("bwd_dict", ovq_bwd_dict_kernel, (nb, bh), cfg.chunk_size, d, dv,
-                    qhat, khat, v, beta, do, lse, delta, z, sched, *scratch, g_k, r_k, g_v, offset_rows, *cached,
+                    qhat, khat, v, beta, do, lse, delta, z, sched, *scratch, g_k, g_v, offset_rows, *cached,
                     dq, dk, dvals, dbeta_dict, total, n, cfg.num_heads, chunks,
                     BN=BLOCK_CENTROIDS, NB=nb, COUNT_PRIOR=cfg.count_prior, STATIC=cfg.static, DETACH=cfg.detach,
-                    CACHED=BWD_CACHED_OPERANDS, DEFER_GK=defer, **kw)
+                    CACHED=BWD_CACHED_OPERANDS, **kw)
     dbeta = (dbeta_local.sum(-1) + dbeta_dict.sum(-1)).view(-1, cfg.num_heads).sum(0)
     if cfg.detach:
         d_sum_k0 = d_sum_v0 = None
@@ -513,7 +504,7 @@ def backward_fits(cfg: KernelConfig, d: int, dv: int, device: torch.device) -> b
     Asked before a forward that will need a backward, so a chunk too large for the backward is known while
     the PyTorch op can still take over, not halfway through ``loss.backward()``."""
     key = (device, cfg, d, dv, BLOCK_CENTROIDS, LOCAL_BLOCK, launch_settings("bwd_local", cfg.chunk_size),
-           launch_settings("bwd_dict", cfg.chunk_size), BWD_CACHED_OPERANDS, BWD_DEFER_GK_PROJECTION,
+           launch_settings("bwd_dict", cfg.chunk_size), BWD_CACHED_OPERANDS,
            os.environ.get("OVQ_GLUON_BWD", "0"))
     if key not in _BACKWARD_FITS:
         L, n, h = cfg.chunk_size, cfg.capacity, cfg.num_heads
