@@ -26,7 +26,7 @@ import torch
 
 from ..ops import ovq_attention
 from ..ops import triton_chunk as tc
-from .common import environment, kernel_settings, save_json, saving_rows
+from .common import environment, kernel_settings, row_log, save_json, saving_rows
 
 
 @contextlib.contextmanager
@@ -77,13 +77,7 @@ def run(seq_lens, a: dict, b: dict, *, tokens: int, heads: int, head_dim: int, c
         on_row=None) -> list[dict]:
     """The A/B at every T; ``timer(fn) -> ms`` (do_bench by default); ``on_row(rows)`` after each new row."""
     timer = timer or (lambda fn: do_bench_ms(fn, 400))
-    rows = []
-
-    def add(row: dict) -> None:
-        rows.append(row)
-        print(row, flush=True)
-        if on_row is not None:
-            on_row(rows)
+    rows, add = row_log(on_row)
 
     def op(q, k, v, final_state=False):
         o, state = ovq_attention(q, k, v, 12.0, chunk_size=chunk, max_centroids=centroids,

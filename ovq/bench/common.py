@@ -73,6 +73,19 @@ def saving_rows(path: str | os.PathLike, payload: dict, key: str):
     return lambda rows: save_unfinished(path, payload | {key: list(rows)})
 
 
+def row_log(on_row=None):
+    """``(rows, add)``: ``add(row)`` appends a measured row to ``rows``, prints it and calls ``on_row(rows)`` (e.g.
+    :func:`saving_rows`), so a benchmark stopped at a time limit has shown and kept every row so far."""
+    rows = []
+
+    def add(row: dict) -> None:
+        rows.append(row)
+        print(row, flush=True)
+        if on_row is not None:
+            on_row(rows)
+    return rows, add
+
+
 def kernel_settings(ap, items: list[str]) -> dict:
     """``--set NAME=VALUE`` items as settings of :mod:`ovq.ops.triton_chunk` (a forward variant, a block size);
     a bad name or value is an argparse error naming it."""

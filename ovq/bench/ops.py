@@ -20,7 +20,7 @@ from ..ops import OVQState, ovq_attention, ovq_step, vq_attention
 from ..ops import triton_chunk as tc
 from ..ops.triton_chunk import _schedule, _slices
 from ..ops.utils import growth_target
-from .common import environment, kernel_settings, save_json, save_unfinished, saving_rows
+from .common import environment, kernel_settings, row_log, save_json, save_unfinished, saving_rows
 
 
 def _rel(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -114,13 +114,7 @@ def bench(seq_lens, head_dims, centroids, chunk: int, tokens: int, heads: int, p
     """Times every op at every (D, T, N); ``on_row(rows)`` runs after each new row (the caller saves them, so a
     run stopped at a time limit keeps what it measured). ``detached`` adds OVQ and VQ with ``detach_state=True``:
     their difference is the online update's cost without any gradient through the dictionary."""
-    rows = []
-
-    def add(row: dict) -> None:
-        rows.append(row)
-        print(row, flush=True)
-        if on_row is not None:
-            on_row(rows)
+    rows, add = row_log(on_row)
     device = "cuda"
     dtype = torch.bfloat16
     try:

@@ -1,11 +1,11 @@
-"""The benchmarks' shared ``--set NAME=VALUE`` parsing (settings of ``ovq.ops.triton_chunk``)."""
+"""The benchmarks' shared helpers: ``--set NAME=VALUE`` parsing (settings of ``ovq.ops.triton_chunk``), the row log."""
 
 import argparse
 import os
 
 import pytest
 
-from ovq.bench.common import kernel_settings
+from ovq.bench.common import kernel_settings, row_log
 
 
 def _parser():
@@ -40,3 +40,12 @@ def test_the_environment_records_the_kernel_switches_set(monkeypatch):
     monkeypatch.setenv("OVQ_COMMIT", "abc1234")  # recorded as the commit, not as a switch
     info = environment()
     assert info["ovq_env"] == {"OVQ_GLUON_BWD": "1"} and info["commit"] == "abc1234"
+
+
+def test_row_log_shows_and_hands_on_every_row_so_far(capsys):
+    seen = []
+    rows, add = row_log(lambda rows_so_far: seen.append(len(rows_so_far)))
+    add({"T": 1})
+    add({"T": 2})
+    assert rows == [{"T": 1}, {"T": 2}] and seen == [1, 2]
+    assert capsys.readouterr().out.splitlines() == ["{'T': 1}", "{'T': 2}"]
