@@ -26,7 +26,7 @@ import torch
 
 from ..ops import ovq_attention
 from ..ops import triton_chunk as tc
-from .common import environment, kernel_settings, row_log, save_json, saving_rows
+from .common import environment, kernel_settings, relative_error, row_log, save_json, saving_rows
 
 
 @contextlib.contextmanager
@@ -48,10 +48,6 @@ def do_bench_ms(fn, rep_ms: int) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=rep_ms, return_mode="median")
 
 
-def _rel(x: torch.Tensor, y: torch.Tensor) -> float:
-    return ((x.float() - y.float()).norm() / y.float().norm().clamp_min(1e-30)).item()
-
-
 def check(op, inputs, grad, a: dict, b: dict) -> dict:
     """B against A on these inputs: forward outputs and counts (fixed-order scatter), gradients from A's forward."""
     outs = []
@@ -59,7 +55,7 @@ def check(op, inputs, grad, a: dict, b: dict) -> dict:
         with settings(values | {"FWD_ORDERED_SCATTER": True}), torch.no_grad():
             outs.append(op(*inputs, final_state=True))
     (o_a, s_a), (o_b, s_b) = outs
-    row = {"o_rel": _rel(o_b, o_a), "count_slots_differing": int((s_b.count != s_a.count).sum().item())}
+    row = {"o_rel": relative_error(o_b, o_a), "count_slots_differing": int((s_b.count != s_a.count).sum().item())}
     with settings(a):
         o = op(*inputs)
     grads = []
@@ -67,8 +63,8 @@ def check(op, inputs, grad, a: dict, b: dict) -> dict:
         with settings(values):
             grads.append(torch.autograd.grad(o, inputs, grad, retain_graph=True))
     for name, g_a, g_b, g_a2 in zip(("dq", "dk", "dv"), *grads):
-        row[f"{name}_rel"] = _rel(g_b, g_a)
-        row[f"{name}_rel_a_twice"] = _rel(g_a2, g_a)
+        row[f"{name}_rel"] = relative_error(g_b, g_a)
+        row[f"{name}_rel_a_twice"] = relative_error(g_a2, g_a)
     return row
 
 

@@ -73,6 +73,11 @@ def saving_rows(path: str | os.PathLike, payload: dict, key: str):
     return lambda rows: save_unfinished(path, payload | {key: list(rows)})
 
 
+def relative_error(x: torch.Tensor, y: torch.Tensor) -> float:
+    """||x - y|| / ||y|| in float32 (fla's measure of a kernel against its reference), with ||y|| floored at 1e-6."""
+    return ((x.float() - y.float()).norm() / y.float().norm().clamp_min(1e-6)).item()
+
+
 def row_log(on_row=None):
     """``(rows, add)``: ``add(row)`` appends a measured row to ``rows``, prints it and calls ``on_row(rows)`` (e.g.
     :func:`saving_rows`), so a benchmark stopped at a time limit has shown and kept every row so far."""

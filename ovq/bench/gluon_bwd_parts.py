@@ -22,8 +22,7 @@ from pathlib import Path
 import torch
 
 from . import source_edits
-from .common import environment, save_json, saving_rows
-from .ops import _rel
+from .common import environment, relative_error, save_json, saving_rows
 
 _GATHER_IN_LOOP = "            gv_tok += _gather_own(gv_old, own_blk == b, local, tok_rows)\n"
 _GATHER_OPENED = ("        for b in range(read_blocks, all_blocks):\n"
@@ -84,7 +83,7 @@ def counting_gluon_launches():
 
 def _errors(grads, reference) -> dict:
     """Each gradient's relative error against the reference run's (dq, dk, dv, dbeta)."""
-    return dict(zip(("dq", "dk", "dv", "dbeta"), map(_rel, grads, reference)))
+    return dict(zip(("dq", "dk", "dv", "dbeta"), map(relative_error, grads, reference)))
 
 
 def measure(variants: list[str], seq_len: int, heads: int, centroids: int, repeats: int, save_rows) -> list[dict]:

@@ -20,11 +20,8 @@ from ..ops import OVQState, ovq_attention, ovq_step, vq_attention
 from ..ops import triton_chunk as tc
 from ..ops.triton_chunk import _schedule, _slices
 from ..ops.utils import growth_target
-from .common import environment, kernel_settings, row_log, save_json, save_unfinished, saving_rows
-
-
-def _rel(x: torch.Tensor, y: torch.Tensor) -> float:
-    return ((x.float() - y.float()).norm() / y.float().norm().clamp_min(1e-6)).item()
+from .common import (environment, kernel_settings, relative_error, row_log, save_json, save_unfinished,
+                     saving_rows)
 
 
 def check(device: str = "cuda", dtypes=("float32", "bfloat16"), on_row=None) -> list[dict]:
@@ -65,9 +62,9 @@ def check(device: str = "cuda", dtypes=("float32", "bfloat16"), on_row=None) -> 
         counts_differ = (s0.count != s1.count).float().mean().item()
         row = {"B": b, "T": t, "H": h, "D": d, "L": chunk, "N": n, "dtype": str(dtype).split(".")[-1],
                "fwd_slices": _slices(b * h, n, torch.device(device))[0],
-               "o_rel": _rel(o1, o0), "dq_rel": _rel(g1[0], g0[0]), "dk_rel": _rel(g1[1], g0[1]),
-               "dv_rel": _rel(g1[2], g0[2]), "dbeta_rel": _rel(g1[3], g0[3]),
-               "sum_k_rel": _rel(s1.sum_k, s0.sum_k), "count_slots_differ": counts_differ,
+               "o_rel": relative_error(o1, o0),
+               **{f"d{x}_rel": relative_error(a, b) for x, a, b in zip(("q", "k", "v", "beta"), g1, g0)},
+               "sum_k_rel": relative_error(s1.sum_k, s0.sum_k), "count_slots_differ": counts_differ,
                "nan": bool(torch.isnan(o1).any())}
         rows.append(row)
         print(" ".join(f"{k_}={v_:.2e}" if isinstance(v_, float) else f"{k_}={v_}" for k_, v_ in row.items()),

@@ -43,8 +43,8 @@ from pathlib import Path
 import torch
 
 from . import source_edits
-from .common import environment, kernel_settings, save_json, saving_rows
-from .ops import _bench, _rel
+from .common import environment, kernel_settings, relative_error, save_json, saving_rows
+from .ops import _bench
 
 _READ_LOADS = ('                mu_rd = tl.load(crd_ptr + rows_d, cache_modifier=".cg")\n'
                '                muv = tl.load(cmv_ptr + (c_base + n)[:, None] * BDV + offs_dv[None, :], '
@@ -176,7 +176,7 @@ def measure(kernel: str, configs: list[tuple[int, int]], variants: list[str], he
                 reference = reference or results
                 names = ("o",) if kernel == "fwd" else ("dq", "dk", "dv", "dbeta")
                 rows.append({"B": b, "T": t, "kernel": kernel, "variant": name, "ms": ms,
-                             "rel_err": {n: _rel(x, y) for n, x, y in zip(names, results, reference)},
+                             "rel_err": {n: relative_error(x, y) for n, x, y in zip(names, results, reference)},
                              "finite": all(bool(torch.isfinite(x).all()) for x in results)})
                 print(rows[-1], flush=True)
                 save_rows(rows)

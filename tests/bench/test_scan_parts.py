@@ -41,7 +41,7 @@ def test_an_edit_that_no_longer_matches_is_named(monkeypatch):
 
 @pytest.mark.skipif(not triton_available(), reason="needs Triton (a GPU or its interpreter)")
 def test_variants_run_and_the_unedited_copies_are_the_kernels(tmp_path):
-    from ovq.bench.ops import _rel
+    from ovq.bench.common import relative_error as _rel
     from ovq.bench.scan_parts import forward, launching, load_variant
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
