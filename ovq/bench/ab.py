@@ -127,8 +127,9 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    summary, details = __doc__.split("\n\n", 1)
+    ap = argparse.ArgumentParser(description=summary, epilog=details,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--a", nargs="*", default=[], metavar="NAME=VALUE", help="setting A (default: the defaults)")
     ap.add_argument("--b", nargs="+", required=True, metavar="NAME=VALUE", help="setting B")
     ap.add_argument("--seq-lens", default="65536,4096")
