@@ -870,8 +870,7 @@ def _merge_and_rewind(z_ptr, k_ptr, v_ptr, sk_ptr, sv_ptr, cnt_ptr, cb_ptr, gk_p
     """The dictionary backward's step for the tokens a chunk (rows ``t``) merged into this slice's slots: each takes
     the gradient of every later read of its centroid (G, into its dk and dv rows), then leaves the scratch sums,
     which then hold the dictionary the chunk read; the rewound slots' offset rows (``off_ptr``) and, with CACHED,
-    read operands (``crd_ptr``, ``cmv_ptr``, ``csc_ptr``) are stored anew. Returns the tokens' slots (0 where
-    not this slice's) and which are this slice's."""
+    read operands (``crd_ptr``, ``cmv_ptr``, ``csc_ptr``) are stored anew."""
     z = tl.load(z_ptr + bh * T + t, mask=tmask, other=-1)
     own = (z >= 0) & ((z % NB) == s)
     zs = tl.where(own, z, 0)
@@ -894,7 +893,6 @@ def _merge_and_rewind(z_ptr, k_ptr, v_ptr, sk_ptr, sv_ptr, cnt_ptr, cb_ptr, gk_p
         _store_read_operands(sk_ptr, sv_ptr, cnt_ptr, cb_ptr, crd_ptr, cmv_ptr, csc_ptr, p_base, cb_base, zs, own,
                              offs_d, dmask, offs_dv, dvmask, D, DV, BD, BDV, STATIC, READ_PREC)
     tl.debug_barrier()
-    return zs, own
 
 
 @triton.jit
@@ -976,4 +974,3 @@ def ovq_bwd_dict_kernel(
             dbeta += _add_dq(q_ptr, dq_ptr, qk_off, tmask, dmask, beta, dq)
         tl.debug_barrier()
     tl.store(dbeta_ptr + bh * NB + s, dbeta)
-
