@@ -19,27 +19,13 @@ stopped at a time limit keeps them, marked unfinished); a table is printed last.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 
 import torch
 
 from ..ops import ovq_attention
-from ..ops import triton_chunk as tc
-from .common import environment, kernel_settings, relative_error, row_log, save_json, saving_rows
-
-
-@contextlib.contextmanager
-def settings(values: dict):
-    """``ovq.ops.triton_chunk``'s settings set to ``values`` inside, restored after."""
-    before = {name: getattr(tc, name) for name in values}
-    try:
-        for name, value in values.items():
-            setattr(tc, name, value)
-        yield
-    finally:
-        for name, value in before.items():
-            setattr(tc, name, value)
+from .common import (environment, kernel_settings, kernel_settings_applied, relative_error, row_log, save_json,
+                     saving_rows)
 
 
 def do_bench_ms(fn, rep_ms: int) -> float:
@@ -52,15 +38,15 @@ def check(op, inputs, grad, a: dict, b: dict) -> dict:
     """B against A on these inputs: forward outputs and counts (fixed-order scatter), gradients from A's forward."""
     outs = []
     for values in (a, b):
-        with settings(values | {"FWD_ORDERED_SCATTER": True}), torch.no_grad():
+        with kernel_settings_applied(values | {"FWD_ORDERED_SCATTER": True}), torch.no_grad():
             outs.append(op(*inputs, final_state=True))
     (o_a, s_a), (o_b, s_b) = outs
     row = {"o_rel": relative_error(o_b, o_a), "count_slots_differing": int((s_b.count != s_a.count).sum().item())}
-    with settings(a):
+    with kernel_settings_applied(a):
         o = op(*inputs)
     grads = []
     for values in (a, b, a):
-        with settings(values):
+        with kernel_settings_applied(values):
             grads.append(torch.autograd.grad(o, inputs, grad, retain_graph=True))
     for name, g_a, g_b, g_a2 in zip(("dq", "dk", "dv"), *grads):
         row[f"{name}_rel"] = relative_error(g_b, g_a)
@@ -69,10 +55,9 @@ def check(op, inputs, grad, a: dict, b: dict) -> dict:
 
 
 def run(seq_lens, a: dict, b: dict, *, tokens: int, heads: int, head_dim: int, centroids: int, chunk: int,
-        rounds: int, do_check: bool = True, device: str = "cuda", dtype=torch.bfloat16, timer=None,
+        rounds: int, timer, do_check: bool = True, device: str = "cuda", dtype=torch.bfloat16,
         on_row=None) -> list[dict]:
-    """The A/B at every T; ``timer(fn) -> ms`` (do_bench by default); ``on_row(rows)`` after each new row."""
-    timer = timer or (lambda fn: do_bench_ms(fn, 400))
+    """The A/B at every T; ``timer(fn) -> ms`` (``do_bench_ms``); ``on_row(rows)`` after each new row."""
     rows, add = row_log(on_row)
 
     def op(q, k, v, final_state=False):
@@ -98,7 +83,7 @@ def run(seq_lens, a: dict, b: dict, *, tokens: int, heads: int, head_dim: int, c
             torch.autograd.backward(op(*inputs), grad)
         for rnd in range(rounds):
             for label, values in (("A", a), ("B", b)):
-                with settings(values):
+                with kernel_settings_applied(values):
                     add(common | {"kind": "time", "setting": label, "round": rnd, "fwd_ms": timer(fwd),
                                   "fwd_bwd_ms": timer(fwd_bwd)})
         del inputs, grad
@@ -146,12 +131,19 @@ def main(argv=None) -> dict:
     a, b = kernel_settings(ap, args.a), kernel_settings(ap, args.b)
     if a == b:
         ap.error("--a and --b are the same settings")
-    if args.rounds < 1:
-        ap.error("--rounds must be at least 1")
+    try:
+        seq_lens = [int(t) for t in args.seq_lens.split(",")]
+    except ValueError:
+        ap.error(f"--seq-lens must be comma-separated integers, got {args.seq_lens!r}")
+    for name in ("rounds", "tokens", "heads", "head_dim", "centroids", "chunk_size", "rep_ms"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if min(seq_lens) < 1:
+        ap.error(f"--seq-lens must be at least 1, got {args.seq_lens!r}")
     if not torch.cuda.is_available():
         ap.error("the A/B times CUDA kernels: no GPU here")
     payload = {"environment": environment(), "args": vars(args), "a": a, "b": b}
-    rows = run([int(t) for t in args.seq_lens.split(",")], a, b, tokens=args.tokens, heads=args.heads,
+    rows = run(seq_lens, a, b, tokens=args.tokens, heads=args.heads,
                head_dim=args.head_dim, centroids=args.centroids, chunk=args.chunk_size, rounds=args.rounds,
                do_check=not args.no_check, timer=lambda fn: do_bench_ms(fn, args.rep_ms),
                on_row=saving_rows(args.out, payload, "rows"))

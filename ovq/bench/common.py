@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import platform
@@ -89,6 +90,22 @@ def row_log(on_row=None):
         if on_row is not None:
             on_row(rows)
     return rows, add
+
+
+@contextlib.contextmanager
+def kernel_settings_applied(values: dict):
+    """:mod:`ovq.ops.triton_chunk`'s settings set to ``values`` (as :func:`kernel_settings` parses them) inside,
+    restored after."""
+    from ..ops import triton_chunk as tc
+
+    before = {name: getattr(tc, name) for name in values}
+    try:
+        for name, value in values.items():
+            setattr(tc, name, value)
+        yield
+    finally:
+        for name, value in before.items():
+            setattr(tc, name, value)
 
 
 def kernel_settings(ap, items: list[str]) -> dict:

@@ -63,7 +63,10 @@ def test_the_table_puts_b_over_a():
     (["--b"], "expected at least one argument"),
     (["--b", "NOT_A_SETTING=1"], "NAME a setting of ovq.ops.triton_chunk"),
     (["--a", "BWD_CACHED_OPERANDS=False", "--b", "BWD_CACHED_OPERANDS=False"], "the same settings"),
-    (["--b", "BWD_CACHED_OPERANDS=False", "--rounds", "0"], "at least 1"),
+    (["--b", "BWD_CACHED_OPERANDS=False", "--rounds", "0"], "--rounds must be at least 1"),
+    (["--b", "BWD_CACHED_OPERANDS=False", "--heads", "0"], "--heads must be at least 1"),
+    (["--b", "BWD_CACHED_OPERANDS=False", "--seq-lens", "4k"], "--seq-lens must be comma-separated integers"),
+    (["--b", "BWD_CACHED_OPERANDS=False", "--seq-lens", "4096,0"], "--seq-lens must be at least 1"),
 ])
 def test_bad_arguments_are_named(argv, message, capsys):
     with pytest.raises(SystemExit):
