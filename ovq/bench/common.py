@@ -96,16 +96,22 @@ def row_log(on_row=None):
 def kernel_settings_applied(values: dict):
     """:mod:`ovq.ops.triton_chunk`'s settings set to ``values`` (as :func:`kernel_settings` parses them) inside,
     restored after."""
+    before = apply_kernel_settings(values)
+    try:
+        yield
+    finally:
+        apply_kernel_settings(before)
+
+
+def apply_kernel_settings(values: dict) -> dict:
+    """Set :mod:`ovq.ops.triton_chunk`'s settings to ``values`` for the rest of the process (a benchmark's main);
+    returns the values they had."""
     from ..ops import triton_chunk as tc
 
     before = {name: getattr(tc, name) for name in values}
-    try:
-        for name, value in values.items():
-            setattr(tc, name, value)
-        yield
-    finally:
-        for name, value in before.items():
-            setattr(tc, name, value)
+    for name, value in values.items():
+        setattr(tc, name, value)
+    return before
 
 
 def kernel_settings(ap, items: list[str]) -> dict:

@@ -17,10 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from ..ops import OVQState, ovq_attention, ovq_step, vq_attention
-from ..ops import triton_chunk as tc
 from ..ops.triton_chunk import _schedule, _slices
 from ..ops.utils import growth_target
-from .common import (environment, kernel_settings, relative_error, row_log, save_json, save_unfinished,
+from .common import (apply_kernel_settings, environment, kernel_settings, relative_error, row_log, save_json, save_unfinished,
                      saving_rows)
 
 
@@ -274,8 +273,7 @@ def main(argv=None) -> dict:
         ap.error(f"--check-dtypes: float32 and/or bfloat16, not {args.check_dtypes!r}")
     if not torch.cuda.is_available():
         sys.exit("ovq.bench.ops needs a CUDA GPU")
-    for name, value in settings.items():  # recorded in the JSON with the other arguments
-        setattr(tc, name, value)
+    apply_kernel_settings(settings)  # recorded in the JSON with the other arguments
     payload = {"benchmark": "ovq.bench.ops", "args": vars(args), "environment": environment()}
     out = args.out or ("results/ops_decode_h200.json" if args.decode_only else "results/ops_h200.json")
     if not (args.no_check or args.decode_only):  # the decode rows carry their own difference from the PyTorch read

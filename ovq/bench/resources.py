@@ -38,7 +38,7 @@ import sys
 import tempfile
 
 from ..ops import triton_chunk as tc
-from .common import kernel_settings
+from .common import apply_kernel_settings, kernel_settings
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 H200_SHARED = 232_448
@@ -85,8 +85,7 @@ def record(path: str) -> None:
     # launch as on a GPU: its precisions (so buffers get the GPU's dtypes) and the asked module settings
     gpu_read = {torch.bfloat16: "bf16", torch.float16: "fp16"}
     tc._precisions = lambda dtype: (gpu_read.get(dtype, "ieee"), "ieee" if dtype == torch.float32 else tc.ASSIGN_PRECISION)
-    for name, value in json.loads(os.environ.get("OVQ_RESOURCES_SET", "{}")).items():
-        setattr(tc, name, value)
+    apply_kernel_settings(json.loads(os.environ.get("OVQ_RESOURCES_SET", "{}")))
     g = torch.Generator().manual_seed(0)
     B, T, H, D = 1, 40, 2, 16
     q, k, v = (torch.randn(B, T, H, D, generator=g).to(torch.bfloat16).requires_grad_() for _ in range(3))
@@ -349,8 +348,7 @@ def _run(a, settings: dict, scratch: str) -> None:
                        cwd=REPO)
         with open(rec_path) as f:
             records = json.load(f)
-    for name, value in settings.items():  # the compile step reads some of them too (LOCAL_BLOCK)
-        setattr(tc, name, value)
+    apply_kernel_settings(settings)  # the compile step reads some of them too (LOCAL_BLOCK)
     if a.kernels:
         records = [r for r in records if r["kernel"] in a.kernels]
     print("recorded launches:", [(r["kernel"], r["launch"]) for r in records], flush=True)

@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 from . import source_edits
-from .common import environment, kernel_settings, relative_error, save_json, saving_rows
+from .common import apply_kernel_settings, environment, kernel_settings, relative_error, save_json, saving_rows
 from .ops import _bench
 
 _READ_LOADS = ('                mu_rd = tl.load(crd_ptr + rows_d, cache_modifier=".cg")\n'
@@ -224,9 +224,7 @@ def main(argv=None) -> dict:
     if not torch.cuda.is_available():
         ap.error("timing needs a CUDA GPU; --check-edits runs anywhere")
     out = args.out or f"results/{args.kernel}_parts_h200.json"
-    from ..ops import triton_chunk
-    for name, value in settings.items():  # (for the run; recorded in the results)
-        setattr(triton_chunk, name, value)
+    apply_kernel_settings(settings)  # (for the run; recorded in the results)
     payload = {"benchmark": "scan_parts", "kernel": args.kernel, "settings": settings, "environment": environment(),
                "H": args.heads, "D": 64, "N": args.centroids, "chunk_size": 128, "dtype": "bf16", "beta": 8.0,
                "edits": {name: [source_edits.shown(p) for p, _ in known[name]] for name in variants}}
