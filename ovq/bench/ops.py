@@ -179,15 +179,20 @@ def bench(seq_lens, head_dims, centroids, chunk: int, tokens: int, heads: int, p
     return rows
 
 
-def decode(contexts, heads: int, d: int, n: int, chunk: int) -> list[dict]:
+def decode(contexts, heads: int, d: int, n: int, chunk: int, rounds: int = 3) -> list[dict]:
     """Time per generated token of ``ovq_step`` (B = 1) with a state that has absorbed ``context`` tokens.
 
     A step's cost depends only on the state (its active centroids and buffer), not on the history, so the
     state is built directly: m = M(context) centroids with random unit key sums, counts and value sums.
-    do_bench repeats the step, so every 64th call also pays the chunk write: the figure is amortized.
+    A step from Python is host-bound and its time moves by a fifth between runs of one machine (session 23), so the
+    contexts are timed alternated, ``rounds`` times, each round from a copy of the built state; ``ms_per_token`` is
+    the median over rounds (do_bench repeats the step, so every L-th call also pays the chunk write: amortized).
+    ``gpu_ms_per_token`` is the device's own time for the Triton step: eight steps captured in a CUDA graph at
+    buffer rows 1–8 (no chunk write), replayed.
     """
-    rows = []
     g = torch.Generator(device="cuda").manual_seed(0)
+    built, rows = {}, []
+    backends = (("torch", "ovq_step (PyTorch read)"), ("triton", "ovq_step (Triton decode step)"))
     for context in contexts:
         state = OVQState.empty(1, heads, d, chunk_size=chunk, max_centroids=n, device="cuda")
         m = growth_target(context, n, "saturating", 1.0)
@@ -198,17 +203,49 @@ def decode(contexts, heads: int, d: int, n: int, chunk: int) -> list[dict]:
         q, k, v = (torch.randn(1, 1, heads, d, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
         # Correctness first: one step from copies of the state through both reads.
         outs = {b: ovq_step(q, k, v, 12.0, state.clone(), chunk_size=chunk, max_centroids=n, backend=b)[0]
-                for b in ("torch", "triton")}
+                for b, _ in backends}
         diff = (outs["triton"].float() - outs["torch"].float()).abs().max().item()
-        for backend, name in (("torch", "ovq_step (PyTorch read)"), ("triton", "ovq_step (Triton decode read)")):
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            ms = _bench(lambda: ovq_step(q, k, v, 12.0, state, chunk_size=chunk, max_centroids=n, backend=backend))
+        built[context] = (state, (q, k, v), diff)
+    times = {}
+    for _ in range(rounds):
+        for context, (state, (q, k, v), _) in built.items():
+            for backend, _ in backends:
+                st = state.clone()
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                ms = _bench(lambda: ovq_step(q, k, v, 12.0, st, chunk_size=chunk, max_centroids=n, backend=backend))
+                times.setdefault((context, backend), []).append((ms, torch.cuda.max_memory_allocated()))
+    for context, (state, (q, k, v), diff) in built.items():
+        for backend, name in backends:
+            ms = sorted(x for x, _ in times[context, backend])
             rows.append({"op": name, "backend": backend, "context": context, "H": heads, "D": d, "N": n,
-                         "active_centroids": m, "ms_per_token": ms, "max_abs_diff_vs_torch": diff,
-                         "state_bytes": state.nbytes, "peak_allocated_bytes": torch.cuda.max_memory_allocated()})
+                         "active_centroids": state.num_centroids, "ms_per_token": ms[len(ms) // 2],
+                         "ms_per_token_rounds": [x for x, _ in times[context, backend]],
+                         "gpu_ms_per_token": _graph_step_ms(state, (q, k, v), chunk, n) if backend == "triton" else None,
+                         "max_abs_diff_vs_torch": diff, "state_bytes": state.nbytes,
+                         "peak_allocated_bytes": max(b for _, b in times[context, backend])})
             print(rows[-1], flush=True)
     return rows
+
+
+def _graph_step_ms(state, qkv, chunk: int, n: int, steps: int = 8) -> float:
+    """The Triton decoding step's device time: ``steps`` steps (buffer rows 1..steps, no chunk write) captured in
+    one CUDA graph; a replay redoes them alike (each writes its own row and reads the rows before it)."""
+    st = state.clone()
+    st.buffer_len = 1
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm-up on the capture's stream: compiles, and makes its scratch buffers
+        for _ in range(2):
+            st.buffer_len = 1
+            ovq_step(*qkv, 12.0, st, chunk_size=chunk, max_centroids=n, backend="triton")
+    torch.cuda.current_stream().wait_stream(stream)
+    st.buffer_len = 1
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream):
+        for _ in range(steps):
+            ovq_step(*qkv, 12.0, st, chunk_size=chunk, max_centroids=n, backend="triton")
+    return _bench(graph.replay) / steps
 
 
 def table(rows: list[dict]) -> str:
@@ -260,6 +297,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--detached", action="store_true",
                     help="also time OVQ and VQ with detach_state=True (no gradient through the dictionary)")
     ap.add_argument("--decode-contexts", default="4096,65536,1048576")
+    ap.add_argument("--decode-rounds", type=int, default=3,
+                    help="times each decode context is timed, alternated with the others (the median is reported)")
     ap.add_argument("--decode-only", action="store_true",
                     help="only the decoding benchmark (no check of the chunk kernels: each row has its difference from PyTorch)")
     ap.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE",
@@ -271,6 +310,8 @@ def main(argv=None) -> dict:
     check_dtypes = args.check_dtypes.split(",")
     if not set(check_dtypes) <= {"float32", "bfloat16"}:  # ("" and "float32," leave an empty name: an error too)
         ap.error(f"--check-dtypes: float32 and/or bfloat16, not {args.check_dtypes!r}")
+    if args.decode_rounds < 1:
+        ap.error(f"--decode-rounds must be at least 1, got {args.decode_rounds}")
     if not torch.cuda.is_available():
         sys.exit("ovq.bench.ops needs a CUDA GPU")
     apply_kernel_settings(settings)  # recorded in the JSON with the other arguments
@@ -281,18 +322,21 @@ def main(argv=None) -> dict:
         save_unfinished(out, payload)  # kept if the timings are cut short
     ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
     if args.decode_only:
-        payload["decode"] = decode(ints(args.decode_contexts), args.heads, 64, 4096, args.chunk_size)
+        payload["decode"] = decode(ints(args.decode_contexts), args.heads, 64, 4096, args.chunk_size, args.decode_rounds)
     elif not args.check:
         payload["results"] = bench(ints(args.seq_lens), ints(args.head_dims), ints(args.centroids), args.chunk_size,
                                    args.tokens, args.heads, args.peers.split(","),
                                    on_row=saving_rows(out, payload, "results"), detached=args.detached)
-        payload["decode"] = decode(ints(args.decode_contexts), args.heads, 64, 4096, args.chunk_size)
+        payload["decode"] = decode(ints(args.decode_contexts), args.heads, 64, 4096, args.chunk_size, args.decode_rounds)
     path = save_json(out, payload)
     if "results" in payload:
         print(table(payload["results"]))
     for r in payload.get("decode", []):
+        gpu = f", GPU {1e3 * r['gpu_ms_per_token']:.1f} us" if r.get("gpu_ms_per_token") else ""
+        spread = "/".join(f"{x:.3f}" for x in r["ms_per_token_rounds"])
         print(f"decode {r['backend']:>6} ctx={r['context']:>8} m={r['active_centroids']:>5} {r['ms_per_token']:.3f} "
-              f"ms/token state {r['state_bytes'] / 2**20:.2f} MiB (max |diff| vs torch {r['max_abs_diff_vs_torch']:.1e})")
+              f"ms/token (rounds {spread}{gpu}) state {r['state_bytes'] / 2**20:.2f} MiB "
+              f"(max |diff| vs torch {r['max_abs_diff_vs_torch']:.1e})")
     print(f"saved {path}")
     return payload
 

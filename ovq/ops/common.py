@@ -28,11 +28,15 @@ def check_state(state, state_type: type, q: torch.Tensor, v: torch.Tensor, chunk
         raise ValueError(f"initial_state is on {state.device}, but q is on {q.device}")
 
 
+def check_qkv_beta(q, k, v, beta) -> tuple[torch.dtype, torch.Tensor | float]:
+    """Check q/k/v/beta; return the compute dtype and beta as checked (a float, or a tensor of shape [H] or [])."""
+    check_qkv(q, k, v)
+    return state_dtype(q.dtype), check_beta(beta, q.shape[2], q.device)
+
+
 def check_inputs(q, k, v, beta) -> tuple[torch.dtype, torch.Tensor]:
     """Check q/k/v/beta; return the compute dtype and beta for [B, H, ·, ·]."""
-    check_qkv(q, k, v)
-    beta = check_beta(beta, q.shape[2], q.device)
-    dtype = state_dtype(q.dtype)
+    dtype, beta = check_qkv_beta(q, k, v, beta)
     return dtype, beta_view(beta, dtype)
 
 
@@ -41,12 +45,6 @@ def head_first_units(q, k, v, dtype: torch.dtype):
     convert in one pass of their own, ``ovq.ops.layout``)."""
     qhat, khat, v = (x.transpose(1, 2).to(dtype) for x in (q, k, v))
     return l2norm(qhat), l2norm(khat), v
-
-
-def prepare_inputs(q, k, v, beta):
-    """Check q/k/v/beta; return unit q, k and v head-first in the compute dtype, and beta for [B, H, ·, ·]."""
-    dtype, beta = check_inputs(q, k, v, beta)
-    return *head_first_units(q, k, v, dtype), beta
 
 
 def check_step_state_dtype(state, input_dtype: torch.dtype, compute_dtype: torch.dtype) -> None:

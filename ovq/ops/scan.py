@@ -10,7 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .common import finish_output, head_first_units
 from .dictionary import dictionary_attention
+from .utils import beta_view
 
 
 def chunk_scan(qhat, khat, v, beta, dictionary, buffer_k, buffer_v, num_absorbed: int, chunk_size: int,
@@ -45,36 +47,54 @@ def chunk_scan(qhat, khat, v, beta, dictionary, buffer_k, buffer_v, num_absorbed
     return o, state
 
 
-def step_scan(qhat, khat, v, beta, dictionary, state, count_prior: bool, kernel: bool = False):
+class TorchStepRead:
+    """The decoding step's read in PyTorch, for :func:`step_scan`: the token joins the buffer, then
+    :func:`dictionary_attention` reads the dictionary and the buffer.
+
+    q, k, v: the caller's ``[B, T, H, ·]``; beta: a checked float or ``[H]`` / 0-dim tensor; ``dtype`` the state's.
+    """
+
+    def __init__(self, q, k, v, beta, state, count_prior: bool, dtype: torch.dtype):
+        self.like, self.state, self.count_prior = q, state, count_prior
+        self.qhat, self.khat, self.v = head_first_units(q, k, v, dtype)
+        self.beta = beta_view(beta, dtype)
+        self.outputs = []
+
+    def __call__(self, i: int, p: int, dictionary) -> None:
+        st = self.state
+        st.buffer_k[:, :, p].copy_(self.khat[:, :, i])
+        st.buffer_v[:, :, p].copy_(self.v[:, :, i])
+        terms = dictionary.read_terms(self.count_prior)
+        self.outputs.append(dictionary_attention(self.qhat[:, :, i:i + 1], self.beta, *terms, st.buffer_k[:, :, :p + 1],
+                                                 st.buffer_v[:, :, :p + 1], query_offset=p))
+
+    def output(self) -> torch.Tensor:
+        o = torch.cat(self.outputs, dim=-2) if self.outputs else self.v.new_zeros(self.v.shape)
+        return finish_output(o, self.like)
+
+
+def step_scan(q, k, v, beta, dictionary, state, count_prior: bool, kernel: bool = False):
     """Token by token: buffer the token, read dictionary + buffer, write when the buffer holds L tokens.
 
-    Updates ``state`` (its preallocated tensors) in place and returns (o [B, H, T, Dv], state). ``kernel``
-    does the read with the Triton decode kernel (``ovq.ops.decode``) instead of PyTorch.
+    q, k: the caller's ``[B, T, H, D]``, v: ``[B, T, H, Dv]``, beta checked (``ovq.ops.utils.check_beta``).
+    Updates ``state`` (its preallocated tensors) in place and returns (o [B, T, H, Dv] in q's dtype, state).
+    ``kernel`` reads with the Triton decoding step (``ovq.ops.decode``, one launch a token) instead of PyTorch.
     """
-    chunk_size = state.chunk_size
     if kernel:
-        from .decode import triton_decode_read  # imports Triton: only when asked for
-    outputs = []
-    for i in range(qhat.shape[-2]):
+        from .decode import TritonStepRead  # imports Triton: only when asked for
+        read = TritonStepRead(q, k, v, beta, state, count_prior)
+    else:
+        read = TorchStepRead(q, k, v, beta, state, count_prior, state.dtype)
+    chunk_size = state.chunk_size
+    for i in range(q.shape[1]):
         p = state.buffer_len
-        state.buffer_k[:, :, p].copy_(khat[:, :, i])
-        state.buffer_v[:, :, p].copy_(v[:, :, i])
-        p += 1
-        if kernel:
-            keys, sums_v, count, normalize = dictionary.stored_terms()
-            outputs.append(triton_decode_read(qhat[:, :, i:i + 1], beta, keys, sums_v, count, state.buffer_k,
-                                              state.buffer_v, p, normalize=normalize, count_prior=count_prior))
-        else:
-            terms = dictionary.read_terms(count_prior)
-            outputs.append(dictionary_attention(qhat[:, :, i:i + 1], beta, *terms, state.buffer_k[:, :, :p],
-                                                state.buffer_v[:, :, :p], query_offset=p - 1))
-        state.buffer_len = p
-        if p == chunk_size:
+        read(i, p, dictionary)
+        state.buffer_len = p + 1
+        if p + 1 == chunk_size:
             dictionary = dictionary.write(state.buffer_k, state.buffer_v, state.num_absorbed + chunk_size)
             dictionary.store(state)
             state.buffer_k.zero_()  # rows past buffer_len stay zero, as in chunk_scan's states
             state.buffer_v.zero_()
             state.buffer_len = 0
             state.num_absorbed += chunk_size
-    o = torch.cat(outputs, dim=-2) if outputs else v.new_zeros(v.shape)
-    return o, state
+    return read.output(), state

@@ -61,3 +61,9 @@ def test_a_bad_check_dtype_is_named(capsys):
     with pytest.raises(SystemExit):
         ops.main(["--check", "--check-dtypes", "float16"])
     assert "--check-dtypes: float32 and/or bfloat16, not 'float16'" in capsys.readouterr().err
+
+
+def test_decode_rounds_below_one_are_an_error(capsys):
+    with pytest.raises(SystemExit):
+        ops.main(["--decode-only", "--decode-rounds", "0"])
+    assert "--decode-rounds must be at least 1, got 0" in capsys.readouterr().err

@@ -81,3 +81,52 @@ def test_decode_backend_dispatch():
         use_decode_kernel("triton", q.double(), torch.float64)
     with pytest.raises(ValueError):
         use_decode_kernel("cuda", q, torch.float32)
+
+
+def _filled_state(b, h, d, dv, m, n, chunk, seed):
+    """An OVQ state holding m random centroids (several blocks of the kernel's 64, so several splits)."""
+    from ovq.ops import OVQState
+
+    g = torch.Generator().manual_seed(seed)
+    state = OVQState.empty(b, h, d, dv, chunk_size=chunk, max_centroids=n, device=DEVICE)
+    state.sum_k[:, :, :m] = torch.randn(b, h, m, d, generator=g).to(DEVICE)
+    state.count[:, :, :m] = torch.randint(1, 9, (b, h, m), generator=g).float().to(DEVICE)
+    state.sum_v[:, :, :m] = torch.randn(b, h, m, dv, generator=g).to(DEVICE)
+    state.num_centroids, state.num_absorbed = m, 40 * chunk
+    return state
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_decode_step_over_several_splits_matches_torch_read(dtype, monkeypatch):
+    """Many centroids, so the centroid blocks are split over programs and the last to arrive merges them (its
+    counter reused step after step); non-contiguous half-precision inputs; the buffer and output dtype."""
+    from ovq.ops import decode
+
+    if DEVICE == "cpu":  # the interpreter's split rule gives at most 2; ask for more
+        monkeypatch.setattr(decode, "_splits", lambda bh, blocks, device: min(blocks, 3))
+    b, h, d, dv, m, chunk = 2, 3, 12, 10, 150, 8
+    base = _filled_state(b, h, d, dv, m, 256, chunk, seed=4)
+    g = torch.Generator().manual_seed(5)
+    t = 11  # crosses a chunk write (the buffer fills after 8)
+    q, k = (torch.randn(b, h, t, d, generator=g).to(DEVICE, dtype).transpose(1, 2) for _ in range(2))  # strided
+    v = torch.randn(b, t, h, dv, generator=g).to(DEVICE, dtype)
+    beta = torch.tensor([2.0, 5.0, 9.0], device=DEVICE)
+    kw = dict(chunk_size=chunk, max_centroids=256)
+    ref, ref_state = ovq_step(q, k, v, beta, base.clone(), backend="torch", **kw)
+    out, state = ovq_step(q, k, v, beta, base.clone(), backend="triton", **kw)
+    assert out.dtype == dtype and out.shape == (b, t, h, dv)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-3, atol=1e-3)
+    torch.testing.assert_close(out, ref, **tol)
+    assert state.buffer_len == ref_state.buffer_len == 3 and state.num_centroids == ref_state.num_centroids
+    for name in ("sum_k", "sum_v", "count", "buffer_k", "buffer_v"):  # the kernel's buffered rows feed the write
+        torch.testing.assert_close(getattr(state, name), getattr(ref_state, name), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("beta", [3.0, "0-dim"])
+def test_decode_step_takes_a_float_or_0_dim_beta(beta):
+    beta = torch.tensor(3.0, device=DEVICE) if beta == "0-dim" else beta
+    base = _filled_state(1, 2, 8, 8, 70, 128, 4, seed=6)
+    q, k, v = (x[:1] for x in _qkv(2, 2, 8, 8, seed=7))
+    ref, _ = ovq_step(q, k, v, beta, base.clone(), chunk_size=4, max_centroids=128, backend="torch")
+    out, _ = ovq_step(q, k, v, beta, base.clone(), chunk_size=4, max_centroids=128, backend="triton")
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..common import check_step_state_dtype, finish_output, prepare_inputs, use_decode_kernel
+from ..common import check_qkv_beta, check_step_state_dtype, use_decode_kernel
 from ..dictionary import OnlineDictionary
 from ..scan import step_scan
 from ..state import OVQState
@@ -29,11 +29,10 @@ def ovq_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: float | to
         ``"auto"`` uses that kernel for CUDA tensors and PyTorch elsewhere.
     Returns: ``(o [B, T, H, Dv], state)``.
     """
-    qhat, khat, vv, beta_ = prepare_inputs(q, k, v, beta)
+    dtype, beta = check_qkv_beta(q, k, v, beta)
     check_ovq_config(chunk_size, max_centroids, growth, growth_rate, count_prior)
-    check_step_state_dtype(state, q.dtype, vv.dtype)
-    state = initial_ovq_state(q, v, state, chunk_size, max_centroids, growth, growth_rate, vv.dtype,
+    check_step_state_dtype(state, q.dtype, dtype)
+    state = initial_ovq_state(q, v, state, chunk_size, max_centroids, growth, growth_rate, dtype,
                               writable=True)
-    o, state = step_scan(qhat, khat, vv, beta_, OnlineDictionary.from_state(state, False), state, count_prior,
-                         kernel=use_decode_kernel(backend, q, vv.dtype))
-    return finish_output(o, q), state
+    return step_scan(q, k, v, beta, OnlineDictionary.from_state(state, False), state, count_prior,
+                         kernel=use_decode_kernel(backend, q, dtype))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..common import check_step_state_dtype, finish_output, prepare_inputs, use_decode_kernel
+from ..common import check_qkv_beta, check_step_state_dtype, use_decode_kernel
 from ..dictionary import StaticDictionary
 from ..scan import step_scan
 from ..state import VQState
@@ -18,12 +18,11 @@ def vq_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: float | tor
             count_prior: bool = True, backend: str = "auto") -> tuple[torch.Tensor, VQState]:
     """The recurrent form of :func:`vq_attention`; updates ``state`` in place (see :func:`ovq_step`, also for
     ``backend``)."""
-    qhat, khat, vv, beta_ = prepare_inputs(q, k, v, beta)
+    dtype, beta = check_qkv_beta(q, k, v, beta)
     check_int("chunk_size", chunk_size)
     check_bool("count_prior", count_prior)
-    check_step_state_dtype(state, q.dtype, vv.dtype)
-    codes = prepare_codebook(codebook, q, vv.dtype)
-    state = initial_vq_state(q, v, state, chunk_size, codes.shape[1], vv.dtype)
-    o, state = step_scan(qhat, khat, vv, beta_, StaticDictionary.from_state(state, codes, False), state, count_prior,
-                         kernel=use_decode_kernel(backend, q, vv.dtype))
-    return finish_output(o, q), state
+    check_step_state_dtype(state, q.dtype, dtype)
+    codes = prepare_codebook(codebook, q, dtype)
+    state = initial_vq_state(q, v, state, chunk_size, codes.shape[1], dtype)
+    return step_scan(q, k, v, beta, StaticDictionary.from_state(state, codes, False), state, count_prior,
+                         kernel=use_decode_kernel(backend, q, dtype))
