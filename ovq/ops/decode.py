@@ -30,6 +30,7 @@ from .kernels import EPS  # the norm floor of ovq.ops.utils.l2norm, as the chunk
 NEG = tl.constexpr(-1.0e30)  # a finite "minus infinity": exp(NEG - m) is 0 and NEG - NEG is not NaN
 BLOCK_N = 64
 MAX_SPLITS = 64
+SPLITS_PER_SM = 2  # programs per SM the splits aim at (B·H·S ≈ SPLITS_PER_SM · SMs)
 
 
 @triton.jit
@@ -153,7 +154,7 @@ def _splits(bh: int, blocks: int, device: torch.device) -> int:
         return min(2, max(1, blocks))
     if device not in _SMS:
         _SMS[device] = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(blocks, math.ceil(2 * _SMS[device] / max(bh, 1)), MAX_SPLITS))  # (an empty batch still asks)
+    return max(1, min(blocks, math.ceil(SPLITS_PER_SM * _SMS[device] / max(bh, 1)), MAX_SPLITS))  # (an empty batch still asks)
 
 
 def _scratch(bh: int, block_dv: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
