@@ -73,7 +73,7 @@ def _centroid_share(q, beta, k_ptr, v_ptr, c_ptr, M, D, DV, start, num_blocks, s
     return m_i, l_i, acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "P", "blocks_per_split"])  # they change as a sequence decodes: no recompiles
 def decode_step_kernel(q_ptr, k_ptr, v_ptr, beta_ptr, beta_value, keys_ptr, sv_ptr, c_ptr, bk_ptr, bv_ptr,
                        part_ptr, arrived_ptr, o_ptr,
                        H, M, P, D, DV, blocks_per_split,
