@@ -67,3 +67,13 @@ def test_decode_rounds_below_one_are_an_error(capsys):
     with pytest.raises(SystemExit):
         ops.main(["--decode-only", "--decode-rounds", "0"])
     assert "--decode-rounds must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_decode_lines_show_the_median_the_fastest_and_the_gpu_time():
+    row = {"backend": "triton", "context": 4096, "active_centroids": 2048, "ms_per_token": 0.105,
+           "ms_per_token_min": 0.098, "ms_per_token_rounds": [0.098, 0.105, 0.175], "gpu_ms_per_token": 0.0139,
+           "state_bytes": 33.25 * 2**20, "max_abs_diff_vs_torch": 2.4e-4}
+    torch_row = row | {"backend": "torch", "gpu_ms_per_token": None}
+    triton_line, torch_line = ops.decode_lines([row, torch_row])
+    assert "0.105 ms/token, fastest 0.098 (rounds 0.098/0.105/0.175, GPU 13.9 us) state 33.25 MiB" in triton_line
+    assert "GPU" not in torch_line and torch_line.startswith("decode  torch ctx=    4096 m= 2048")
