@@ -193,7 +193,7 @@ def decode(contexts, heads: int, d: int, n: int, chunk: int, rounds: int = 3) ->
     buffer rows 1–8 (no chunk write), replayed.
     """
     g = torch.Generator(device="cuda").manual_seed(0)
-    built, rows = {}, []
+    built, (rows, add) = {}, row_log()
     backends = (("torch", "ovq_step (PyTorch read)"), ("triton", "ovq_step (Triton decode step)"))
     for context in contexts:
         state = OVQState.empty(1, heads, d, chunk_size=chunk, max_centroids=n, device="cuda")
@@ -220,13 +220,12 @@ def decode(contexts, heads: int, d: int, n: int, chunk: int, rounds: int = 3) ->
     for context, (state, (q, k, v), diff) in built.items():
         for backend, name in backends:
             ms = sorted(x for x, _ in times[context, backend])
-            rows.append({"op": name, "backend": backend, "context": context, "H": heads, "D": d, "N": n,
-                         "active_centroids": state.num_centroids, "ms_per_token": ms[len(ms) // 2],
-                         "ms_per_token_min": ms[0], "ms_per_token_rounds": [x for x, _ in times[context, backend]],
-                         "gpu_ms_per_token": _graph_step_ms(state, (q, k, v), chunk, n) if backend == "triton" else None,
-                         "max_abs_diff_vs_torch": diff, "state_bytes": state.nbytes,
-                         "peak_allocated_bytes": max(b for _, b in times[context, backend])})
-            print(rows[-1], flush=True)
+            gpu_ms = _graph_step_ms(state, (q, k, v), chunk, n) if backend == "triton" else None
+            add({"op": name, "backend": backend, "context": context, "H": heads, "D": d, "N": n,
+                 "active_centroids": state.num_centroids, "ms_per_token": ms[len(ms) // 2], "ms_per_token_min": ms[0],
+                 "ms_per_token_rounds": [x for x, _ in times[context, backend]], "gpu_ms_per_token": gpu_ms,
+                 "max_abs_diff_vs_torch": diff, "state_bytes": state.nbytes,
+                 "peak_allocated_bytes": max(b for _, b in times[context, backend])})
     return rows
 
 
@@ -336,12 +335,14 @@ def main(argv=None) -> dict:
         save_unfinished(out, payload)  # kept if the timings are cut short
     ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
     if args.decode_only:
-        payload["decode"] = decode(ints(args.decode_contexts), args.heads, 64, 4096, args.chunk_size, args.decode_rounds)
+        payload["decode"] = decode(ints(args.decode_contexts), args.heads, 64, 4096, args.chunk_size,
+                                   args.decode_rounds)
     elif not args.check:
         payload["results"] = bench(ints(args.seq_lens), ints(args.head_dims), ints(args.centroids), args.chunk_size,
                                    args.tokens, args.heads, args.peers.split(","),
                                    on_row=saving_rows(out, payload, "results"), detached=args.detached)
-        payload["decode"] = decode(ints(args.decode_contexts), args.heads, 64, 4096, args.chunk_size, args.decode_rounds)
+        payload["decode"] = decode(ints(args.decode_contexts), args.heads, 64, 4096, args.chunk_size,
+                                   args.decode_rounds)
     path = save_json(out, payload)
     if "results" in payload:
         print(table(payload["results"]))

@@ -94,9 +94,9 @@ def decode_step_kernel(q_ptr, k_ptr, v_ptr, beta_ptr, beta_value, keys_ptr, sv_p
     else:
         beta = beta_value
     q = _unit_row(q_ptr + b * s_qb + h * s_qh, offs_d, D)
+    k_own = _unit_row(k_ptr + b * s_kb + h * s_kh, offs_d, D)  # (the token's key and value: one row each)
+    v_own = tl.load(v_ptr + b * s_vb + h * s_vh + offs_dv, mask=offs_dv < DV, other=0.0).to(tl.float32)
     if split == 0:  # the token joins the buffer (read by the next steps and the chunk write)
-        k_own = _unit_row(k_ptr + b * s_kb + h * s_kh, offs_d, D)
-        v_own = tl.load(v_ptr + b * s_vb + h * s_vh + offs_dv, mask=offs_dv < DV, other=0.0).to(tl.float32)
         tl.store(bk_ptr + b * s_bk_b + h * s_bk_h + P * s_bk_n + offs_d, k_own, mask=offs_d < D)
         tl.store(bv_ptr + b * s_bv_b + h * s_bv_h + P * s_bv_n + offs_dv, v_own, mask=offs_dv < DV)
     m_i, l_i, acc = _centroid_share(q, beta, keys_ptr + b * s_keys_b + h * s_keys_h, sv_ptr + b * s_sv_b + h * s_sv_h,
@@ -132,8 +132,6 @@ def decode_step_kernel(q_ptr, k_ptr, v_ptr, beta_ptr, beta_value, keys_ptr, sv_p
         vb = tl.load(bv_ptr + b * s_bv_b + h * s_bv_h + offs_t[:, None] * s_bv_n + offs_dv[None, :],
                      mask=held[:, None] & (offs_dv[None, :] < DV), other=0.0)
         local = tl.where(held, beta * tl.sum(kb * q[None, :], axis=1), NEG)
-        k_own = _unit_row(k_ptr + b * s_kb + h * s_kh, offs_d, D)
-        v_own = tl.load(v_ptr + b * s_vb + h * s_vh + offs_dv, mask=offs_dv < DV, other=0.0).to(tl.float32)
         own = beta * tl.sum(k_own * q, axis=0)
         m = tl.maximum(tl.maximum(tl.max(local, axis=0), tl.max(m_s, axis=0)), own)
         w_s = tl.exp(m_s - m)
@@ -154,7 +152,8 @@ def _splits(bh: int, blocks: int, device: torch.device) -> int:
         return min(2, max(1, blocks))
     if device not in _SMS:
         _SMS[device] = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(blocks, math.ceil(SPLITS_PER_SM * _SMS[device] / max(bh, 1)), MAX_SPLITS))  # (an empty batch still asks)
+    per_sequence = math.ceil(SPLITS_PER_SM * _SMS[device] / max(bh, 1))  # (an empty batch still asks)
+    return max(1, min(blocks, per_sequence, MAX_SPLITS))
 
 
 def _scratch(bh: int, block_dv: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,6 +176,8 @@ class TritonStepRead:
     """
 
     def __init__(self, q, k, v, beta, state, count_prior: bool):
+        # the kernel reads a token's rows with unit stride (once per call, not per token)
+        q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
         self.q, self.k, self.v, self.state, self.count_prior = q, k, v, state, count_prior
         b, _, h, d = q.shape
         self.bh, self.h, self.d, self.dv = b * h, h, d, v.shape[-1]
@@ -201,15 +202,14 @@ class TritonStepRead:
         part, arrived = _scratch(self.bh, self.block_dv, self.q.device)
         q, k, v, o, st = self.q[:, i], self.k[:, i], self.v[:, i], self.o[:, i], self.state
         bk, bv = st.buffer_k, st.buffer_v
-        if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
-            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         decode_step_kernel[(self.bh, splits)](
             q, k, v, self.beta_ptr, self.beta_value, keys, sums_v, count, bk, bv, part, arrived, o,
             self.h, m, p, self.d, self.dv, math.ceil(blocks / splits),
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), self.s_beta,
             0 if keys.shape[0] == 1 else keys.stride(0), keys.stride(1), keys.stride(2),
             sums_v.stride(0), sums_v.stride(1), sums_v.stride(2), count.stride(0), count.stride(1),
-            bk.stride(0), bk.stride(1), bk.stride(2), bv.stride(0), bv.stride(1), bv.stride(2), o.stride(0), o.stride(1),
+            bk.stride(0), bk.stride(1), bk.stride(2), bv.stride(0), bv.stride(1), bv.stride(2),
+            o.stride(0), o.stride(1),
             NUM_SPLITS=splits, NORMALIZE=normalize, COUNT_PRIOR=self.count_prior,
             BETA_IN_MEMORY=self.beta_in_memory,
             BLOCK=BLOCK_N, BLOCK_S=triton.next_power_of_2(splits), BLOCK_L=self.block_l, BLOCK_D=self.block_d,

@@ -130,3 +130,14 @@ def test_decode_step_takes_a_float_or_0_dim_beta(beta):
     ref, _ = ovq_step(q, k, v, beta, base.clone(), chunk_size=4, max_centroids=128, backend="torch")
     out, _ = ovq_step(q, k, v, beta, base.clone(), chunk_size=4, max_centroids=128, backend="triton")
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_decode_step_reads_inputs_strided_in_their_last_dim():
+    base = _filled_state(1, 2, 8, 6, 70, 128, 4, seed=8)
+    g = torch.Generator().manual_seed(9)
+    q, k = (torch.randn(1, 3, 2, 16, generator=g).to(DEVICE)[..., ::2] for _ in range(2))  # head dim stride 2
+    v = torch.randn(1, 3, 2, 12, generator=g).to(DEVICE)[..., ::2]
+    assert q.stride(-1) == 2 and v.stride(-1) == 2
+    ref, _ = ovq_step(q, k, v, 4.0, base.clone(), chunk_size=4, max_centroids=128, backend="torch")
+    out, _ = ovq_step(q, k, v, 4.0, base.clone(), chunk_size=4, max_centroids=128, backend="triton")
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)

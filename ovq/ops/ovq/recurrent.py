@@ -35,4 +35,4 @@ def ovq_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: float | to
     state = initial_ovq_state(q, v, state, chunk_size, max_centroids, growth, growth_rate, dtype,
                               writable=True)
     return step_scan(q, k, v, beta, OnlineDictionary.from_state(state, False), state, count_prior,
-                         kernel=use_decode_kernel(backend, q, dtype))
+                     kernel=use_decode_kernel(backend, q, dtype))

@@ -25,4 +25,4 @@ def vq_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: float | tor
     codes = prepare_codebook(codebook, q, dtype)
     state = initial_vq_state(q, v, state, chunk_size, codes.shape[1], dtype)
     return step_scan(q, k, v, beta, StaticDictionary.from_state(state, codes, False), state, count_prior,
-                         kernel=use_decode_kernel(backend, q, dtype))
+                     kernel=use_decode_kernel(backend, q, dtype))
